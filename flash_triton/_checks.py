@@ -1,0 +1,91 @@
+"""Validation of user input at the public boundary: clear ValueError/TypeError naming the argument and the shapes,
+raised before any compute. Internal code trusts its inputs."""
+
+import torch
+from torch import Tensor
+
+# Positions (RoPE, the sinusoidal embedding) are float32; integers above 2**24 are not exact in float32.
+MAX_SEQ_LEN = 2**24
+
+
+def positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def probability(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return float(value)
+
+
+def _tensor(name: str, t: object) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def seq_len(name: str, n: int, shape: tuple) -> None:
+    if n < 1:
+        raise ValueError(f"{name} must have at least one position, got shape {shape}")
+    if n > MAX_SEQ_LEN:
+        raise ValueError(f"{name} has {n} positions (shape {shape}); the limit is {MAX_SEQ_LEN} (float32 positions)")
+
+
+def features(name: str, x: object, dim: int) -> tuple[int, int]:
+    """x must be a floating (batch, seq, dim) tensor; returns (batch, seq)."""
+    x = _tensor(name, x)
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() != 3 or x.shape[-1] != dim:
+        raise ValueError(f"{name} must have shape (batch, seq, {dim}), got {tuple(x.shape)}")
+    seq_len(name, x.shape[1], tuple(x.shape))
+    return x.shape[0], x.shape[1]
+
+
+def tokens(name: str, x: object, num_tokens: int) -> tuple[int, int]:
+    """x must be an integer (batch, seq) tensor of ids in [0, num_tokens); returns (batch, seq)."""
+    x = _tensor(name, x)
+    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer token ids, got dtype {x.dtype}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must have shape (batch, seq), got {tuple(x.shape)}")
+    seq_len(name, x.shape[1], tuple(x.shape))
+    if not torch.compiler.is_compiling() and x.numel() > 0:
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi >= num_tokens:
+            raise ValueError(f"{name} holds token ids in [{lo}, {hi}], outside [0, {num_tokens}) (num_tokens)")
+    return x.shape[0], x.shape[1]
+
+
+def key_mask(name: str, mask: object, batch: int, n: int, device: torch.device) -> Tensor | None:
+    """mask must be None or a bool (batch, seq) tensor on the input's device."""
+    if mask is None:
+        return None
+    mask = _tensor(name, mask)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name} must be a bool tensor (True = attend), got dtype {mask.dtype}")
+    if tuple(mask.shape) != (batch, n):
+        raise ValueError(f"{name} must have shape (batch, seq) = {(batch, n)}, got {tuple(mask.shape)}")
+    if mask.device != device:
+        raise ValueError(f"{name} is on {mask.device} but the input is on {device}")
+    return mask
+
+
+def attn_bias(name: str, bias: object, batch: int, n: int) -> Tensor | None:
+    """bias must be None or a floating tensor broadcastable to (batch, seq, seq)."""
+    if bias is None:
+        return None
+    bias = _tensor(name, bias)
+    if not bias.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {bias.dtype}")
+    target = (batch, n, n)
+    ok = bias.dim() <= 3 and all(s in (1, t) for s, t in zip(reversed(bias.shape), reversed(target), strict=False))
+    if not ok:
+        raise ValueError(f"{name} must broadcast to (batch, seq, seq) = {target}, got {tuple(bias.shape)}")
+    return bias

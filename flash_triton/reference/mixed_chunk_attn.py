@@ -1,0 +1,83 @@
+"""FLASH mixed chunk attention: quadratic attention inside groups plus linear attention across groups."""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .quad_attn import quad_attn
+
+
+def chunk_linear_attn(
+    lin_q: Tensor, lin_k: Tensor, v: Tensor, *, group_size: int, causal: bool, reduce_group: bool = True
+) -> Tensor:
+    """Linear attention over groups of ``group_size`` tokens: lin_q, lin_k (b, n, s); v (b, n, e) -> (b, n, e).
+
+    Causal: ``S_j = lin_k_jᵀ v_j / g`` per group j, and group j reads the EXCLUSIVE prefix ``S_0 + ... + S_{j-1}``
+    (a group never sees its own state; its own tokens are the quadratic part's job).
+    Non-causal: one context ``S = Σ_j lin_k_jᵀ v_j / n`` read by every token (``reduce_group=True``), or each
+    group reads only its own ``lin_k_jᵀ v_j / n``. ``n`` is the unpadded length, as upstream.
+    """
+    b, n, _ = lin_q.shape
+    g = group_size
+    pad = -n % g
+    lin_q, lin_k, v = (F.pad(t, (0, 0, 0, pad)).unflatten(1, (-1, g)) for t in (lin_q, lin_k, v))  # (b, G, g, .)
+    if causal:
+        states = torch.einsum("bgnd,bgne->bgde", lin_k, v) / g
+        prefix = F.pad(states.cumsum(dim=1), (0, 0, 0, 0, 1, -1))  # exclusive: shift the running sum by one group
+        out = torch.einsum("bgde,bgnd->bgne", prefix, lin_q)
+    elif reduce_group:
+        context = torch.einsum("bgnd,bgne->bde", lin_k, v) / n
+        out = torch.einsum("bgnd,bde->bgne", lin_q, context)
+    else:
+        context = torch.einsum("bgnd,bgne->bgde", lin_k, v) / n
+        out = torch.einsum("bgnd,bgde->bgne", lin_q, context)
+    return out.flatten(1, 2)[:, :n]
+
+
+def mixed_chunk_attn(
+    quad_q: Tensor,
+    quad_k: Tensor,
+    lin_q: Tensor,
+    lin_k: Tensor,
+    v: Tensor,
+    gate: Tensor,
+    *,
+    group_size: int,
+    causal: bool,
+    key_mask: Tensor | None = None,
+    t5_weight: Tensor | None = None,
+    t5_scale: float = 1.0,
+    t5_max_distance: int = 128,
+    laplace: bool = False,
+    dropout_p: float = 0.0,
+    reduce_group: bool = True,
+) -> Tensor:
+    """``gate * (quad + lin)`` of FLASH. quad_q, quad_k, lin_q, lin_k (b, n, s); v, gate (b, n, e); key_mask (b, n).
+
+    quad: per group, ``act(quad_q quad_kᵀ / g + t5_scale * T5[bucket(j - i)])`` with in-group positions, masked
+    keys and (causal) future keys zeroed after the activation, times v. lin: :func:`chunk_linear_attn` with masked
+    keys removed from ``lin_k``.
+
+    >>> x = torch.randn(2, 10, 8); v = torch.randn(2, 10, 6)
+    >>> mixed_chunk_attn(x, x, x, x, v, v, group_size=4, causal=True).shape
+    torch.Size([2, 10, 6])
+    """
+    g = group_size
+    quad = quad_attn(
+        quad_q,
+        quad_k,
+        v,
+        scale=1.0 / g,
+        window=g,
+        causal=causal,
+        key_mask=key_mask,
+        t5_weight=t5_weight,
+        t5_scale=t5_scale,
+        t5_max_distance=t5_max_distance,
+        laplace=laplace,
+        dropout_p=dropout_p,
+    )
+    if key_mask is not None:
+        lin_k = lin_k.masked_fill(~key_mask[..., None], 0.0)
+    lin = chunk_linear_attn(lin_q, lin_k, v, group_size=g, causal=causal, reduce_group=reduce_group)
+    return gate * (quad + lin)

@@ -1,0 +1,89 @@
+"""FLASHTransformer: token embedding + scaled sinusoidal position + FLASH layers + LayerNorm/Linear head."""
+
+from torch import Tensor, nn
+
+from . import _checks
+from .backend import check_backend
+from .embeddings import RotaryEmbedding, ScaledSinuEmbedding
+from .layers import FLASH, ScaleNorm
+
+NORM_TYPES = {"scalenorm": ScaleNorm, "layernorm": nn.LayerNorm}
+
+
+class FLASHTransformer(nn.Module):
+    """A stack of ``depth`` FLASH layers over token embeddings, returning logits (b, n, num_tokens).
+
+    As upstream: one :class:`RotaryEmbedding` of ``min(32, query_key_dim)`` features shared by all layers,
+    token shift on by default, ScaleNorm by default. ``forward(x, *, mask=None)``: x (b, n) integer token ids in
+    ``[0, num_tokens)``, at most ``flash_triton.MAX_SEQ_LEN`` long; mask (b, n) bool.
+
+    >>> model = FLASHTransformer(num_tokens=256, dim=64, depth=2, group_size=16, query_key_dim=32, causal=True)
+    >>> model(torch.randint(0, 256, (1, 50))).shape
+    torch.Size([1, 50, 256])
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        num_tokens: int,
+        depth: int,
+        group_size: int = 256,
+        query_key_dim: int = 128,
+        expansion_factor: float = 2.0,
+        causal: bool = False,
+        attn_dropout: float = 0.0,
+        norm_type: str = "scalenorm",
+        shift_tokens: bool = True,
+        laplace_attn_fn: bool = False,
+        reduce_group_non_causal_attn: bool = True,
+        backend: str | None = None,
+    ):
+        super().__init__()
+        _checks.positive_int("dim", dim)
+        _checks.positive_int("num_tokens", num_tokens)
+        _checks.positive_int("depth", depth)
+        _checks.positive_int("query_key_dim", query_key_dim)
+        if dim % 2:
+            raise ValueError(f"dim must be even (the sinusoidal position embedding is 2 * ceil(dim / 2) wide), got {dim}")
+        if norm_type not in NORM_TYPES:
+            raise ValueError(f"norm_type must be one of {tuple(NORM_TYPES)}, got {norm_type!r}")
+        norm_klass = NORM_TYPES[norm_type]
+        self.num_tokens = num_tokens
+        self.backend = check_backend(backend)
+
+        self.token_emb = nn.Embedding(num_tokens, dim)
+        self.abs_pos_emb = ScaledSinuEmbedding(dim)
+        self.group_size = group_size
+
+        # partial rotary (at most 32 features), one module shared by every layer
+        rotary_pos_emb = RotaryEmbedding(dim=min(32, query_key_dim))
+        self.layers = nn.ModuleList(
+            [
+                FLASH(
+                    dim=dim,
+                    group_size=group_size,
+                    query_key_dim=query_key_dim,
+                    expansion_factor=expansion_factor,
+                    causal=causal,
+                    dropout=attn_dropout,
+                    rotary_pos_emb=rotary_pos_emb,
+                    norm_klass=norm_klass,
+                    shift_tokens=shift_tokens,
+                    reduce_group_non_causal_attn=reduce_group_non_causal_attn,
+                    laplace_attn_fn=laplace_attn_fn,
+                    backend=backend,
+                )
+                for _ in range(depth)
+            ]
+        )
+        self.to_logits = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_tokens))
+
+    def forward(self, x: Tensor, *, mask: Tensor | None = None) -> Tensor:
+        b, n = _checks.tokens("x", x, self.num_tokens)
+        mask = _checks.key_mask("mask", mask, b, n, x.device)
+        x = self.token_emb(x)
+        x = self.abs_pos_emb(x) + x
+        for flash in self.layers:
+            x = flash(x, mask=mask)
+        return self.to_logits(x)

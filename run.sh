@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# One entry point that sets itself up on first use, then runs the main job or the tests.
+#
+#   ./run.sh train [flags]      train the default tiny FLASH language model (python -m flash_triton.train)
+#   ./run.sh test  [pytest args] run the test suite
+#   ./run.sh setup               only set up the environment
+#
+# Set-up (once; repeated only when pyproject.toml changes): a virtual environment in .venv that also sees the
+# system's packages (so a GPU machine's preinstalled torch and triton are used as they are), then
+#   - torch, when none is importable: the CPU build pinned to 2.13.0 where no NVIDIA GPU is visible (an
+#     unpinned torch pulls a multi-GB CUDA build), the default build where one is;
+#   - triton 3.6.0 on Linux x86_64 when none is importable (the version the GPU machines run);
+#   - this package in editable mode with its test extra (pytest, FLASH-pytorch 0.1.9 as the oracle).
+# Without network (a GPU machine with everything preinstalled) the editable install may fail; the package then
+# runs from this checkout, and tests that need FLASH-pytorch are skipped with a reason.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+venv=${FLASH_TRITON_VENV:-.venv}
+base_python=${PYTHON:-python3}
+py="$venv/bin/python"
+
+say() { printf '[run.sh] %s\n' "$*" >&2; }
+
+setup() {
+    if [ ! -x "$py" ]; then
+        say "creating $venv (with system site packages)"
+        "$base_python" -m venv --system-site-packages "$venv"
+    fi
+    local stamp="$venv/.flash_triton_setup" want
+    want=$(cat pyproject.toml run.sh | sha256sum | cut -c1-16)
+    if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+        return 0
+    fi
+    local pip=("$py" -m pip install --disable-pip-version-check --retries 1 --timeout 20)
+    if ! "$py" -c 'import torch' 2>/dev/null; then
+        if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+            say "installing torch (CUDA build)"
+            "${pip[@]}" torch
+        else
+            say "installing torch==2.13.0 (CPU build)"
+            "${pip[@]}" torch==2.13.0
+        fi
+    fi
+    if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] && ! "$py" -c 'import triton' 2>/dev/null; then
+        say "installing triton==3.6.0"
+        "${pip[@]}" triton==3.6.0
+    fi
+    say "installing flash_triton (editable) with its test extra"
+    if ! "${pip[@]}" -e ".[test]"; then
+        say "editable install failed (no network?); running from this checkout"
+        "$py" - <<'EOF'
+import importlib.util, sys
+missing = [m for m in ("torch", "einops", "numpy", "pytest") if importlib.util.find_spec(m) is None]
+if missing:
+    sys.exit(f"[run.sh] required packages missing and not installable here: {', '.join(missing)}")
+EOF
+    fi
+    echo "$want" >"$stamp"
+}
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+    setup) setup ;;
+    train) setup; exec "$py" -m flash_triton.train "$@" ;;
+    test) setup; exec "$py" -m pytest "$@" ;;
+    *)
+        echo "usage: ./run.sh {train|test|setup} [args...]" >&2
+        exit 2
+        ;;
+esac
