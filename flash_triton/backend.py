@@ -61,7 +61,9 @@ def triton_unavailable_reason(op: str, x: Tensor) -> str | None:
     if x.device.type == "cpu" and not interpreter_enabled():
         return "tensors are on the CPU and TRITON_INTERPRET=1 is not set (set it before triton is imported)"
     if x.device.type not in ("cpu", "cuda"):
-        return f"tensors are on a '{x.device.type}' device; the Triton kernels support CUDA (and CPU via the interpreter)"
+        return (
+            f"tensors are on a '{x.device.type}' device; the Triton kernels support CUDA (and CPU via the interpreter)"
+        )
     return None
 
 

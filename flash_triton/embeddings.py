@@ -52,7 +52,12 @@ class T5RelativePositionBias(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         i, j = x.shape[-2:]
         return t5_relative_position_bias(
-            self.relative_attention_bias.weight, i, j, causal=self.causal, scale=self.scale, max_distance=self.max_distance
+            self.relative_attention_bias.weight,
+            i,
+            j,
+            causal=self.causal,
+            scale=self.scale,
+            max_distance=self.max_distance,
         )
 
 
@@ -65,9 +70,7 @@ class RotaryEmbedding(nn.Module):
     torch.Size([2, 10, 64])
     """
 
-    def __init__(
-        self, dim: int, custom_freqs: Tensor | None = None, theta: float = 10000, learned_freq: bool = False
-    ):
+    def __init__(self, dim: int, custom_freqs: Tensor | None = None, theta: float = 10000, learned_freq: bool = False):
         super().__init__()
         _checks.positive_int("dim", dim)
         if custom_freqs is not None:

@@ -55,7 +55,9 @@ class LaplacianAttnFn(nn.Module):
 def _hidden_dim(dim: int, expansion_factor: float) -> int:
     hidden = int(expansion_factor * dim)
     if hidden < 1:
-        raise ValueError(f"int(expansion_factor * dim) must be >= 1, got expansion_factor={expansion_factor}, dim={dim}")
+        raise ValueError(
+            f"int(expansion_factor * dim) must be >= 1, got expansion_factor={expansion_factor}, dim={dim}"
+        )
     return hidden
 
 

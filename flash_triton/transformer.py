@@ -45,7 +45,9 @@ class FLASHTransformer(nn.Module):
         _checks.positive_int("depth", depth)
         _checks.positive_int("query_key_dim", query_key_dim)
         if dim % 2:
-            raise ValueError(f"dim must be even (the sinusoidal position embedding is 2 * ceil(dim / 2) wide), got {dim}")
+            raise ValueError(
+                f"dim must be even (the sinusoidal position embedding is 2 * ceil(dim / 2) wide), got {dim}"
+            )
         if norm_type not in NORM_TYPES:
             raise ValueError(f"norm_type must be one of {tuple(NORM_TYPES)}, got {norm_type!r}")
         norm_klass = NORM_TYPES[norm_type]

@@ -22,7 +22,9 @@ def test_unknown_backend_is_a_value_error(make):
         make(backend="cuda")
 
 
-@pytest.mark.parametrize("make, op", [(small_gau, "quad_attn"), (small_flash, "mixed_chunk_attn")], ids=["GAU", "FLASH"])
+@pytest.mark.parametrize(
+    "make, op", [(small_gau, "quad_attn"), (small_flash, "mixed_chunk_attn")], ids=["GAU", "FLASH"]
+)
 def test_triton_without_a_kernel_raises_instead_of_falling_back(make, op):
     assert op not in AVAILABLE_OPS  # flips when the kernel lands; this test then moves to the kernel's tests
     with pytest.raises(ft.BackendUnavailableError, match=f"no Triton kernel for '{op}'"):

@@ -105,7 +105,9 @@ FLASH_CASES = [
     pytest.param(dict(causal=True, laplace_attn_fn=True), 45, False, id="ragged-causal-laplace"),
     pytest.param(dict(causal=False), 45, True, id="ragged-noncausal-reduce-mask"),
     pytest.param(dict(causal=False, reduce_group_non_causal_attn=False), 45, False, id="ragged-noncausal-pergroup"),
-    pytest.param(dict(causal=False, reduce_group_non_causal_attn=False, laplace_attn_fn=True), 32, True, id="pergroup-lap"),
+    pytest.param(
+        dict(causal=False, reduce_group_non_causal_attn=False, laplace_attn_fn=True), 32, True, id="pergroup-lap"
+    ),
     pytest.param(dict(causal=True, norm_klass="scalenorm", shift_tokens=True), 33, False, id="scalenorm-shift"),
     pytest.param(dict(causal=True, rotary=True), 45, True, id="rotary-causal-mask"),
     pytest.param(dict(causal=False, rotary=True, expansion_factor=1.25), 29, False, id="rotary-noncausal-e20"),

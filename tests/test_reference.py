@@ -87,8 +87,19 @@ def test_mixed_chunk_attn_matches_loops(case, masked):
     t5 = torch.randn(32)
     mask = (torch.rand(b, n) > 0.3) if masked else None
     out = ref.mixed_chunk_attn(
-        qq, qk, lq, lk, v, gate, group_size=g, causal=causal, key_mask=mask, t5_weight=t5, t5_scale=1.7,
-        laplace=laplace, reduce_group=reduce_group,
+        qq,
+        qk,
+        lq,
+        lk,
+        v,
+        gate,
+        group_size=g,
+        causal=causal,
+        key_mask=mask,
+        t5_weight=t5,
+        t5_scale=1.7,
+        laplace=laplace,
+        reduce_group=reduce_group,
     )
     quad = loop_quad(qq, qk, v, scale=1 / g, window=g, causal=causal, mask=mask, t5=t5, t5_scale=1.7, laplace=laplace)
     lin = loop_linear(lq, lk, v, g=g, causal=causal, reduce_group=reduce_group, mask=mask)
@@ -151,7 +162,17 @@ def test_gradcheck_mixed_chunk_attn(causal, laplace):
 
     def fn(qq, qk, lq, lk, v, gate, t5):
         return ref.mixed_chunk_attn(
-            qq, qk, lq, lk, v, gate, group_size=g, causal=causal, key_mask=mask, t5_weight=t5, t5_scale=0.7,
+            qq,
+            qk,
+            lq,
+            lk,
+            v,
+            gate,
+            group_size=g,
+            causal=causal,
+            key_mask=mask,
+            t5_weight=t5,
+            t5_scale=0.7,
             laplace=laplace,
         )
 
@@ -172,7 +193,16 @@ def test_gradcheck_quad_attn_with_bias(causal):
 
     def fn(q, k, v, gate, t5, bias):
         return ref.quad_attn(
-            q, k, v, gate, scale=1 / n, causal=causal, key_mask=mask, t5_weight=t5, t5_scale=2.0 / n, bias=bias,
+            q,
+            k,
+            v,
+            gate,
+            scale=1 / n,
+            causal=causal,
+            key_mask=mask,
+            t5_weight=t5,
+            t5_scale=2.0 / n,
+            bias=bias,
             bias_scale=1 / n,
         )
 

@@ -40,15 +40,24 @@ LONG = ft.MAX_SEQ_LEN + 1
 @pytest.mark.parametrize(
     "x, kwargs, exc, match",
     [
-        pytest.param(torch.randn(5, 8), {}, ValueError, r"x must have shape \(batch, seq, 8\), got \(5, 8\)", id="rank"),
+        pytest.param(
+            torch.randn(5, 8), {}, ValueError, r"x must have shape \(batch, seq, 8\), got \(5, 8\)", id="rank"
+        ),
         pytest.param(torch.randn(1, 5, 7), {}, ValueError, r"got \(1, 5, 7\)", id="features"),
         pytest.param(torch.randn(1, 0, 8), {}, ValueError, "at least one position", id="empty"),
         pytest.param(torch.zeros(1, 5, 8, dtype=torch.long), {}, TypeError, "floating-point", id="int-x"),
         pytest.param([[0.0] * 8], {}, TypeError, "torch.Tensor", id="list-x"),
         pytest.param(torch.zeros(1, 1, 8).expand(1, LONG, 8), {}, ValueError, "the limit is", id="too-long"),
-        pytest.param(torch.randn(2, 5, 8), {"mask": torch.ones(2, 6, dtype=torch.bool)}, ValueError,
-                     r"mask must have shape \(batch, seq\) = \(2, 5\), got \(2, 6\)", id="mask-shape"),
-        pytest.param(torch.randn(2, 5, 8), {"mask": torch.ones(2, 5)}, TypeError, "mask must be a bool", id="mask-dtype"),
+        pytest.param(
+            torch.randn(2, 5, 8),
+            {"mask": torch.ones(2, 6, dtype=torch.bool)},
+            ValueError,
+            r"mask must have shape \(batch, seq\) = \(2, 5\), got \(2, 6\)",
+            id="mask-shape",
+        ),
+        pytest.param(
+            torch.randn(2, 5, 8), {"mask": torch.ones(2, 5)}, TypeError, "mask must be a bool", id="mask-dtype"
+        ),
     ],
 )
 def test_layers_reject_bad_input(make, x, kwargs, exc, match):
@@ -88,15 +97,25 @@ def test_transformer_rejects_bad_tokens(x, kwargs, exc, match):
         pytest.param(ft.FLASH, dict(dim=8, query_key_dim=0), ValueError, "query_key_dim", id="qk0"),
         pytest.param(ft.FLASH, dict(dim=8, expansion_factor=0.01), ValueError, "expansion_factor", id="expansion"),
         pytest.param(ft.FLASH, dict(dim=8, dropout=1.0), ValueError, r"dropout must be in \[0, 1\)", id="dropout"),
-        pytest.param(ft.FLASH, dict(dim=8, query_key_dim=8, rotary_pos_emb=ft.RotaryEmbedding(16)), ValueError,
-                     "rotates 16 features but query_key_dim is 8", id="rotary-too-wide"),
+        pytest.param(
+            ft.FLASH,
+            dict(dim=8, query_key_dim=8, rotary_pos_emb=ft.RotaryEmbedding(16)),
+            ValueError,
+            "rotates 16 features but query_key_dim is 8",
+            id="rotary-too-wide",
+        ),
         pytest.param(ft.GAU, dict(dim=0), ValueError, "dim must be positive", id="gau-dim0"),
         pytest.param(ft.GAU, dict(dim=8, query_key_dim=True), TypeError, "query_key_dim must be an int", id="gau-bool"),
         pytest.param(ft.FLASHTransformer, dict(dim=8, num_tokens=0, depth=1), ValueError, "num_tokens", id="tokens0"),
         pytest.param(ft.FLASHTransformer, dict(dim=8, num_tokens=5, depth=0), ValueError, "depth", id="depth0"),
         pytest.param(ft.FLASHTransformer, dict(dim=9, num_tokens=5, depth=1), ValueError, "dim must be even", id="odd"),
-        pytest.param(ft.FLASHTransformer, dict(dim=8, num_tokens=5, depth=1, norm_type="rms"), ValueError,
-                     "norm_type must be one of", id="norm-type"),
+        pytest.param(
+            ft.FLASHTransformer,
+            dict(dim=8, num_tokens=5, depth=1, norm_type="rms"),
+            ValueError,
+            "norm_type must be one of",
+            id="norm-type",
+        ),
     ],
 )
 def test_constructors_reject_bad_arguments(make, kwargs, exc, match):

@@ -25,7 +25,9 @@ def apply_rotary(t: Tensor, angles: Tensor) -> Tensor:
     """
     rot_dim = angles.shape[-1]
     if rot_dim > t.shape[-1]:
-        raise ValueError(f"rotary dim {rot_dim} exceeds feature dim {t.shape[-1]} of a tensor of shape {tuple(t.shape)}")
+        raise ValueError(
+            f"rotary dim {rot_dim} exceeds feature dim {t.shape[-1]} of a tensor of shape {tuple(t.shape)}"
+        )
     t_rot, t_pass = t[..., :rot_dim], t[..., rot_dim:]
     rotated = t_rot * angles.cos() + rotate_pairs(t_rot) * angles.sin()
     return torch.cat((rotated, t_pass), dim=-1).to(t.dtype)

@@ -27,9 +27,10 @@ def t5_relative_position_bucket(
     is_small = n < max_exact
     # clamp only keeps log() finite where the small branch is taken anyway
     n_large = n.clamp(min=max_exact).float()
-    val_if_large = max_exact + (
-        torch.log(n_large / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
-    ).long()
+    val_if_large = (
+        max_exact
+        + (torch.log(n_large / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)).long()
+    )
     val_if_large = val_if_large.clamp(max=num_buckets - 1)
     return ret + torch.where(is_small, n, val_if_large)
 

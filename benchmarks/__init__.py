@@ -1,0 +1,1 @@
+"""Benchmarks of flash_triton (run as ``python -m benchmarks.<name>`` from the repository root)."""
