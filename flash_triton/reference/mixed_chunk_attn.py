@@ -50,6 +50,7 @@ def mixed_chunk_attn(
     t5_max_distance: int = 128,
     laplace: bool = False,
     dropout_p: float = 0.0,
+    dropout_mask: Tensor | None = None,
     reduce_group: bool = True,
 ) -> Tensor:
     """``gate * (quad + lin)`` of FLASH. quad_q, quad_k, lin_q, lin_k (b, n, s); v, gate (b, n, e); key_mask (b, n).
@@ -76,6 +77,7 @@ def mixed_chunk_attn(
         t5_max_distance=t5_max_distance,
         laplace=laplace,
         dropout_p=dropout_p,
+        dropout_mask=dropout_mask,
     )
     if key_mask is not None:
         lin_k = lin_k.masked_fill(~key_mask[..., None], 0.0)

@@ -25,6 +25,7 @@ def quad_attn(
     bias_scale: float = 1.0,
     laplace: bool = False,
     dropout_p: float = 0.0,
+    dropout_mask: Tensor | None = None,
 ) -> Tensor:
     """Single-head attention without softmax, within windows of ``window`` tokens.
 
@@ -38,7 +39,8 @@ def quad_attn(
         A = dropout(A);  A[i, j] = 0 where key_mask[j] is False or (causal and j > i)
         out_i = sum_j A[i, j] v_j   (times gate_i when gate is given)
 
-    The sequence is padded to a multiple of ``window`` with masked keys; the output has the input's length.
+    ``dropout_mask`` (b, G, w, w) bool, with G = ceil(n / w), replaces the random draw of the dropout keep-mask
+    (for comparing against the kernels' own draw). The sequence is padded to a multiple of ``window`` with masked keys; the output has the input's length.
 
     >>> q = k = torch.randn(1, 5, 8); v = torch.randn(1, 5, 4)
     >>> quad_attn(q, k, v, scale=1 / 5, causal=True).shape
@@ -65,7 +67,9 @@ def quad_attn(
     if bias is not None:
         sim = sim + bias_scale * (bias.unsqueeze(1) if bias.dim() == 3 else bias)  # (b, n, n) -> (b, 1, n, n)
     attn = attn_activation(sim, laplace)
-    if dropout_p > 0:
+    if dropout_mask is not None:
+        attn = attn * dropout_mask / (1 - dropout_p)
+    elif dropout_p > 0:
         attn = F.dropout(attn, dropout_p, training=True)
     if key_mask is not None:
         attn = attn.masked_fill(~key_mask.unflatten(1, (groups, w))[:, :, None, :], 0.0)

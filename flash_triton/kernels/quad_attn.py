@@ -1,0 +1,687 @@
+"""Gated relu²/laplace quadratic attention over a block-diagonal window: Triton kernels and typed launchers.
+
+Scores, per window of W tokens (W = n for GAU, the group size for FLASH), i = query, j = key::
+
+    s[i, j] = scale * q_i . k_j + t5_scale * t5[bucket(j - i)] + bias_scale * bias[i, j]
+    A[i, j] = act(s) * dropout_keep[i, j] / (1 - p), zero where the key is masked, padded or (causal) j > i
+    o_i = Σ_j A[i, j] v_j;   out_i = gate_i * o_i
+
+No softmax, so no running statistics: the output is a plain sum over key tiles. Key tiles outside the window or
+above the causal diagonal are never visited. The backward recomputes the scores tile by tile; nothing of size
+W x W is stored. Dropout uses Philox keyed by a seed tensor on (row, column-in-window), so the backward
+regenerates the forward's mask. T5 buckets come from a (2 * max_distance + 1) lookup table that the reference
+bucket function fills on the tensors' device, so kernel and reference agree on every boundary.
+"""
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..reference.t5_bias import t5_relative_position_bucket
+
+# laplace(s) = 0.5 * (1 + erf((s - mu) * c)), mu = sqrt(1/2), c = 1 / (sigma * sqrt 2) = sqrt(2 pi);
+# d/ds = sqrt(2) * exp(-((s - mu) * c)^2)
+_MU = tl.constexpr(0.7071067811865476)
+_C = tl.constexpr(2.5066282746310002)
+_SQRT2 = tl.constexpr(1.4142135623730951)
+
+_NOSPEC = ["N", "W", "G", "S", "E"]
+
+
+@triton.jit
+def _act(s, LAPLACE: tl.constexpr):
+    if LAPLACE:
+        return 0.5 * (1.0 + tl.math.erf((s - _MU) * _C))
+    else:
+        r = tl.maximum(s, 0.0)
+        return r * r
+
+
+@triton.jit
+def _act_grad(s, LAPLACE: tl.constexpr):
+    if LAPLACE:
+        z = (s - _MU) * _C
+        return _SQRT2 * tl.exp(-z * z)
+    else:
+        return 2.0 * tl.maximum(s, 0.0)
+
+
+@triton.jit
+def _scores(
+    q_base,  # q of this batch row: (N, S), feature stride 1
+    k_base,  # k of this batch row: (N, S), feature stride 1
+    stride_qn,
+    stride_kn,
+    o_m,  # (BM,) query positions
+    o_n,  # (BN,) key positions
+    m_m,  # (BM,) valid queries
+    m_n,  # (BN,) valid keys
+    S,
+    scale,
+    t5_ptr,  # (num_buckets,) T5 table
+    lut_ptr,  # (2 * max_dist + 1,) int32 bucket of each clamped relative position
+    t5_scale,
+    max_dist,
+    bias_base,  # caller's bias of this batch row, addressed (i, j) through its strides
+    stride_bm,
+    stride_bn,
+    bias_scale,
+    HAS_T5: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BS: tl.constexpr,
+    S_BLOCKS: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """(BM, BN) float32 scores s[i, j] (before the activation)."""
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for i_s in tl.static_range(S_BLOCKS):
+        o_s = i_s * BS + tl.arange(0, BS)
+        m_s = o_s < S
+        b_q = tl.load(q_base + o_m[:, None] * stride_qn + o_s[None, :], mask=m_m[:, None] & m_s[None, :], other=0.0)
+        b_kt = tl.load(k_base + o_s[:, None] + o_n[None, :] * stride_kn, mask=m_s[:, None] & m_n[None, :], other=0.0)
+        acc = tl.dot(b_q, b_kt, acc, input_precision=DOT_PREC)
+    s = acc * scale
+    if HAS_T5:
+        rel = tl.minimum(tl.maximum(o_n[None, :] - o_m[:, None], -max_dist), max_dist) + max_dist
+        bucket = tl.load(lut_ptr + rel)
+        s += tl.load(t5_ptr + bucket).to(tl.float32) * t5_scale
+    if HAS_BIAS:
+        p_bias = bias_base + o_m[:, None] * stride_bm + o_n[None, :] * stride_bn
+        s += tl.load(p_bias, mask=m_m[:, None] & m_n[None, :], other=0.0).to(tl.float32) * bias_scale
+    return s
+
+
+@triton.jit
+def _keep(
+    o_m,
+    o_n,
+    m_m,
+    m_n,
+    mask_base,  # key mask of this batch row: (N,) uint8, 1 = attend
+    CAUSAL: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+):
+    """(BM, BN) bool: the (query, key) pairs that contribute (in range, unmasked, not in the future)."""
+    keep = m_m[:, None] & m_n[None, :]
+    if CAUSAL:
+        keep = keep & (o_n[None, :] <= o_m[:, None])
+    if HAS_MASK:
+        km = tl.load(mask_base + o_n, mask=m_n, other=0)
+        keep = keep & (km != 0)[None, :]
+    return keep
+
+
+@triton.jit
+def _dropout_scale(seed, row0, o_m, o_n, win_start, p, BM: tl.constexpr, BN: tl.constexpr):
+    """(BM, BN) float32: 1 / (1 - p) where Philox(seed; column-in-window, global row) keeps the entry, else 0."""
+    c0 = tl.broadcast_to((o_n - win_start)[None, :], (BM, BN)).to(tl.uint32)
+    c1 = tl.broadcast_to((row0 + o_m)[:, None], (BM, BN)).to(tl.uint32)
+    zero = tl.zeros((BM, BN), dtype=tl.uint32)
+    r, _, _, _ = tl.philox(seed, c0, c1, zero, zero)
+    u = tl.uint_to_uniform_float(r)
+    return tl.where(u >= p, 1.0 / (1.0 - p), 0.0)
+
+
+@triton.jit(do_not_specialize=_NOSPEC)
+def _quad_attn_fwd_kernel(
+    q_ptr,  # (B, N, S)
+    k_ptr,  # (B, N, S)
+    v_ptr,  # (B, N, E)
+    gate_ptr,  # (B, N, E) or dummy
+    o_ptr,  # (B, N, E) gated output
+    opre_ptr,  # (B, N, E) output before the gate (saved for dgate) or dummy
+    mask_ptr,  # (B, N) uint8 or dummy
+    t5_ptr,  # (num_buckets,) or dummy
+    lut_ptr,  # (2 * max_dist + 1,) int32 or dummy
+    bias_ptr,  # (B, N, N) through strides (0 where broadcast) or dummy
+    seed_ptr,  # (1,) int64 dropout seed or dummy
+    N,
+    W,
+    G,
+    S,
+    E,
+    stride_qb,
+    stride_qn,
+    stride_kb,
+    stride_kn,
+    stride_vb,
+    stride_vn,
+    stride_gb,
+    stride_gn,
+    stride_ob,
+    stride_on,
+    stride_mb,
+    stride_bb,
+    stride_bm,
+    stride_bn,
+    scale,
+    t5_scale,
+    max_dist,
+    bias_scale,
+    dropout_p,
+    CAUSAL: tl.constexpr,
+    LAPLACE: tl.constexpr,
+    HAS_GATE: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_T5: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    STORE_PRE: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BS: tl.constexpr,
+    S_BLOCKS: tl.constexpr,
+    BE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    i_mt, i_e, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    tiles = tl.cdiv(W, BM)
+    i_w = i_mt // tiles
+    win_start = i_w * W
+    win_end = tl.minimum(win_start + W, N)
+    q_start = win_start + (i_mt % tiles) * BM
+    o_m = q_start + tl.arange(0, BM)
+    m_m = o_m < win_end
+    o_e = i_e * BE + tl.arange(0, BE)
+    m_e = o_e < E
+    i_b64 = i_b.to(tl.int64)
+    q_base = q_ptr + i_b64 * stride_qb
+    k_base = k_ptr + i_b64 * stride_kb
+    v_base = v_ptr + i_b64 * stride_vb
+    bias_base = bias_ptr + i_b64 * stride_bb
+    mask_base = mask_ptr + i_b64 * stride_mb
+    if DROPOUT:
+        seed = tl.load(seed_ptr)
+    hi = win_end
+    if CAUSAL:
+        hi = tl.minimum(win_end, q_start + BM)
+    acc = tl.zeros((BM, BE), dtype=tl.float32)
+    for k0 in range(win_start, hi, BN):
+        o_n = k0 + tl.arange(0, BN)
+        m_n = o_n < hi
+        s = _scores(
+            q_base, k_base, stride_qn, stride_kn, o_m, o_n, m_m, m_n, S, scale, t5_ptr, lut_ptr, t5_scale, max_dist,
+            bias_base, stride_bm, stride_bn, bias_scale, HAS_T5, HAS_BIAS, BM, BN, BS, S_BLOCKS, DOT_PREC,
+        )  # fmt: skip
+        a = _act(s, LAPLACE)
+        if DROPOUT:
+            a = a * _dropout_scale(seed, i_b * G * W, o_m, o_n, win_start, dropout_p, BM, BN)
+        a = tl.where(_keep(o_m, o_n, m_m, m_n, mask_base, CAUSAL, HAS_MASK), a, 0.0)
+        b_v = tl.load(v_base + o_n[:, None] * stride_vn + o_e[None, :], mask=m_n[:, None] & m_e[None, :], other=0.0)
+        acc = tl.dot(a.to(b_v.dtype), b_v, acc, input_precision=DOT_PREC)
+    m_out = m_m[:, None] & m_e[None, :]
+    o_off = i_b64 * stride_ob + o_m[:, None] * stride_on + o_e[None, :]
+    if STORE_PRE:
+        tl.store(opre_ptr + o_off, acc.to(opre_ptr.dtype.element_ty), mask=m_out)
+    if HAS_GATE:
+        p_g = gate_ptr + i_b64 * stride_gb + o_m[:, None] * stride_gn + o_e[None, :]
+        acc = acc * tl.load(p_g, mask=m_out, other=0.0).to(tl.float32)
+    tl.store(o_ptr + o_off, acc.to(o_ptr.dtype.element_ty), mask=m_out)
+
+
+@triton.jit
+def _dscores(
+    q_base,
+    k_base,
+    v_base,
+    dy_base,  # upstream gradient of o (before the gate) of this batch row: (N, E)
+    mask_base,
+    stride_qn,
+    stride_kn,
+    stride_vn,
+    stride_dyn,
+    o_m,
+    o_n,
+    m_m,
+    m_n,
+    win_start,
+    row0,
+    seed,
+    S,
+    E,
+    scale,
+    t5_ptr,
+    lut_ptr,
+    t5_scale,
+    max_dist,
+    bias_base,
+    stride_bm,
+    stride_bn,
+    bias_scale,
+    dropout_p,
+    CAUSAL: tl.constexpr,
+    LAPLACE: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_T5: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BS: tl.constexpr,
+    S_BLOCKS: tl.constexpr,
+    BE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """(BM, BN) float32 gradient of the loss with respect to the scores s[i, j]."""
+    s = _scores(
+        q_base, k_base, stride_qn, stride_kn, o_m, o_n, m_m, m_n, S, scale, t5_ptr, lut_ptr, t5_scale, max_dist,
+        bias_base, stride_bm, stride_bn, bias_scale, HAS_T5, HAS_BIAS, BM, BN, BS, S_BLOCKS, DOT_PREC,
+    )  # fmt: skip
+    da = tl.zeros((BM, BN), dtype=tl.float32)
+    for e0 in range(0, E, BE):
+        o_e = e0 + tl.arange(0, BE)
+        m_e = o_e < E
+        b_dy = tl.load(dy_base + o_m[:, None] * stride_dyn + o_e[None, :], mask=m_m[:, None] & m_e[None, :], other=0.0)
+        b_vt = tl.load(v_base + o_e[:, None] + o_n[None, :] * stride_vn, mask=m_e[:, None] & m_n[None, :], other=0.0)
+        da = tl.dot(b_dy, b_vt, da, input_precision=DOT_PREC)
+    ds = da * _act_grad(s, LAPLACE)
+    if DROPOUT:
+        ds = ds * _dropout_scale(seed, row0, o_m, o_n, win_start, dropout_p, BM, BN)
+    return tl.where(_keep(o_m, o_n, m_m, m_n, mask_base, CAUSAL, HAS_MASK), ds, 0.0)
+
+
+@triton.jit(do_not_specialize=_NOSPEC)
+def _quad_attn_bwd_dv_kernel(
+    q_ptr,  # (B, N, S)
+    k_ptr,  # (B, N, S)
+    dy_ptr,  # (B, N, E) gradient of o before the gate
+    dv_ptr,  # (B, N, E)
+    mask_ptr,
+    t5_ptr,
+    lut_ptr,
+    bias_ptr,
+    seed_ptr,
+    N,
+    W,
+    G,
+    S,
+    E,
+    stride_qb,
+    stride_qn,
+    stride_kb,
+    stride_kn,
+    stride_dyb,
+    stride_dyn,
+    stride_dvb,
+    stride_dvn,
+    stride_mb,
+    stride_bb,
+    stride_bm,
+    stride_bn,
+    scale,
+    t5_scale,
+    max_dist,
+    bias_scale,
+    dropout_p,
+    CAUSAL: tl.constexpr,
+    LAPLACE: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_T5: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BS: tl.constexpr,
+    S_BLOCKS: tl.constexpr,
+    BE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """dv[j] = Σ_i A[i, j] dy[i], one (key tile, value block) per program."""
+    i_nt, i_e, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    tiles = tl.cdiv(W, BN)
+    win_start = (i_nt // tiles) * W
+    win_end = tl.minimum(win_start + W, N)
+    k_start = win_start + (i_nt % tiles) * BN
+    o_n = k_start + tl.arange(0, BN)
+    m_n = o_n < win_end
+    o_e = i_e * BE + tl.arange(0, BE)
+    m_e = o_e < E
+    i_b64 = i_b.to(tl.int64)
+    q_base = q_ptr + i_b64 * stride_qb
+    k_base = k_ptr + i_b64 * stride_kb
+    dy_base = dy_ptr + i_b64 * stride_dyb
+    bias_base = bias_ptr + i_b64 * stride_bb
+    mask_base = mask_ptr + i_b64 * stride_mb
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(seed_ptr)
+    lo = win_start
+    if CAUSAL:
+        lo = k_start
+    acc = tl.zeros((BN, BE), dtype=tl.float32)
+    for m0 in range(lo, win_end, BM):
+        o_m = m0 + tl.arange(0, BM)
+        m_m = o_m < win_end
+        s = _scores(
+            q_base, k_base, stride_qn, stride_kn, o_m, o_n, m_m, m_n, S, scale, t5_ptr, lut_ptr, t5_scale, max_dist,
+            bias_base, stride_bm, stride_bn, bias_scale, HAS_T5, HAS_BIAS, BM, BN, BS, S_BLOCKS, DOT_PREC,
+        )  # fmt: skip
+        a = _act(s, LAPLACE)
+        if DROPOUT:
+            a = a * _dropout_scale(seed, i_b * G * W, o_m, o_n, win_start, dropout_p, BM, BN)
+        a = tl.where(_keep(o_m, o_n, m_m, m_n, mask_base, CAUSAL, HAS_MASK), a, 0.0)
+        b_dy = tl.load(dy_base + o_m[:, None] * stride_dyn + o_e[None, :], mask=m_m[:, None] & m_e[None, :], other=0.0)
+        acc = tl.dot(tl.trans(a).to(b_dy.dtype), b_dy, acc, input_precision=DOT_PREC)
+    p_dv = dv_ptr + i_b64 * stride_dvb + o_n[:, None] * stride_dvn + o_e[None, :]
+    tl.store(p_dv, acc.to(dv_ptr.dtype.element_ty), mask=m_n[:, None] & m_e[None, :])
+
+
+@triton.jit(do_not_specialize=_NOSPEC)
+def _quad_attn_bwd_dqk_kernel(
+    q_ptr,  # (B, N, S)
+    k_ptr,  # (B, N, S)
+    v_ptr,  # (B, N, E)
+    dy_ptr,  # (B, N, E)
+    dx_ptr,  # (B, N, S): dq when KEY_TILES is False, dk when True
+    dt5_ptr,  # (num programs, NB) float32 partial sums of the T5 table gradient, or dummy
+    dbias_ptr,  # (B, N, N) float32 score gradient times bias_scale, or dummy
+    mask_ptr,
+    t5_ptr,
+    lut_ptr,
+    bias_ptr,
+    seed_ptr,
+    N,
+    W,
+    G,
+    S,
+    E,
+    stride_qb,
+    stride_qn,
+    stride_kb,
+    stride_kn,
+    stride_vb,
+    stride_vn,
+    stride_dyb,
+    stride_dyn,
+    stride_dxb,
+    stride_dxn,
+    stride_mb,
+    stride_bb,
+    stride_bm,
+    stride_bn,
+    scale,
+    t5_scale,
+    max_dist,
+    bias_scale,
+    dropout_p,
+    KEY_TILES: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    LAPLACE: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_T5: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    DT5: tl.constexpr,
+    DBIAS: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    NB: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BS: tl.constexpr,
+    S_BLOCKS: tl.constexpr,
+    BE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """dq[i] = scale Σ_j ds[i, j] k_j per query tile (KEY_TILES=False; also dbias), or
+    dk[j] = scale Σ_i ds[i, j] q_i per key tile (KEY_TILES=True; also the T5 partials). One feature block each."""
+    i_t, i_s, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    BT: tl.constexpr = BN if KEY_TILES else BM  # this program's tile
+    BO: tl.constexpr = BM if KEY_TILES else BN  # the tiles it loops over
+    tiles = tl.cdiv(W, BT)
+    win_start = (i_t // tiles) * W
+    win_end = tl.minimum(win_start + W, N)
+    t_start = win_start + (i_t % tiles) * BT
+    o_t = t_start + tl.arange(0, BT)
+    m_t = o_t < win_end
+    o_f = i_s * BS + tl.arange(0, BS)
+    m_f = o_f < S
+    i_b64 = i_b.to(tl.int64)
+    q_base = q_ptr + i_b64 * stride_qb
+    k_base = k_ptr + i_b64 * stride_kb
+    v_base = v_ptr + i_b64 * stride_vb
+    dy_base = dy_ptr + i_b64 * stride_dyb
+    bias_base = bias_ptr + i_b64 * stride_bb
+    mask_base = mask_ptr + i_b64 * stride_mb
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(seed_ptr)
+    if KEY_TILES:
+        lo = win_start
+        if CAUSAL:
+            lo = t_start
+        hi = win_end
+    else:
+        lo = win_start
+        hi = win_end
+        if CAUSAL:
+            hi = tl.minimum(win_end, t_start + BT)
+    o_nb = tl.arange(0, NB)
+    acc_t5 = tl.zeros((NB,), dtype=tl.float32)
+    acc = tl.zeros((BT, BS), dtype=tl.float32)
+    for x0 in range(lo, hi, BO):
+        o_x = x0 + tl.arange(0, BO)
+        m_x = o_x < hi
+        if KEY_TILES:
+            o_m, m_m, o_n, m_n = o_x, m_x, o_t, m_t
+        else:
+            o_m, m_m, o_n, m_n = o_t, m_t, o_x, m_x
+        ds = _dscores(
+            q_base, k_base, v_base, dy_base, mask_base, stride_qn, stride_kn, stride_vn, stride_dyn, o_m, o_n, m_m,
+            m_n, win_start, i_b * G * W, seed, S, E, scale, t5_ptr, lut_ptr, t5_scale, max_dist, bias_base,
+            stride_bm, stride_bn, bias_scale, dropout_p, CAUSAL, LAPLACE, HAS_MASK, HAS_T5, HAS_BIAS, DROPOUT,
+            BM, BN, BS, S_BLOCKS, BE, DOT_PREC,
+        )  # fmt: skip
+        if KEY_TILES:
+            b_q = tl.load(q_base + o_m[:, None] * stride_qn + o_f[None, :], mask=m_m[:, None] & m_f[None, :], other=0.0)
+            acc = tl.dot(tl.trans(ds).to(b_q.dtype), b_q, acc, input_precision=DOT_PREC)
+            if DT5:
+                if i_s == 0:
+                    rel = tl.minimum(tl.maximum(o_n[None, :] - o_m[:, None], -max_dist), max_dist) + max_dist
+                    bucket = tl.load(lut_ptr + rel)
+                    for nb in tl.static_range(NB):
+                        part = tl.sum(tl.sum(tl.where(bucket == nb, ds, 0.0), axis=1), axis=0)
+                        acc_t5 += tl.where(o_nb == nb, part, 0.0)
+        else:
+            b_k = tl.load(k_base + o_n[:, None] * stride_kn + o_f[None, :], mask=m_n[:, None] & m_f[None, :], other=0.0)
+            acc = tl.dot(ds.to(b_k.dtype), b_k, acc, input_precision=DOT_PREC)
+            if DBIAS:
+                if i_s == 0:
+                    p_db = dbias_ptr + i_b64 * N * N + o_m[:, None] * N + o_n[None, :]
+                    tl.store(p_db, ds * bias_scale, mask=m_m[:, None] & m_n[None, :])
+    p_dx = dx_ptr + i_b64 * stride_dxb + o_t[:, None] * stride_dxn + o_f[None, :]
+    tl.store(p_dx, (acc * scale).to(dx_ptr.dtype.element_ty), mask=m_t[:, None] & m_f[None, :])
+    if DT5:
+        if i_s == 0:
+            pid = i_b * tl.num_programs(0) + i_t
+            tl.store(dt5_ptr + pid * NB + o_nb, acc_t5 * t5_scale)
+
+
+@triton.jit(do_not_specialize=_NOSPEC)
+def _dropout_keep_kernel(
+    seed_ptr,  # (1,) int64
+    out_ptr,  # (B, G, W, W) uint8: 1 where the kernels keep the attention weight
+    W,
+    G,
+    dropout_p,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+):
+    i_m, i_n, i_bg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_w = i_bg // G, i_bg % G
+    win_start = i_w * W
+    o_m = win_start + i_m * BM + tl.arange(0, BM)
+    o_n = win_start + i_n * BN + tl.arange(0, BN)
+    keep = _dropout_scale(tl.load(seed_ptr), i_b * G * W, o_m, o_n, win_start, dropout_p, BM, BN) > 0
+    m = ((o_m - win_start) < W)[:, None] & ((o_n - win_start) < W)[None, :]
+    p_out = out_ptr + i_bg.to(tl.int64) * W * W + (o_m - win_start)[:, None] * W + (o_n - win_start)[None, :]
+    tl.store(p_out, keep.to(tl.uint8), mask=m)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# launch configuration and typed launchers
+
+
+def launch_config(window: int, qk_dim: int, v_dim: int) -> dict:
+    """Tile sizes (powers of two, >= 16 for tl.dot) for a window, query/key width and value width."""
+    bm = min(64, max(16, triton.next_power_of_2(window)))
+    bs = min(128, max(16, triton.next_power_of_2(qk_dim)))
+    be = min(128, max(16, triton.next_power_of_2(v_dim)))
+    return dict(BM=bm, BN=bm, BS=bs, S_BLOCKS=triton.cdiv(qk_dim, bs), BE=be, num_warps=4, num_stages=2)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # float32 inputs get exact float32 products (TF32 would cost ~1e-3 relative error); half types use tensor cores
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def bucket_lut(causal: bool, num_buckets: int, max_distance: int, device: torch.device) -> Tensor:
+    """int32 bucket of every relative position clamped to [-max_distance, max_distance], from the reference."""
+    rel = torch.arange(-max_distance, max_distance + 1, device=device)
+    bucket = t5_relative_position_bucket(rel, causal=causal, num_buckets=num_buckets, max_distance=max_distance)
+    return bucket.to(torch.int32)
+
+
+def _bias_strides(bias: Tensor | None, b: int, n: int) -> tuple[int, int, int]:
+    return (0, 0, 0) if bias is None else bias.expand(b, n, n).stride()
+
+
+def _last_dim_contiguous(*ts: Tensor | None) -> list:
+    return [t if t is None or t.stride(-1) == 1 else t.contiguous() for t in ts]
+
+
+def quad_attn_fwd(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gate: Tensor | None,
+    key_mask: Tensor | None,
+    t5_weight: Tensor | None,
+    bias: Tensor | None,
+    seed: Tensor | None,
+    *,
+    scale: float,
+    t5_scale: float,
+    t5_max_distance: int,
+    bias_scale: float,
+    window: int,
+    causal: bool,
+    laplace: bool,
+    dropout_p: float,
+    store_pre: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Gated output (B, N, E) and, when ``store_pre``, the output before the gate (saved for the gate's gradient).
+
+    q, k (B, N, S) and v, gate (B, N, E) with unit feature stride; key_mask (B, N) bool; t5_weight (num_buckets,);
+    bias broadcastable to (B, N, N); seed (1,) int64 when dropout_p > 0.
+    """
+    q, k, v, gate = _last_dim_contiguous(q, k, v, gate)
+    b, n, s = q.shape
+    e = v.shape[-1]
+    w = window
+    g = triton.cdiv(n, w)
+    cfg = launch_config(w, s, e)
+    out = torch.empty_like(v)
+    o_pre = torch.empty_like(v) if store_pre else None
+    dummy = q.new_empty(0)
+    mask_u8 = key_mask.to(torch.uint8) if key_mask is not None else None
+    lut = bucket_lut(causal, t5_weight.numel(), t5_max_distance, q.device) if t5_weight is not None else None
+    grid = (g * triton.cdiv(w, cfg["BM"]), triton.cdiv(e, cfg["BE"]), b)
+    _quad_attn_fwd_kernel[grid](
+        q, k, v, gate if gate is not None else dummy, out, o_pre if store_pre else dummy,
+        mask_u8 if mask_u8 is not None else dummy, t5_weight if t5_weight is not None else dummy,
+        lut if lut is not None else dummy, bias if bias is not None else dummy, seed if seed is not None else dummy,
+        n, w, g, s, e,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        gate.stride(0) if gate is not None else 0, gate.stride(1) if gate is not None else 0,
+        out.stride(0), out.stride(1), mask_u8.stride(0) if mask_u8 is not None else 0, *_bias_strides(bias, b, n),
+        scale, t5_scale, t5_max_distance, bias_scale, dropout_p,
+        CAUSAL=causal, LAPLACE=laplace, HAS_GATE=gate is not None, HAS_MASK=key_mask is not None,
+        HAS_T5=t5_weight is not None, HAS_BIAS=bias is not None, DROPOUT=dropout_p > 0, STORE_PRE=store_pre,
+        DOT_PREC=_dot_precision(q.dtype), **cfg,
+    )  # fmt: skip
+    return out, o_pre
+
+
+def quad_attn_bwd(
+    dy: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_mask: Tensor | None,
+    t5_weight: Tensor | None,
+    bias: Tensor | None,
+    seed: Tensor | None,
+    *,
+    scale: float,
+    t5_scale: float,
+    t5_max_distance: int,
+    bias_scale: float,
+    window: int,
+    causal: bool,
+    laplace: bool,
+    dropout_p: float,
+    need_dt5: bool,
+    need_dbias: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    """(dq, dk, dv, dt5, dbias) from ``dy``, the gradient of the output before the gate.
+
+    dt5 is (num_buckets,) float32 summed from per-program partials (deterministic); dbias is the float32 gradient
+    of a (B, N, N) bias, for the caller to reduce to the bias's own shape.
+    """
+    dy, q, k, v = _last_dim_contiguous(dy, q, k, v)
+    b, n, s = q.shape
+    e = v.shape[-1]
+    w = window
+    g = triton.cdiv(n, w)
+    cfg = launch_config(w, s, e)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dummy = q.new_empty(0)
+    mask_u8 = key_mask.to(torch.uint8) if key_mask is not None else None
+    lut = bucket_lut(causal, t5_weight.numel(), t5_max_distance, q.device) if t5_weight is not None else None
+    nb = triton.next_power_of_2(t5_weight.numel()) if t5_weight is not None else 1
+    key_tiles = g * triton.cdiv(w, cfg["BN"])
+    query_tiles = g * triton.cdiv(w, cfg["BM"])
+    need_dt5 = need_dt5 and t5_weight is not None
+    need_dbias = need_dbias and bias is not None
+    dt5_part = q.new_zeros(b * key_tiles, nb, dtype=torch.float32) if need_dt5 else None
+    dbias = q.new_zeros(b, n, n, dtype=torch.float32) if need_dbias else None
+    common = dict(
+        CAUSAL=causal, LAPLACE=laplace, HAS_MASK=key_mask is not None, HAS_T5=t5_weight is not None,
+        HAS_BIAS=bias is not None, DROPOUT=dropout_p > 0, DOT_PREC=_dot_precision(q.dtype), **cfg,
+    )  # fmt: skip
+    tables = (
+        mask_u8 if mask_u8 is not None else dummy, t5_weight if t5_weight is not None else dummy,
+        lut if lut is not None else dummy, bias if bias is not None else dummy, seed if seed is not None else dummy,
+    )  # fmt: skip
+    tail = (
+        mask_u8.stride(0) if mask_u8 is not None else 0, *_bias_strides(bias, b, n),
+        scale, t5_scale, t5_max_distance, bias_scale, dropout_p,
+    )  # fmt: skip
+    _quad_attn_bwd_dv_kernel[(key_tiles, triton.cdiv(e, cfg["BE"]), b)](
+        q, k, dy, dv, *tables, n, w, g, s, e,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), dy.stride(0), dy.stride(1), dv.stride(0), dv.stride(1),
+        *tail, **common,
+    )  # fmt: skip
+    for key, tiles, dx in ((True, key_tiles, dk), (False, query_tiles, dq)):
+        _quad_attn_bwd_dqk_kernel[(tiles, cfg["S_BLOCKS"], b)](
+            q, k, v, dy, dx, dt5_part if dt5_part is not None else dummy, dbias if dbias is not None else dummy,
+            *tables, n, w, g, s, e,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), dy.stride(0), dy.stride(1),
+            dx.stride(0), dx.stride(1), *tail,
+            KEY_TILES=key, DT5=need_dt5 and key, DBIAS=need_dbias and not key, NB=nb, **common,
+        )  # fmt: skip
+    dt5 = dt5_part.sum(0)[: t5_weight.numel()] if dt5_part is not None else None
+    return dq, dk, dv, dt5, dbias
+
+
+def dropout_keep_mask(seed: Tensor, batch: int, n: int, window: int, dropout_p: float) -> Tensor:
+    """(batch, G, W, W) bool: the dropout keep-mask the kernels draw for this seed (for tests and debugging)."""
+    w = window
+    g = triton.cdiv(n, w)
+    out = torch.empty(batch, g, w, w, dtype=torch.uint8, device=seed.device)
+    blk = min(64, max(16, triton.next_power_of_2(w)))
+    grid = (triton.cdiv(w, blk), triton.cdiv(w, blk), batch * g)
+    _dropout_keep_kernel[grid](seed, out, w, g, dropout_p, BM=blk, BN=blk)
+    return out.bool()
