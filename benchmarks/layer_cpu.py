@@ -51,8 +51,8 @@ def main(argv=None) -> int:
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(
-        f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"commit {commit or 'unknown'}, {datetime.now(timezone.utc):%Y-%m-%d}"
+        f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, commit {commit or 'unknown'}, {datetime.now(timezone.utc):%Y-%m-%d}"
     )
     print(f"FLASH layer fwd+bwd, causal, fp32, dim {args.dim}, group {args.group_size}, batch 1")
     print("| n | FLASH-pytorch 0.1.9 (ms) | flash_triton reference (ms) | ratio |")

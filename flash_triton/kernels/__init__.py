@@ -1,19 +1,26 @@
 """Triton kernels (``@triton.jit`` code, launch configs and typed launchers), one module per op.
 
-``KERNEL_OPS`` maps an op name to the ``"module:function"`` of its differentiable Triton entry point, which has
-the same signature as the reference function of the same name in :mod:`flash_triton.reference`. Modules are
-imported lazily, so importing flash_triton never imports triton. The dispatcher refuses ``backend="triton"`` for
-an op missing here rather than falling back silently. No kernel has landed yet.
+``KERNEL_OPS`` maps an op name to its differentiable Triton entry point (in :mod:`flash_triton.triton_ops`), which
+has the signature of the reference function of the same name in :mod:`flash_triton.reference`. The entry points
+import triton on first use, so importing flash_triton never imports triton. The dispatcher refuses
+``backend="triton"`` for an op missing here rather than falling back silently. Landed: the quadratic attention
+(GAU); FLASH runs on the reference until its fused kernels land.
 """
 
-import importlib
 from collections.abc import Callable
 
-KERNEL_OPS: dict[str, str] = {}
+
+def _quad_attn(*args, **kwargs):
+    from ..triton_ops import quad_attn  # imports triton on first use only
+
+    return quad_attn(*args, **kwargs)
+
+
+# plain functions whose body imports (an import statement, which torch.compile traces, unlike importlib)
+KERNEL_OPS: dict[str, Callable] = {"quad_attn": _quad_attn}
 AVAILABLE_OPS: frozenset[str] = frozenset(KERNEL_OPS)
 
 
 def load_kernel(op: str) -> Callable:
     """The Triton entry point of ``op`` (KeyError when it has none)."""
-    module, _, fn = KERNEL_OPS[op].partition(":")
-    return getattr(importlib.import_module(module), fn)
+    return KERNEL_OPS[op]

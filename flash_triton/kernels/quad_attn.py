@@ -266,10 +266,7 @@ def _dscores(
     DOT_PREC: tl.constexpr,
 ):
     """(BM, BN) float32 gradient of the loss with respect to the scores s[i, j]."""
-    s = _scores(
-        q_base, k_base, stride_qn, stride_kn, o_m, o_n, m_m, m_n, S, scale, t5_ptr, lut_ptr, t5_scale, max_dist,
-        bias_base, stride_bm, stride_bn, bias_scale, HAS_T5, HAS_BIAS, BM, BN, BS, S_BLOCKS, DOT_PREC,
-    )  # fmt: skip
+    # dA = dy vᵀ first, so that the scores are not live across this loop (register pressure)
     da = tl.zeros((BM, BN), dtype=tl.float32)
     for e0 in range(0, E, BE):
         o_e = e0 + tl.arange(0, BE)
@@ -277,6 +274,10 @@ def _dscores(
         b_dy = tl.load(dy_base + o_m[:, None] * stride_dyn + o_e[None, :], mask=m_m[:, None] & m_e[None, :], other=0.0)
         b_vt = tl.load(v_base + o_e[:, None] + o_n[None, :] * stride_vn, mask=m_e[:, None] & m_n[None, :], other=0.0)
         da = tl.dot(b_dy, b_vt, da, input_precision=DOT_PREC)
+    s = _scores(
+        q_base, k_base, stride_qn, stride_kn, o_m, o_n, m_m, m_n, S, scale, t5_ptr, lut_ptr, t5_scale, max_dist,
+        bias_base, stride_bm, stride_bn, bias_scale, HAS_T5, HAS_BIAS, BM, BN, BS, S_BLOCKS, DOT_PREC,
+    )  # fmt: skip
     ds = da * _act_grad(s, LAPLACE)
     if DROPOUT:
         ds = ds * _dropout_scale(seed, row0, o_m, o_n, win_start, dropout_p, BM, BN)
@@ -480,7 +481,8 @@ def _quad_attn_bwd_dqk_kernel(
                 if i_s == 0:
                     rel = tl.minimum(tl.maximum(o_n[None, :] - o_m[:, None], -max_dist), max_dist) + max_dist
                     bucket = tl.load(lut_ptr + rel)
-                    for nb in tl.static_range(NB):
+                    # a tile spans few buckets except near the diagonal: loop over its own range only
+                    for nb in range(tl.min(tl.min(bucket, axis=1), axis=0), tl.max(tl.max(bucket, axis=1), axis=0) + 1):
                         part = tl.sum(tl.sum(tl.where(bucket == nb, ds, 0.0), axis=1), axis=0)
                         acc_t5 += tl.where(o_nb == nb, part, 0.0)
         else:
@@ -523,12 +525,32 @@ def _dropout_keep_kernel(
 # launch configuration and typed launchers
 
 
-def launch_config(window: int, qk_dim: int, v_dim: int) -> dict:
-    """Tile sizes (powers of two, >= 16 for tl.dot) for a window, query/key width and value width."""
-    bm = min(64, max(16, triton.next_power_of_2(window)))
-    bs = min(128, max(16, triton.next_power_of_2(qk_dim)))
-    be = min(128, max(16, triton.next_power_of_2(v_dim)))
-    return dict(BM=bm, BN=bm, BS=bs, S_BLOCKS=triton.cdiv(qk_dim, bs), BE=be, num_warps=4, num_stages=2)
+# (kind, precision, dropout) -> (BM query tile, BN key tile, max BS, max BE, num_warps). Chosen so that every
+# configuration compiles without register spills on sm_80 and sm_90 (``python -m flash_triton.kernels.aot``).
+# float32 keeps exact (non-TF32) products, which run on FMA units with operands held in registers: small tiles.
+# Not yet tuned on a GPU.
+TILES = {
+    ("fwd", "half", False): (64, 64, 64, 64, 4),
+    ("fwd", "half", True): (32, 32, 128, 64, 4),
+    ("dv", "half", False): (32, 64, 128, 64, 4),
+    ("dv", "half", True): (32, 32, 128, 64, 4),
+    **{(kind, "half", drop): (32, 32, 128, 64, 8) for kind in ("dk", "dq") for drop in (False, True)},
+    **{(kind, "fp32", drop): (32, 32, 32, 32, 4) for kind in ("dv", "dk") for drop in (False, True)},
+    **{("fwd", "fp32", drop): (32, 32, 16, 32, 4) for drop in (False, True)},
+    **{("dq", "fp32", drop): (32, 16, 16, 32, 4) for drop in (False, True)},
+}
+
+
+def launch_config(kind: str, window: int, qk_dim: int, v_dim: int, dtype: torch.dtype, dropout: bool) -> dict:
+    """Tile sizes (powers of two, >= 16 for tl.dot, no larger than needed) and warps of kernel ``kind``
+    ("fwd", "dv", "dk", "dq") for a window, query/key width, value width, dtype and dropout on/off."""
+    precision = "fp32" if dtype == torch.float32 else "half"
+    bm, bn, bs, be, warps = TILES[(kind, precision, dropout)]
+    fit = max(16, triton.next_power_of_2(window))
+    bs = min(bs, max(16, triton.next_power_of_2(qk_dim)))
+    be = min(be, max(16, triton.next_power_of_2(v_dim)))
+    return dict(BM=min(bm, fit), BN=min(bn, fit), BS=bs, S_BLOCKS=triton.cdiv(qk_dim, bs), BE=be, num_warps=warps,
+                num_stages=2)  # fmt: skip
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -545,6 +567,18 @@ def bucket_lut(causal: bool, num_buckets: int, max_distance: int, device: torch.
 
 def _bias_strides(bias: Tensor | None, b: int, n: int) -> tuple[int, int, int]:
     return (0, 0, 0) if bias is None else bias.expand(b, n, n).stride()
+
+
+# Tests set this to fill every kernel-written buffer with NaN (or all-ones bits for integers) before the launch,
+# so an element that no program writes fails loudly instead of passing with stale memory.
+POISON_OUTPUTS = False
+
+
+def _new(like: Tensor, shape, dtype: torch.dtype | None = None) -> Tensor:
+    out = like.new_empty(shape, dtype=dtype)
+    if POISON_OUTPUTS:
+        out.fill_(float("nan") if out.is_floating_point() else -1)
+    return out
 
 
 def _last_dim_contiguous(*ts: Tensor | None) -> list:
@@ -581,9 +615,9 @@ def quad_attn_fwd(
     e = v.shape[-1]
     w = window
     g = triton.cdiv(n, w)
-    cfg = launch_config(w, s, e)
-    out = torch.empty_like(v)
-    o_pre = torch.empty_like(v) if store_pre else None
+    cfg = launch_config("fwd", w, s, e, q.dtype, dropout_p > 0)
+    out = _new(v, v.shape)  # contiguous whatever v's strides
+    o_pre = _new(v, v.shape) if store_pre else None
     dummy = q.new_empty(0)
     mask_u8 = key_mask.to(torch.uint8) if key_mask is not None else None
     lut = bucket_lut(causal, t5_weight.numel(), t5_max_distance, q.device) if t5_weight is not None else None
@@ -635,21 +669,21 @@ def quad_attn_bwd(
     e = v.shape[-1]
     w = window
     g = triton.cdiv(n, w)
-    cfg = launch_config(w, s, e)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    cfgs = {kind: launch_config(kind, w, s, e, q.dtype, dropout_p > 0) for kind in ("dv", "dk", "dq")}
+    dq, dk, dv = _new(q, q.shape), _new(k, k.shape), _new(v, v.shape)
     dummy = q.new_empty(0)
     mask_u8 = key_mask.to(torch.uint8) if key_mask is not None else None
     lut = bucket_lut(causal, t5_weight.numel(), t5_max_distance, q.device) if t5_weight is not None else None
     nb = triton.next_power_of_2(t5_weight.numel()) if t5_weight is not None else 1
-    key_tiles = g * triton.cdiv(w, cfg["BN"])
-    query_tiles = g * triton.cdiv(w, cfg["BM"])
+    key_tiles = g * triton.cdiv(w, cfgs["dk"]["BN"])
+    query_tiles = g * triton.cdiv(w, cfgs["dq"]["BM"])
     need_dt5 = need_dt5 and t5_weight is not None
     need_dbias = need_dbias and bias is not None
-    dt5_part = q.new_zeros(b * key_tiles, nb, dtype=torch.float32) if need_dt5 else None
+    dt5_part = _new(q, (b * key_tiles, nb), torch.float32) if need_dt5 else None
     dbias = q.new_zeros(b, n, n, dtype=torch.float32) if need_dbias else None
     common = dict(
         CAUSAL=causal, LAPLACE=laplace, HAS_MASK=key_mask is not None, HAS_T5=t5_weight is not None,
-        HAS_BIAS=bias is not None, DROPOUT=dropout_p > 0, DOT_PREC=_dot_precision(q.dtype), **cfg,
+        HAS_BIAS=bias is not None, DROPOUT=dropout_p > 0, DOT_PREC=_dot_precision(q.dtype),
     )  # fmt: skip
     tables = (
         mask_u8 if mask_u8 is not None else dummy, t5_weight if t5_weight is not None else dummy,
@@ -659,18 +693,20 @@ def quad_attn_bwd(
         mask_u8.stride(0) if mask_u8 is not None else 0, *_bias_strides(bias, b, n),
         scale, t5_scale, t5_max_distance, bias_scale, dropout_p,
     )  # fmt: skip
-    _quad_attn_bwd_dv_kernel[(key_tiles, triton.cdiv(e, cfg["BE"]), b)](
+    cfg = cfgs["dv"]
+    _quad_attn_bwd_dv_kernel[(g * triton.cdiv(w, cfg["BN"]), triton.cdiv(e, cfg["BE"]), b)](
         q, k, dy, dv, *tables, n, w, g, s, e,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), dy.stride(0), dy.stride(1), dv.stride(0), dv.stride(1),
-        *tail, **common,
+        *tail, **common, **cfg,
     )  # fmt: skip
     for key, tiles, dx in ((True, key_tiles, dk), (False, query_tiles, dq)):
+        cfg = cfgs["dk" if key else "dq"]
         _quad_attn_bwd_dqk_kernel[(tiles, cfg["S_BLOCKS"], b)](
             q, k, v, dy, dx, dt5_part if dt5_part is not None else dummy, dbias if dbias is not None else dummy,
             *tables, n, w, g, s, e,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), dy.stride(0), dy.stride(1),
             dx.stride(0), dx.stride(1), *tail,
-            KEY_TILES=key, DT5=need_dt5 and key, DBIAS=need_dbias and not key, NB=nb, **common,
+            KEY_TILES=key, DT5=need_dt5 and key, DBIAS=need_dbias and not key, NB=nb, **common, **cfg,
         )  # fmt: skip
     dt5 = dt5_part.sum(0)[: t5_weight.numel()] if dt5_part is not None else None
     return dq, dk, dv, dt5, dbias
@@ -680,7 +716,7 @@ def dropout_keep_mask(seed: Tensor, batch: int, n: int, window: int, dropout_p: 
     """(batch, G, W, W) bool: the dropout keep-mask the kernels draw for this seed (for tests and debugging)."""
     w = window
     g = triton.cdiv(n, w)
-    out = torch.empty(batch, g, w, w, dtype=torch.uint8, device=seed.device)
+    out = _new(seed, (batch, g, w, w), torch.uint8)
     blk = min(64, max(16, triton.next_power_of_2(w)))
     grid = (triton.cdiv(w, blk), triton.cdiv(w, blk), batch * g)
     _dropout_keep_kernel[grid](seed, out, w, g, dropout_p, BM=blk, BN=blk)

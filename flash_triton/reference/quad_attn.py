@@ -40,7 +40,8 @@ def quad_attn(
         out_i = sum_j A[i, j] v_j   (times gate_i when gate is given)
 
     ``dropout_mask`` (b, G, w, w) bool, with G = ceil(n / w), replaces the random draw of the dropout keep-mask
-    (for comparing against the kernels' own draw). The sequence is padded to a multiple of ``window`` with masked keys; the output has the input's length.
+    (for comparing against the kernels' own draw). The sequence is padded to a multiple of ``window`` with masked
+    keys; the output has the input's length.
 
     >>> q = k = torch.randn(1, 5, 8); v = torch.randn(1, 5, 4)
     >>> quad_attn(q, k, v, scale=1 / 5, causal=True).shape

@@ -1,0 +1,161 @@
+"""The Triton kernels as PyTorch custom ops (``torch.library.custom_op`` with fake and autograd registrations, so
+``torch.compile(fullgraph=True)`` traces through them), and differentiable entry points with the signatures of the
+reference functions of the same names. Importing this module imports triton."""
+
+import torch
+from torch import Tensor
+
+from .kernels import quad_attn as qa
+
+_EMPTY = (0,)
+
+
+@torch.library.custom_op("flash_triton::quad_attn_fwd", mutates_args=())
+def _quad_attn_fwd(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gate: Tensor | None,
+    key_mask: Tensor | None,
+    t5_weight: Tensor | None,
+    bias: Tensor | None,
+    seed: Tensor | None,
+    scale: float,
+    t5_scale: float,
+    t5_max_distance: int,
+    bias_scale: float,
+    window: int,
+    causal: bool,
+    laplace: bool,
+    dropout_p: float,
+    store_pre: bool,
+) -> tuple[Tensor, Tensor]:
+    out, o_pre = qa.quad_attn_fwd(
+        q, k, v, gate, key_mask, t5_weight, bias, seed, scale=scale, t5_scale=t5_scale,
+        t5_max_distance=t5_max_distance, bias_scale=bias_scale, window=window, causal=causal, laplace=laplace,
+        dropout_p=dropout_p, store_pre=store_pre,
+    )  # fmt: skip
+    return out, o_pre if o_pre is not None else v.new_empty(_EMPTY)
+
+
+@_quad_attn_fwd.register_fake
+def _(q, k, v, gate, key_mask, t5_weight, bias, seed, *args):
+    store_pre = args[-1]
+    return v.new_empty(v.shape), v.new_empty(v.shape if store_pre else _EMPTY)
+
+
+@torch.library.custom_op("flash_triton::quad_attn_bwd", mutates_args=())
+def _quad_attn_bwd(
+    dy: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_mask: Tensor | None,
+    t5_weight: Tensor | None,
+    bias: Tensor | None,
+    seed: Tensor | None,
+    scale: float,
+    t5_scale: float,
+    t5_max_distance: int,
+    bias_scale: float,
+    window: int,
+    causal: bool,
+    laplace: bool,
+    dropout_p: float,
+    need_dt5: bool,
+    need_dbias: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    dq, dk, dv, dt5, dbias = qa.quad_attn_bwd(
+        dy, q, k, v, key_mask, t5_weight, bias, seed, scale=scale, t5_scale=t5_scale,
+        t5_max_distance=t5_max_distance, bias_scale=bias_scale, window=window, causal=causal, laplace=laplace,
+        dropout_p=dropout_p, need_dt5=need_dt5, need_dbias=need_dbias,
+    )  # fmt: skip
+    empty = q.new_empty(_EMPTY, dtype=torch.float32)
+    return dq, dk, dv, dt5 if dt5 is not None else empty, dbias if dbias is not None else empty
+
+
+@_quad_attn_bwd.register_fake
+def _(dy, q, k, v, key_mask, t5_weight, bias, seed, *args):
+    need_dt5, need_dbias = args[-2], args[-1]
+    b, n, _ = q.shape
+    dt5 = q.new_empty(t5_weight.shape if need_dt5 and t5_weight is not None else _EMPTY, dtype=torch.float32)
+    dbias = q.new_empty((b, n, n) if need_dbias and bias is not None else _EMPTY, dtype=torch.float32)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dt5, dbias
+
+
+def _quad_attn_setup(ctx, inputs, output):
+    q, k, v, gate, key_mask, t5_weight, bias, seed, *scalars = inputs
+    ctx.save_for_backward(q, k, v, gate, key_mask, t5_weight, bias, seed, output[1])
+    ctx.scalars = scalars[:-1]  # all but store_pre
+
+
+def _quad_attn_backward(ctx, d_out, _d_pre):
+    q, k, v, gate, key_mask, t5_weight, bias, seed, o_pre = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    dy = d_out if gate is None else d_out * gate
+    dgate = d_out * o_pre if gate is not None and needs[3] else None
+    dq, dk, dv, dt5, dbias = _quad_attn_bwd(
+        dy, q, k, v, key_mask, t5_weight, bias, seed, *ctx.scalars, needs[5], needs[6]
+    )
+    dt5 = dt5.to(t5_weight.dtype) if needs[5] else None
+    dbias = dbias.sum_to_size(bias.shape).to(bias.dtype) if needs[6] else None
+    return (dq, dk, dv, dgate, None, dt5, dbias, None) + (None,) * 9
+
+
+_quad_attn_fwd.register_autograd(_quad_attn_backward, setup_context=_quad_attn_setup)
+
+
+def _common_dtype(*ts: Tensor | None) -> torch.dtype:
+    """Autocast's dtype when autocast is on for these tensors' device, else the promotion of their dtypes."""
+    present = [t for t in ts if t is not None]
+    device_type = present[0].device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    dtype = present[0].dtype
+    for t in present[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def quad_attn(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gate: Tensor | None = None,
+    *,
+    scale: float,
+    window: int | None = None,
+    causal: bool = False,
+    key_mask: Tensor | None = None,
+    t5_weight: Tensor | None = None,
+    t5_scale: float = 1.0,
+    t5_max_distance: int = 128,
+    bias: Tensor | None = None,
+    bias_scale: float = 1.0,
+    laplace: bool = False,
+    dropout_p: float = 0.0,
+    dropout_seed: Tensor | None = None,
+) -> Tensor:
+    """Fused Triton version of :func:`flash_triton.reference.quad_attn` (same arguments and result).
+
+    ``dropout_seed``: optional (1,) int64 tensor on q's device; by default a fresh one is drawn from torch's RNG.
+    The keep-mask it gives is :func:`flash_triton.kernels.quad_attn.dropout_keep_mask`.
+    """
+    b, n, _ = q.shape
+    window = n if window is None else window
+    if bias is not None and window < n:
+        raise ValueError("an explicit bias tensor is only supported with window=None")
+    dtype = _common_dtype(q, k, v, gate)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    gate = gate.to(dtype) if gate is not None else None
+    seed = None
+    if dropout_p > 0:
+        seed = dropout_seed
+        if seed is None:
+            seed = torch.randint(0, 2**62, (1,), device=q.device, dtype=torch.int64)
+    store_pre = gate is not None and gate.requires_grad and torch.is_grad_enabled()
+    out, _ = _quad_attn_fwd(
+        q, k, v, gate, key_mask, t5_weight, bias, seed, float(scale), float(t5_scale), int(t5_max_distance),
+        float(bias_scale), int(window), bool(causal), bool(laplace), float(dropout_p), store_pre,
+    )  # fmt: skip
+    return out

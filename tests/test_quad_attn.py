@@ -1,0 +1,261 @@
+"""The fused quadratic-attention kernels against the reference: output and every gradient (q, k, v, gate, T5
+table, caller bias; and through GAU: input and all parameters), dropout, autocast, torch.compile, memory.
+
+Runs on CUDA when present, else on CPU under TRITON_INTERPRET=1 (set in conftest.py). bf16 only on a GPU: the
+interpreter's bf16 tl.dot is wrong (triton-lang/triton#11584)."""
+
+import pytest
+import torch
+
+import flash_triton as ft
+from flash_triton import reference as ref
+from tests.conftest import assert_close_scaled
+
+triton = pytest.importorskip("triton")
+qa = pytest.importorskip("flash_triton.kernels.quad_attn")
+triton_ops = pytest.importorskip("flash_triton.triton_ops")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+DTYPE_IDS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setattr(qa, "POISON_OUTPUTS", True)
+
+
+def close_to_reference(ours, same_dtype_ref, ref64, dtype, what):
+    """|ours - ref64| <= 2 |torch in the same dtype - ref64| + atol (scaled by the reference's magnitude)."""
+    assert ours.dtype == same_dtype_ref.dtype, what
+    assert torch.isfinite(ours).all(), f"{what}: non-finite values (an unwritten element?)"
+    scale = max(1.0, ref64.abs().max().item())
+    err = (ours.double() - ref64).abs().max().item()
+    torch_err = (same_dtype_ref.double() - ref64).abs().max().item()
+    bound = 2 * torch_err + ATOL[dtype] * scale
+    assert err <= bound, f"{what}: error {err:.3e} > bound {bound:.3e} (torch {dtype}: {torch_err:.3e})"
+
+
+def make_inputs(b, n, s, e, dtype, *, mask, bias, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(b, n, s, generator=g) for _ in range(2))
+    v, gate = (torch.randn(b, n, e, generator=g) for _ in range(2))
+    t5 = torch.randn(32, generator=g)
+    key_mask = (torch.rand(b, n, generator=g) > 0.3) if mask else None
+    rel = {None: None, "nn": torch.randn(n, n, generator=g), "bnn": torch.randn(b, n, n, generator=g)}[bias]
+    tensors = dict(q=q, k=k, v=v, gate=gate, t5_weight=t5, bias=rel)
+    return {k_: (t.to(DEVICE) if t is not None else None) for k_, t in tensors.items()}, (
+        key_mask.to(DEVICE) if key_mask is not None else None
+    )
+
+
+def run(fn, tensors, dtype, grad_out, **kw):
+    """Output and the gradients of every tensor input, all inputs cast to ``dtype`` (as ``model.to(dtype)`` would)."""
+    leaves = {}
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        leaves[name] = t.detach().to(dtype).clone().requires_grad_()
+    args = {name: leaves.get(name) for name in tensors}
+    out = fn(args["q"], args["k"], args["v"], args["gate"], t5_weight=args["t5_weight"], bias=args["bias"], **kw)
+    out.backward(grad_out.to(out.dtype))
+    return out.detach(), {name: t.grad for name, t in leaves.items()}
+
+
+CASES = [
+    # b, n, s, e, window (None = GAU's whole sequence), causal, laplace, mask, bias
+    pytest.param(1, 1, 16, 16, None, True, False, False, None, id="b1-n1-gau-causal"),
+    pytest.param(2, 63, 24, 40, None, True, False, True, None, id="b2-n63-s24-e40-gau-causal-mask"),
+    pytest.param(2, 63, 24, 40, None, False, True, True, "bnn", id="b2-n63-gau-laplace-mask-bias"),
+    pytest.param(1, 45, 40, 24, None, True, False, False, "nn", id="b1-n45-gau-causal-bias"),
+    pytest.param(2, 70, 24, 20, 16, True, False, True, None, id="b2-n70-w16-causal-mask"),
+    pytest.param(1, 70, 16, 33, 32, False, True, False, None, id="b1-n70-w32-laplace"),
+    pytest.param(2, 20, 16, 16, 64, True, False, True, None, id="b2-n20-w64-n-lt-window"),
+    pytest.param(1, 40, 130, 20, 8, True, False, False, None, id="b1-n40-s130-w8-two-feature-blocks"),
+    pytest.param(1, 257, 16, 24, 128, True, False, True, None, id="b1-n257-w128-causal-mask"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("b, n, s, e, window, causal, laplace, mask, bias", CASES)
+def test_kernel_matches_reference(b, n, s, e, window, causal, laplace, mask, bias, dtype):
+    tensors, key_mask = make_inputs(b, n, s, e, dtype, mask=mask, bias=bias)
+    w = window or n
+    kw = dict(
+        scale=1.0 / w, window=window, causal=causal, key_mask=key_mask, t5_scale=0.7, bias_scale=1.0 / n,
+        laplace=laplace,
+    )  # fmt: skip
+    grad_out = torch.randn(b, n, e, device=DEVICE)
+    out, grads = run(triton_ops.quad_attn, tensors, dtype, grad_out, **kw)
+    out_ref, grads_ref = run(ref.quad_attn, tensors, dtype, grad_out, **kw)
+    out64, grads64 = run(ref.quad_attn, tensors, torch.float64, grad_out, **kw)
+    close_to_reference(out, out_ref, out64, dtype, "output")
+    assert set(grads) == set(grads64)
+    for name in grads:
+        close_to_reference(grads[name], grads_ref[name], grads64[name], dtype, f"grad of {name}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="bf16 tl.dot is wrong under the CPU interpreter (triton#11584)")
+@pytest.mark.parametrize("b, n, s, e, window, causal, laplace, mask, bias", CASES[1:6])
+def test_kernel_matches_reference_bf16(b, n, s, e, window, causal, laplace, mask, bias):
+    test_kernel_matches_reference(b, n, s, e, window, causal, laplace, mask, bias, torch.bfloat16)
+
+
+def test_dropout_keep_mask_statistics_and_determinism():
+    p = 0.3
+    seed = torch.tensor([123], dtype=torch.int64, device=DEVICE)
+    keep = qa.dropout_keep_mask(seed, 2, 200, 100, p)
+    assert keep.shape == (2, 2, 100, 100)
+    frac = keep.float().mean().item()
+    assert abs(frac - (1 - p)) < 0.01, frac  # 40k draws: the standard error is ~0.0023
+    assert torch.equal(keep, qa.dropout_keep_mask(seed, 2, 200, 100, p))
+    other = qa.dropout_keep_mask(seed + 1, 2, 200, 100, p)
+    agreement = (keep == other).float().mean().item()
+    assert abs(agreement - (p * p + (1 - p) ** 2)) < 0.02  # independent draws agree at the chance rate
+    # windows and batch rows draw different masks
+    assert (keep[0, 0] != keep[0, 1]).any() and (keep[0, 0] != keep[1, 0]).any()
+
+
+@pytest.mark.parametrize("window, causal", [(None, True), (16, False)], ids=["gau-causal", "w16"])
+def test_dropout_forward_and_backward_use_the_same_mask(window, causal):
+    """The kernel's forward and backward regenerate one keep-mask: feeding that mask to the reference reproduces
+    the output and every gradient."""
+    b, n, s, e, p = 2, 37, 16, 24, 0.25
+    tensors, key_mask = make_inputs(b, n, s, e, torch.float32, mask=True, bias=None)
+    seed = torch.tensor([2024], dtype=torch.int64, device=DEVICE)
+    w = window or n
+    kw = dict(scale=1.0 / w, window=window, causal=causal, key_mask=key_mask, t5_scale=0.7, dropout_p=p)
+    grad_out = torch.randn(b, n, e, device=DEVICE)
+    out, grads = run(triton_ops.quad_attn, tensors, torch.float32, grad_out, dropout_seed=seed, **kw)
+    keep = qa.dropout_keep_mask(seed, b, n, w, p)
+    out_ref, grads_ref = run(ref.quad_attn, tensors, torch.float32, grad_out, dropout_mask=keep, **kw)
+    assert_close_scaled(out, out_ref, 1e-5, "output with dropout")
+    for name in grads:
+        assert_close_scaled(grads[name], grads_ref[name], 1e-5, f"grad of {name} with dropout")
+    no_drop, _ = run(triton_ops.quad_attn, tensors, torch.float32, grad_out, **dict(kw, dropout_p=0.0))
+    assert not torch.allclose(out, no_drop)  # dropout did something
+
+
+def scrambled_gau(**kw):
+    model = ft.GAU(backend="reference", **kw)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    twin = ft.GAU(backend="triton", **kw)
+    twin.load_state_dict(model.state_dict())
+    return model.to(DEVICE), twin.to(DEVICE)
+
+
+class LaunchCounter:
+    """Wraps a jitted kernel and counts its launches."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        self.launches += 1
+        return self.kernel[grid]
+
+
+@pytest.mark.parametrize(
+    "kw, n, masked, bias",
+    [
+        pytest.param(dict(dim=24, query_key_dim=16, causal=True), 33, True, False, id="causal-mask"),
+        pytest.param(dict(dim=40, query_key_dim=24, laplace_attn_fn=True), 50, False, True, id="laplace-bias"),
+        pytest.param(dict(dim=24, query_key_dim=8, causal=True, norm_klass=ft.ScaleNorm), 1, False, False, id="n1"),
+    ],
+)
+def test_gau_on_triton_matches_reference_and_runs_the_kernels(monkeypatch, kw, n, masked, bias):
+    counters = {
+        name: LaunchCounter(getattr(qa, name))
+        for name in ("_quad_attn_fwd_kernel", "_quad_attn_bwd_dv_kernel", "_quad_attn_bwd_dqk_kernel")
+    }
+    for name, counter in counters.items():
+        monkeypatch.setattr(qa, name, counter)
+    reference, fused = scrambled_gau(**kw)
+    x = torch.randn(2, n, kw["dim"], device=DEVICE)
+    mask = (torch.rand(2, n, device=DEVICE) > 0.3) if masked else None
+    rel = torch.randn(n, n, device=DEVICE, requires_grad=True) if bias else None
+    outs, grads = [], []
+    for model in (reference, fused):
+        xi = x.clone().requires_grad_()
+        out = model(xi, rel_pos_bias=rel, mask=mask)
+        leaves = [xi, *model.parameters()] + ([rel] if bias else [])
+        grads.append(torch.autograd.grad(out, leaves, torch.ones_like(out) * 0.1))
+        outs.append(out)
+    assert_close_scaled(outs[1], outs[0], 1e-5, "GAU output")
+    names = ["x", *(name for name, _ in reference.named_parameters())] + (["rel_pos_bias"] if bias else [])
+    for name, g_fused, g_ref in zip(names, grads[1], grads[0], strict=True):
+        assert_close_scaled(g_fused, g_ref, 1e-5, f"grad of {name}")
+    assert counters["_quad_attn_fwd_kernel"].launches == 1
+    assert counters["_quad_attn_bwd_dv_kernel"].launches == 1
+    assert counters["_quad_attn_bwd_dqk_kernel"].launches == 2
+
+
+def test_gau_on_triton_matches_upstream():
+    up = pytest.importorskip("flash_pytorch", reason="FLASH-pytorch 0.1.9 is not installed")
+    theirs = up.GAU(dim=32, query_key_dim=24, causal=True)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    ours = ft.GAU(dim=32, query_key_dim=24, causal=True, backend="triton")
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    theirs, ours = theirs.to(DEVICE), ours.to(DEVICE)
+    x = torch.randn(2, 41, 32, device=DEVICE)
+    mask = torch.rand(2, 41, device=DEVICE) > 0.2
+    out_t, out_o = theirs(x, mask=mask), ours(x, mask=mask)
+    assert_close_scaled(out_o, out_t, 2e-5, "output")
+    out_t.square().sum().backward()
+    out_o.square().sum().backward()
+    for (name, p_t), p_o in zip(theirs.named_parameters(), ours.parameters(), strict=True):
+        assert_close_scaled(p_o.grad, p_t.grad, 2e-5, f"grad of {name}")
+
+
+def test_autograd_keeps_nothing_quadratic():
+    n = 128
+    _, fused = scrambled_gau(dim=16, query_key_dim=16, causal=True)
+    x = torch.randn(1, n, 16, device=DEVICE, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fused(x, mask=torch.ones(1, n, dtype=torch.bool, device=DEVICE))
+    out.sum().backward()
+    assert saved, "nothing was saved: the hook did not see the graph"
+    assert all(torch.Size(shape).numel() < n * n for shape in saved), saved
+
+
+def test_gau_under_autocast_fp16():
+    reference, fused = scrambled_gau(dim=32, query_key_dim=16, causal=True)
+    x = torch.randn(2, 30, 32, device=DEVICE)
+    with torch.autocast(DEVICE, dtype=torch.float16):
+        out_ref, out = reference(x), fused(x)
+    assert out.dtype == out_ref.dtype
+    assert_close_scaled(out.float(), out_ref.float(), 2e-2, "autocast output")
+    out.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in fused.parameters())
+
+
+def test_explicit_bias_needs_the_whole_sequence_window():
+    t = torch.randn(1, 8, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="only supported with window=None"):
+        triton_ops.quad_attn(t, t, t, scale=1.0, window=4, bias=torch.randn(8, 8, device=DEVICE))
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_traces_gau():
+    reference, fused = scrambled_gau(dim=16, query_key_dim=16, causal=True)
+    compiled = torch.compile(fused, fullgraph=True)
+    x = torch.randn(2, 24, 16, device=DEVICE, requires_grad=True)
+    out = compiled(x)
+    assert_close_scaled(out, reference(x), 1e-5, "compiled output")
+    out.sum().backward()
+    grad_compiled = x.grad.clone()
+    x.grad = None
+    reference(x).sum().backward()
+    assert_close_scaled(grad_compiled, x.grad, 1e-5, "compiled input grad")
