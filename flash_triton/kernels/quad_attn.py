@@ -13,6 +13,8 @@ regenerates the forward's mask. T5 buckets come from a (2 * max_distance + 1) lo
 bucket function fills on the tensors' device, so kernel and reference agree on every boundary.
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -535,8 +537,8 @@ TILES = {
     ("dv", "half", False): (32, 64, 128, 64, 4),
     ("dv", "half", True): (32, 32, 128, 64, 4),
     **{(kind, "half", drop): (32, 32, 128, 64, 8) for kind in ("dk", "dq") for drop in (False, True)},
-    **{(kind, "fp32", drop): (32, 32, 32, 32, 4) for kind in ("dv", "dk") for drop in (False, True)},
-    **{("fwd", "fp32", drop): (32, 32, 16, 32, 4) for drop in (False, True)},
+    **{(kind, "fp32", drop): (32, 32, 32, 32, 8) for kind in ("fwd", "dk") for drop in (False, True)},
+    **{("dv", "fp32", drop): (32, 32, 32, 32, 4) for drop in (False, True)},
     **{("dq", "fp32", drop): (32, 16, 16, 32, 4) for drop in (False, True)},
 }
 
@@ -558,8 +560,10 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+@functools.lru_cache(maxsize=32)
 def bucket_lut(causal: bool, num_buckets: int, max_distance: int, device: torch.device) -> Tensor:
-    """int32 bucket of every relative position clamped to [-max_distance, max_distance], from the reference."""
+    """int32 bucket of every relative position clamped to [-max_distance, max_distance], from the reference
+    (cached per device: built once, not on every call)."""
     rel = torch.arange(-max_distance, max_distance + 1, device=device)
     bucket = t5_relative_position_bucket(rel, causal=causal, num_buckets=num_buckets, max_distance=max_distance)
     return bucket.to(torch.int32)
