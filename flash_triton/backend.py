@@ -8,10 +8,12 @@ for explicitly never falls back: where it cannot run, :class:`BackendUnavailable
 import functools
 import os
 
+import torch
 from torch import Tensor
 
 BACKENDS = ("auto", "triton", "reference")
 ENV_VAR = "FLASH_TRITON_BACKEND"
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 class BackendUnavailableError(RuntimeError):
@@ -58,6 +60,8 @@ def triton_unavailable_reason(op: str, x: Tensor) -> str | None:
     err = triton_import_error()
     if err is not None:
         return f"triton cannot be imported ({err})"
+    if x.dtype not in KERNEL_DTYPES:
+        return f"the kernels take float32, float16 or bfloat16 inputs, not {x.dtype}"
     if x.device.type == "cpu" and not interpreter_enabled():
         return "tensors are on the CPU and TRITON_INTERPRET=1 is not set (set it before triton is imported)"
     if x.device.type not in ("cpu", "cuda"):

@@ -143,7 +143,8 @@ class FLASH(nn.Module):
     global linear attention across groups), gated, with a residual.
 
     ``forward(x, *, mask=None)``: x (b, n, dim); mask (b, n) bool, False = key ignored (in both halves).
-    ``rotary_pos_emb``: a :class:`RotaryEmbedding` applied to all four query/key heads (may be shared by layers).
+    ``rotary_pos_emb``: a :class:`RotaryEmbedding` (or rotary-embedding-torch's) applied to all four query/key heads
+    (may be shared by layers).
     ``backend``: "auto" | "triton" | "reference" | None (= ``$FLASH_TRITON_BACKEND`` or auto).
 
     >>> flash = FLASH(dim=64, group_size=16, query_key_dim=32, causal=True)
@@ -206,9 +207,12 @@ class FLASH(nn.Module):
 
         v, gate = self.to_hidden(normed_x).chunk(2, dim=-1)
         quad_q, lin_q, quad_k, lin_k = self.qk_offset_scale(self.to_qk(normed_x))
-        if self.rotary_pos_emb is not None:
-            angles = self.rotary_pos_emb.angles(n, x.device)
+        rope = self.rotary_pos_emb
+        if isinstance(rope, RotaryEmbedding):  # angles computed once for the four heads
+            angles = rope.angles(n, x.device)
             quad_q, lin_q, quad_k, lin_k = (apply_rotary(t, angles) for t in (quad_q, lin_q, quad_k, lin_k))
+        elif rope is not None:  # another implementation, e.g. rotary-embedding-torch's, used through its API
+            quad_q, lin_q, quad_k, lin_k = map(rope.rotate_queries_or_keys, (quad_q, lin_q, quad_k, lin_k))
 
         t5 = self.rel_pos_bias
         out = ops.mixed_chunk_attn(

@@ -81,3 +81,11 @@ def test_triton_that_cannot_import_is_reported(monkeypatch):
 def test_transformer_passes_its_backend_to_every_layer():
     model = ft.FLASHTransformer(num_tokens=10, dim=8, depth=3, group_size=4, query_key_dim=8, backend="reference")
     assert [layer.backend for layer in model.layers] == ["reference"] * 3
+
+
+def test_float64_runs_on_the_reference_under_auto_and_is_refused_by_triton(monkeypatch):
+    monkeypatch.setattr(bk, "triton_import_error", lambda: None)
+    x = torch.randn(2, 3, dtype=torch.float64)
+    with pytest.raises(ft.BackendUnavailableError, match="float32, float16 or bfloat16"):
+        bk.resolve_backend("triton", "quad_attn", x)
+    assert bk.resolve_backend("auto", "quad_attn", x) == "reference"

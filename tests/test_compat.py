@@ -204,3 +204,13 @@ def test_autoregressive_wrapper_loss_matches_upstream():
     loss_t = up_wrapper.AutoregressiveWrapper(theirs)(x)
     loss_o = ft.AutoregressiveWrapper(ours)(x)
     assert_close_scaled(loss_o, loss_t, TOL, "loss")
+
+
+def test_flash_accepts_rotary_embedding_torch_module():
+    """Drop-in code that builds FLASH with rotary-embedding-torch's RotaryEmbedding keeps working."""
+    kw = dict(dim=16, group_size=8, query_key_dim=24, causal=True)
+    theirs = up.FLASH(**kw, rotary_pos_emb=rotary_up.RotaryEmbedding(dim=16))
+    scramble(theirs)
+    ours = ft.FLASH(**kw, rotary_pos_emb=rotary_up.RotaryEmbedding(dim=16))
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    compare_forward_backward(theirs, ours, float_input(2, 21, 16))
