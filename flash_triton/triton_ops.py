@@ -5,6 +5,7 @@ reference functions of the same names. Importing this module imports triton."""
 import torch
 from torch import Tensor
 
+from .kernels import chunk_state
 from .kernels import quad_attn as qa
 
 _EMPTY = (0,)
@@ -157,5 +158,167 @@ def quad_attn(
     out, _ = _quad_attn_fwd(
         q, k, v, gate, key_mask, t5_weight, bias, seed, float(scale), float(t5_scale), int(t5_max_distance),
         float(bias_scale), int(window), bool(causal), bool(laplace), float(dropout_p), store_pre,
+    )  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FLASH mixed chunk attention: group states (chunk_state kernels), the window state each group reads, and the
+# quadratic kernels with the linear half and the gate fused into the output tile.
+
+
+def _window_state(states: Tensor, n: int, group: int, causal: bool, reduce_group: bool) -> Tensor:
+    """(B, G, S, E) float32 state that group j's linear queries read, from the raw per-group sums."""
+    if causal:  # exclusive prefix: group j reads groups 0 .. j-1
+        return (states.cumsum(dim=1) - states) / group
+    if reduce_group:
+        return (states.sum(dim=1, keepdim=True) / n).expand_as(states)
+    return states / n
+
+
+def _window_state_backward(d_state: Tensor, n: int, group: int, causal: bool, reduce_group: bool) -> Tensor:
+    """Adjoint of :func:`_window_state`: gradient of the raw per-group sums."""
+    if causal:  # group j's sum feeds every later group
+        return (d_state.sum(dim=1, keepdim=True) - d_state.cumsum(dim=1)) / group
+    if reduce_group:
+        return (d_state.sum(dim=1, keepdim=True) / n).expand_as(d_state)
+    return d_state / n
+
+
+@torch.library.custom_op("flash_triton::mixed_chunk_attn_fwd", mutates_args=())
+def _mixed_chunk_fwd(
+    quad_q: Tensor,
+    quad_k: Tensor,
+    lin_q: Tensor,
+    lin_k: Tensor,
+    v: Tensor,
+    gate: Tensor,
+    key_mask: Tensor | None,
+    t5_weight: Tensor | None,
+    seed: Tensor | None,
+    group_size: int,
+    causal: bool,
+    reduce_group: bool,
+    t5_scale: float,
+    t5_max_distance: int,
+    laplace: bool,
+    dropout_p: float,
+    store_pre: bool,
+) -> tuple[Tensor, Tensor]:
+    n = v.shape[1]
+    states = chunk_state.group_state(lin_k, v, group_size, row_mask=key_mask)
+    window_state = _window_state(states, n, group_size, causal, reduce_group)
+    out, o_pre = qa.quad_attn_fwd(
+        quad_q, quad_k, v, gate, key_mask, t5_weight, None, seed, scale=1.0 / group_size, t5_scale=t5_scale,
+        t5_max_distance=t5_max_distance, bias_scale=1.0, window=group_size, causal=causal, laplace=laplace,
+        dropout_p=dropout_p, store_pre=store_pre, lin_q=lin_q, state=window_state,
+    )  # fmt: skip
+    return out, o_pre if o_pre is not None else v.new_empty(_EMPTY)
+
+
+@_mixed_chunk_fwd.register_fake
+def _(quad_q, quad_k, lin_q, lin_k, v, gate, *args):
+    store_pre = args[-1]
+    return v.new_empty(v.shape), v.new_empty(v.shape if store_pre else _EMPTY)
+
+
+@torch.library.custom_op("flash_triton::mixed_chunk_attn_bwd", mutates_args=())
+def _mixed_chunk_bwd(
+    dy: Tensor,
+    quad_q: Tensor,
+    quad_k: Tensor,
+    lin_q: Tensor,
+    lin_k: Tensor,
+    v: Tensor,
+    key_mask: Tensor | None,
+    t5_weight: Tensor | None,
+    seed: Tensor | None,
+    group_size: int,
+    causal: bool,
+    reduce_group: bool,
+    t5_scale: float,
+    t5_max_distance: int,
+    laplace: bool,
+    dropout_p: float,
+    need_dt5: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    n, g = v.shape[1], group_size
+    dqq, dqk, dv, dt5, _ = qa.quad_attn_bwd(
+        dy, quad_q, quad_k, v, key_mask, t5_weight, None, seed, scale=1.0 / g, t5_scale=t5_scale,
+        t5_max_distance=t5_max_distance, bias_scale=1.0, window=g, causal=causal, laplace=laplace,
+        dropout_p=dropout_p, need_dt5=need_dt5, need_dbias=False,
+    )  # fmt: skip
+    # linear half: lin_i = lin_q_i P[g(i)], P = window_state(S), S_j = Σ_{t in j} lin_k_tᵀ v_t (states recomputed)
+    window_state = _window_state(chunk_state.group_state(lin_k, v, g, row_mask=key_mask), n, g, causal, reduce_group)
+    dlq = chunk_state.group_apply(dy, window_state.transpose(-1, -2), g, 1.0, out_dtype=lin_q.dtype)
+    d_states = _window_state_backward(chunk_state.group_state(lin_q, dy, g), n, g, causal, reduce_group)
+    dlk = chunk_state.group_apply(v, d_states.transpose(-1, -2), g, 1.0, row_mask=key_mask, out_dtype=lin_k.dtype)
+    dv = dv + chunk_state.group_apply(lin_k, d_states, g, 1.0, row_mask=key_mask, out_dtype=v.dtype)
+    empty = v.new_empty(_EMPTY, dtype=torch.float32)
+    return dqq, dqk, dlq, dlk, dv, dt5 if dt5 is not None else empty
+
+
+@_mixed_chunk_bwd.register_fake
+def _(dy, quad_q, quad_k, lin_q, lin_k, v, key_mask, t5_weight, seed, *args):
+    need_dt5 = args[-1]
+    dt5 = v.new_empty(t5_weight.shape if need_dt5 and t5_weight is not None else _EMPTY, dtype=torch.float32)
+    return (quad_q.new_empty(quad_q.shape), quad_k.new_empty(quad_k.shape), lin_q.new_empty(lin_q.shape),
+            lin_k.new_empty(lin_k.shape), v.new_empty(v.shape), dt5)  # fmt: skip
+
+
+def _mixed_chunk_setup(ctx, inputs, output):
+    quad_q, quad_k, lin_q, lin_k, v, gate, key_mask, t5_weight, seed, *scalars = inputs
+    ctx.save_for_backward(quad_q, quad_k, lin_q, lin_k, v, gate, key_mask, t5_weight, seed, output[1])
+    ctx.scalars = scalars[:-1]  # all but store_pre
+
+
+def _mixed_chunk_backward(ctx, d_out, _d_pre):
+    quad_q, quad_k, lin_q, lin_k, v, gate, key_mask, t5_weight, seed, o_pre = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    dgate = d_out * o_pre if needs[5] else None
+    dqq, dqk, dlq, dlk, dv, dt5 = _mixed_chunk_bwd(
+        d_out * gate, quad_q, quad_k, lin_q, lin_k, v, key_mask, t5_weight, seed, *ctx.scalars, needs[7]
+    )
+    dt5 = dt5.to(t5_weight.dtype) if needs[7] else None
+    return (dqq, dqk, dlq, dlk, dv, dgate, None, dt5, None) + (None,) * 8
+
+
+_mixed_chunk_fwd.register_autograd(_mixed_chunk_backward, setup_context=_mixed_chunk_setup)
+
+
+def mixed_chunk_attn(
+    quad_q: Tensor,
+    quad_k: Tensor,
+    lin_q: Tensor,
+    lin_k: Tensor,
+    v: Tensor,
+    gate: Tensor,
+    *,
+    group_size: int,
+    causal: bool,
+    key_mask: Tensor | None = None,
+    t5_weight: Tensor | None = None,
+    t5_scale: float = 1.0,
+    t5_max_distance: int = 128,
+    laplace: bool = False,
+    dropout_p: float = 0.0,
+    reduce_group: bool = True,
+    dropout_seed: Tensor | None = None,
+) -> Tensor:
+    """Fused Triton version of :func:`flash_triton.reference.mixed_chunk_attn` (same arguments and result).
+
+    ``dropout_seed`` as in :func:`quad_attn`; its keep-mask is ``dropout_keep_mask(seed, b, n, group_size, p)``.
+    """
+    dtype = _common_dtype(quad_q, quad_k, lin_q, lin_k, v, gate)
+    quad_q, quad_k, lin_q, lin_k, v, gate = (t.to(dtype) for t in (quad_q, quad_k, lin_q, lin_k, v, gate))
+    seed = None
+    if dropout_p > 0:
+        seed = dropout_seed
+        if seed is None:
+            seed = torch.randint(0, 2**62, (1,), device=v.device, dtype=torch.int64)
+    store_pre = gate.requires_grad and torch.is_grad_enabled()
+    out, _ = _mixed_chunk_fwd(
+        quad_q, quad_k, lin_q, lin_k, v, gate, key_mask, t5_weight, seed, int(group_size), bool(causal),
+        bool(reduce_group), float(t5_scale), int(t5_max_distance), bool(laplace), float(dropout_p), store_pre,
     )  # fmt: skip
     return out

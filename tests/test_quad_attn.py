@@ -13,6 +13,7 @@ from tests.conftest import assert_close_scaled
 
 triton = pytest.importorskip("triton")
 qa = pytest.importorskip("flash_triton.kernels.quad_attn")
+kernel_utils = pytest.importorskip("flash_triton.kernels._utils")
 triton_ops = pytest.importorskip("flash_triton.triton_ops")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -23,7 +24,7 @@ ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
-    monkeypatch.setattr(qa, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(kernel_utils, "POISON_OUTPUTS", True)
 
 
 def close_to_reference(ours, same_dtype_ref, ref64, dtype, what):

@@ -16,8 +16,14 @@ def _quad_attn(*args, **kwargs):
     return quad_attn(*args, **kwargs)
 
 
+def _mixed_chunk_attn(*args, **kwargs):
+    from ..triton_ops import mixed_chunk_attn
+
+    return mixed_chunk_attn(*args, **kwargs)
+
+
 # plain functions whose body imports (an import statement, which torch.compile traces, unlike importlib)
-KERNEL_OPS: dict[str, Callable] = {"quad_attn": _quad_attn}
+KERNEL_OPS: dict[str, Callable] = {"quad_attn": _quad_attn, "mixed_chunk_attn": _mixed_chunk_attn}
 AVAILABLE_OPS: frozenset[str] = frozenset(KERNEL_OPS)
 
 

@@ -25,6 +25,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from . import chunk_state as cs
 from . import quad_attn as qa
 
 # largest dynamic shared memory one block may use, bytes
@@ -39,7 +40,13 @@ POINTER_TYPES = {
     "bias_ptr": "*fp32",
     "dt5_ptr": "*fp32",
     "dbias_ptr": "*fp32",
-    "out_ptr": "*u8",
+    "p_ptr": "*fp32",
+}
+# per-kernel exceptions
+KERNEL_POINTER_TYPES = {
+    "_group_state_kernel": {"out_ptr": "*fp32"},
+    "_group_apply_kernel": {"m_ptr": "*fp32"},
+    "_dropout_keep_kernel": {"out_ptr": "*u8"},
 }
 FLOAT_ARGS = {"scale", "t5_scale", "bias_scale", "dropout_p"}
 # (window, query_key_dim, value_dim) whose launch configs span what the launchers choose: smallest tiles, the
@@ -66,11 +73,12 @@ class Result:
 
 def signature(fn, dtype: str, constexprs: dict) -> dict:
     sig = {}
+    pointer_types = {**POINTER_TYPES, **KERNEL_POINTER_TYPES.get(fn.__name__, {})}
     for name in fn.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            sig[name] = POINTER_TYPES.get(name, f"*{dtype}")
+            sig[name] = pointer_types.get(name, f"*{dtype}")
         else:
             sig[name] = "fp32" if name in FLOAT_ARGS else "i32"
     return sig
@@ -92,7 +100,7 @@ def variants(shapes: list, dtypes: list[str]) -> list[tuple[str, str, str, dict,
             tiles = {k: cfg[k] for k in ("BM", "BN", "BS", "S_BLOCKS", "BE")}
             options = {k: cfg[k] for k in ("num_warps", "num_stages")}
             if kind == "fwd":
-                fn, constexprs = "_quad_attn_fwd_kernel", dict(flags, HAS_GATE=on, STORE_PRE=on, **tiles)
+                fn, constexprs = "_quad_attn_fwd_kernel", dict(flags, HAS_LIN=on, HAS_GATE=on, STORE_PRE=on, **tiles)
             elif kind == "dv":
                 fn, constexprs = "_quad_attn_bwd_dv_kernel", dict(flags, **tiles)
             else:
@@ -100,6 +108,16 @@ def variants(shapes: list, dtypes: list[str]) -> list[tuple[str, str, str, dict,
                 extra = dict(KEY_TILES=key, DT5=on and key, DBIAS=on and not key, NB=32)
                 fn, constexprs = "_quad_attn_bwd_dqk_kernel", dict(flags, **extra, **tiles)
             out.append((f"quad_attn_{kind}", fn, dtype, constexprs, options))
+    for (w, s, e), dtype, on in itertools.product(shapes, dtypes, (True, False)):
+        flags = dict(HAS_MASK=on, DOT_PREC=DTYPES[dtype])
+        # states lin_kᵀ v (and dP = lin_qᵀ dY: the same shapes)
+        for name, fn, cfg in (
+            ("group_state", "_group_state_kernel", cs.state_config(w, s, e, torch_dtype[dtype])),
+            ("group_apply", "_group_apply_kernel", cs.apply_config(w, s, e, torch_dtype[dtype])),  # lin_q P, lin_k dS
+            ("group_apply", "_group_apply_kernel", cs.apply_config(w, e, s, torch_dtype[dtype])),  # dY Pᵀ, v dSᵀ
+        ):
+            options = {k: cfg.pop(k) for k in ("num_warps", "num_stages")}
+            out.append((name, fn, dtype, dict(flags, **cfg), options))
     return out
 
 
@@ -121,11 +139,11 @@ def check(
     name: str, fn_name: str, dtype: str, constexprs: dict, arch: int, options: dict, aligned: bool = True
 ) -> Result:
     flags = ",".join(k for k, v in constexprs.items() if v is True)
-    tiles = "x".join(str(constexprs[k]) for k in ("BM", "BS", "BE") if k in constexprs)
+    tiles = "x".join(f"{k}{v}" for k, v in constexprs.items() if k.startswith("B") and isinstance(v, int))
     warps = options["num_warps"]
-    res = Result(name, arch, f"{dtype} tiles={tiles} S_BLOCKS={constexprs.get('S_BLOCKS')} w{warps} [{flags}]")
+    res = Result(name, arch, f"{dtype} {tiles} S_BLOCKS={constexprs.get('S_BLOCKS', 1)} w{warps} [{flags}]")
     t0 = time.perf_counter()
-    fn = getattr(qa, fn_name)
+    fn = getattr(cs if hasattr(cs, fn_name) else qa, fn_name)
     try:
         attrs = alignment_attrs(fn, constexprs) if aligned else None
         src = ASTSource(fn=fn, signature=signature(fn, dtype, constexprs), constexprs=constexprs, attrs=attrs)

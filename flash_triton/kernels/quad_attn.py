@@ -21,6 +21,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..reference.t5_bias import t5_relative_position_bucket
+from ._utils import dot_precision, new_output
 
 # laplace(s) = 0.5 * (1 + erf((s - mu) * c)), mu = sqrt(1/2), c = 1 / (sigma * sqrt 2) = sqrt(2 pi);
 # d/ds = sqrt(2) * exp(-((s - mu) * c)^2)
@@ -140,6 +141,8 @@ def _quad_attn_fwd_kernel(
     lut_ptr,  # (2 * max_dist + 1,) int32 or dummy
     bias_ptr,  # (B, N, N) through strides (0 where broadcast) or dummy
     seed_ptr,  # (1,) int64 dropout seed or dummy
+    lq_ptr,  # (B, N, S) FLASH's linear-attention queries, or dummy
+    p_ptr,  # (B, G, S, E) float32 state each window's queries read (FLASH's prefix), or dummy
     N,
     W,
     G,
@@ -159,6 +162,11 @@ def _quad_attn_fwd_kernel(
     stride_bb,
     stride_bm,
     stride_bn,
+    stride_lqb,
+    stride_lqn,
+    stride_pb,
+    stride_pg,
+    stride_ps,
     scale,
     t5_scale,
     max_dist,
@@ -166,6 +174,7 @@ def _quad_attn_fwd_kernel(
     dropout_p,
     CAUSAL: tl.constexpr,
     LAPLACE: tl.constexpr,
+    HAS_LIN: tl.constexpr,
     HAS_GATE: tl.constexpr,
     HAS_MASK: tl.constexpr,
     HAS_T5: tl.constexpr,
@@ -214,6 +223,17 @@ def _quad_attn_fwd_kernel(
         a = tl.where(_keep(o_m, o_n, m_m, m_n, mask_base, CAUSAL, HAS_MASK), a, 0.0)
         b_v = tl.load(v_base + o_n[:, None] * stride_vn + o_e[None, :], mask=m_n[:, None] & m_e[None, :], other=0.0)
         acc = tl.dot(a.to(b_v.dtype), b_v, acc, input_precision=DOT_PREC)
+    if HAS_LIN:
+        # FLASH's linear half in the same output tile: acc += lin_q P[window] (the window's state, fp32)
+        lq_base = lq_ptr + i_b64 * stride_lqb
+        p_base = p_ptr + i_b64 * stride_pb + i_w * stride_pg
+        for s0 in range(0, S, BS):
+            o_s = s0 + tl.arange(0, BS)
+            m_s = o_s < S
+            b_lq = tl.load(lq_base + o_m[:, None] * stride_lqn + o_s[None, :], mask=m_m[:, None] & m_s[None, :],
+                           other=0.0)  # fmt: skip
+            b_p = tl.load(p_base + o_s[:, None] * stride_ps + o_e[None, :], mask=m_s[:, None] & m_e[None, :], other=0.0)
+            acc = tl.dot(b_lq, b_p.to(b_lq.dtype), acc, input_precision=DOT_PREC)
     m_out = m_m[:, None] & m_e[None, :]
     o_off = i_b64 * stride_ob + o_m[:, None] * stride_on + o_e[None, :]
     if STORE_PRE:
@@ -555,11 +575,6 @@ def launch_config(kind: str, window: int, qk_dim: int, v_dim: int, dtype: torch.
                 num_stages=2)  # fmt: skip
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    # float32 inputs get exact float32 products (TF32 would cost ~1e-3 relative error); half types use tensor cores
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 @functools.lru_cache(maxsize=32)
 def bucket_lut(causal: bool, num_buckets: int, max_distance: int, device: torch.device) -> Tensor:
     """int32 bucket of every relative position clamped to [-max_distance, max_distance], from the reference
@@ -571,18 +586,6 @@ def bucket_lut(causal: bool, num_buckets: int, max_distance: int, device: torch.
 
 def _bias_strides(bias: Tensor | None, b: int, n: int) -> tuple[int, int, int]:
     return (0, 0, 0) if bias is None else bias.expand(b, n, n).stride()
-
-
-# Tests set this to fill every kernel-written buffer with NaN (or all-ones bits for integers) before the launch,
-# so an element that no program writes fails loudly instead of passing with stale memory.
-POISON_OUTPUTS = False
-
-
-def _new(like: Tensor, shape, dtype: torch.dtype | None = None) -> Tensor:
-    out = like.new_empty(shape, dtype=dtype)
-    if POISON_OUTPUTS:
-        out.fill_(float("nan") if out.is_floating_point() else -1)
-    return out
 
 
 def _last_dim_contiguous(*ts: Tensor | None) -> list:
@@ -608,20 +611,25 @@ def quad_attn_fwd(
     laplace: bool,
     dropout_p: float,
     store_pre: bool,
+    lin_q: Tensor | None = None,
+    state: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Gated output (B, N, E) and, when ``store_pre``, the output before the gate (saved for the gate's gradient).
 
     q, k (B, N, S) and v, gate (B, N, E) with unit feature stride; key_mask (B, N) bool; t5_weight (num_buckets,);
-    bias broadcastable to (B, N, N); seed (1,) int64 when dropout_p > 0.
+    bias broadcastable to (B, N, N); seed (1,) int64 when dropout_p > 0. With ``lin_q`` (B, N, S) and ``state``
+    (B, G, S, E) float32 (any strides), each window's queries also add ``lin_q @ state[window]`` before the gate.
     """
-    q, k, v, gate = _last_dim_contiguous(q, k, v, gate)
+    q, k, v, gate, lin_q = _last_dim_contiguous(q, k, v, gate, lin_q)
+    if state is not None and state.stride(-1) != 1:
+        state = state.contiguous()
     b, n, s = q.shape
     e = v.shape[-1]
     w = window
     g = triton.cdiv(n, w)
     cfg = launch_config("fwd", w, s, e, q.dtype, dropout_p > 0)
-    out = _new(v, v.shape)  # contiguous whatever v's strides
-    o_pre = _new(v, v.shape) if store_pre else None
+    out = new_output(v, v.shape)  # contiguous whatever v's strides
+    o_pre = new_output(v, v.shape) if store_pre else None
     dummy = q.new_empty(0)
     mask_u8 = key_mask.to(torch.uint8) if key_mask is not None else None
     lut = bucket_lut(causal, t5_weight.numel(), t5_max_distance, q.device) if t5_weight is not None else None
@@ -630,14 +638,18 @@ def quad_attn_fwd(
         q, k, v, gate if gate is not None else dummy, out, o_pre if store_pre else dummy,
         mask_u8 if mask_u8 is not None else dummy, t5_weight if t5_weight is not None else dummy,
         lut if lut is not None else dummy, bias if bias is not None else dummy, seed if seed is not None else dummy,
+        lin_q if lin_q is not None else dummy, state if state is not None else dummy,
         n, w, g, s, e,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         gate.stride(0) if gate is not None else 0, gate.stride(1) if gate is not None else 0,
         out.stride(0), out.stride(1), mask_u8.stride(0) if mask_u8 is not None else 0, *_bias_strides(bias, b, n),
+        *(lin_q.stride()[:2] if lin_q is not None else (0, 0)),
+        *(state.stride()[:3] if state is not None else (0, 0, 0)),
         scale, t5_scale, t5_max_distance, bias_scale, dropout_p,
-        CAUSAL=causal, LAPLACE=laplace, HAS_GATE=gate is not None, HAS_MASK=key_mask is not None,
-        HAS_T5=t5_weight is not None, HAS_BIAS=bias is not None, DROPOUT=dropout_p > 0, STORE_PRE=store_pre,
-        DOT_PREC=_dot_precision(q.dtype), **cfg,
+        CAUSAL=causal, LAPLACE=laplace, HAS_LIN=state is not None, HAS_GATE=gate is not None,
+        HAS_MASK=key_mask is not None, HAS_T5=t5_weight is not None, HAS_BIAS=bias is not None,
+        DROPOUT=dropout_p > 0, STORE_PRE=store_pre,
+        DOT_PREC=dot_precision(q.dtype), **cfg,
     )  # fmt: skip
     return out, o_pre
 
@@ -674,7 +686,7 @@ def quad_attn_bwd(
     w = window
     g = triton.cdiv(n, w)
     cfgs = {kind: launch_config(kind, w, s, e, q.dtype, dropout_p > 0) for kind in ("dv", "dk", "dq")}
-    dq, dk, dv = _new(q, q.shape), _new(k, k.shape), _new(v, v.shape)
+    dq, dk, dv = new_output(q, q.shape), new_output(k, k.shape), new_output(v, v.shape)
     dummy = q.new_empty(0)
     mask_u8 = key_mask.to(torch.uint8) if key_mask is not None else None
     lut = bucket_lut(causal, t5_weight.numel(), t5_max_distance, q.device) if t5_weight is not None else None
@@ -683,11 +695,11 @@ def quad_attn_bwd(
     query_tiles = g * triton.cdiv(w, cfgs["dq"]["BM"])
     need_dt5 = need_dt5 and t5_weight is not None
     need_dbias = need_dbias and bias is not None
-    dt5_part = _new(q, (b * key_tiles, nb), torch.float32) if need_dt5 else None
+    dt5_part = new_output(q, (b * key_tiles, nb), torch.float32) if need_dt5 else None
     dbias = q.new_zeros(b, n, n, dtype=torch.float32) if need_dbias else None
     common = dict(
         CAUSAL=causal, LAPLACE=laplace, HAS_MASK=key_mask is not None, HAS_T5=t5_weight is not None,
-        HAS_BIAS=bias is not None, DROPOUT=dropout_p > 0, DOT_PREC=_dot_precision(q.dtype),
+        HAS_BIAS=bias is not None, DROPOUT=dropout_p > 0, DOT_PREC=dot_precision(q.dtype),
     )  # fmt: skip
     tables = (
         mask_u8 if mask_u8 is not None else dummy, t5_weight if t5_weight is not None else dummy,
@@ -720,7 +732,7 @@ def dropout_keep_mask(seed: Tensor, batch: int, n: int, window: int, dropout_p: 
     """(batch, G, W, W) bool: the dropout keep-mask the kernels draw for this seed (for tests and debugging)."""
     w = window
     g = triton.cdiv(n, w)
-    out = _new(seed, (batch, g, w, w), torch.uint8)
+    out = new_output(seed, (batch, g, w, w), torch.uint8)
     blk = min(64, max(16, triton.next_power_of_2(w)))
     grid = (triton.cdiv(w, blk), triton.cdiv(w, blk), batch * g)
     _dropout_keep_kernel[grid](seed, out, w, g, dropout_p, BM=blk, BN=blk)

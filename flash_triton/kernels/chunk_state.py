@@ -1,0 +1,179 @@
+"""Per-group linear-attention states of FLASH: Triton kernels and typed launchers.
+
+Two small tiled matmul kernels over groups of ``group`` consecutive tokens (the last group may be partial; tokens
+past n are never read, so nothing is padded or copied):
+
+- ``group_state(a, b)``: ``out[b, j] = Σ_{t in group j} a_tᵀ b_t`` (float32), e.g. the states ``lin_kᵀ v`` of the
+  forward and ``lin_qᵀ dY`` of the backward. An optional row mask drops tokens of ``a`` (masked keys).
+- ``group_apply(x, m)``: ``y_t = scale * x_t m[b, group(t)]``, e.g. ``lin_q P`` and the backward's
+  ``dY Pᵀ``, ``v dSᵀ``, ``lin_k dS``; ``m`` is read through strides, so a transposed state costs no copy. An
+  optional row mask zeroes rows of ``y``.
+"""
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ._utils import dot_precision, new_output
+
+_NOSPEC = ["N", "GS", "DA", "DB", "DX", "DY"]
+
+
+@triton.jit(do_not_specialize=_NOSPEC)
+def _group_state_kernel(
+    a_ptr,  # (B, N, DA)
+    b_ptr,  # (B, N, DB)
+    out_ptr,  # (B, G, DA, DB) float32
+    mask_ptr,  # (B, N) uint8 row mask of a, or dummy
+    N,
+    GS,  # tokens per group
+    DA,
+    DB,
+    stride_ab,
+    stride_an,
+    stride_bb,
+    stride_bn,
+    stride_ob,
+    stride_og,
+    stride_oa,
+    stride_mb,
+    HAS_MASK: tl.constexpr,
+    BT: tl.constexpr,
+    BA: tl.constexpr,
+    BB: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    i_ga, i_db, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    a_blocks = tl.cdiv(DA, BA)
+    i_g, i_da = i_ga // a_blocks, i_ga % a_blocks
+    o_a = i_da * BA + tl.arange(0, BA)
+    o_b = i_db * BB + tl.arange(0, BB)
+    m_a, m_b = o_a < DA, o_b < DB
+    i_b64 = i_b.to(tl.int64)
+    start = i_g * GS
+    end = tl.minimum(start + GS, N)
+    acc = tl.zeros((BA, BB), dtype=tl.float32)
+    for t0 in range(start, end, BT):
+        o_t = t0 + tl.arange(0, BT)
+        m_t = o_t < end
+        if HAS_MASK:
+            m_t = m_t & (tl.load(mask_ptr + i_b64 * stride_mb + o_t, mask=m_t, other=0) != 0)
+        p_at = a_ptr + i_b64 * stride_ab + o_a[:, None] + o_t[None, :] * stride_an
+        b_at = tl.load(p_at, mask=m_a[:, None] & m_t[None, :], other=0.0)  # (BA, BT): a transposed
+        p_b = b_ptr + i_b64 * stride_bb + o_t[:, None] * stride_bn + o_b[None, :]
+        b_b = tl.load(p_b, mask=m_t[:, None] & m_b[None, :], other=0.0)
+        acc = tl.dot(b_at, b_b, acc, input_precision=DOT_PREC)
+    p_out = out_ptr + i_b64 * stride_ob + i_g * stride_og + o_a[:, None] * stride_oa + o_b[None, :]
+    tl.store(p_out, acc, mask=m_a[:, None] & m_b[None, :])
+
+
+@triton.jit(do_not_specialize=_NOSPEC)
+def _group_apply_kernel(
+    x_ptr,  # (B, N, DX)
+    m_ptr,  # (B, G, DX, DY) float32, addressed through strides (a transposed view is fine)
+    y_ptr,  # (B, N, DY)
+    mask_ptr,  # (B, N) uint8 row mask of y, or dummy
+    N,
+    GS,
+    DX,
+    DY,
+    stride_xb,
+    stride_xn,
+    stride_mb,
+    stride_mg,
+    stride_mx,
+    stride_my,
+    stride_yb,
+    stride_yn,
+    stride_kb,
+    scale,
+    HAS_MASK: tl.constexpr,
+    BT: tl.constexpr,
+    BX: tl.constexpr,
+    BY: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    i_gt, i_dy, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    tiles = tl.cdiv(GS, BT)
+    i_g = i_gt // tiles
+    start = i_g * GS + (i_gt % tiles) * BT
+    end = tl.minimum(i_g * GS + GS, N)
+    o_t = start + tl.arange(0, BT)
+    m_t = o_t < end
+    o_y = i_dy * BY + tl.arange(0, BY)
+    m_y = o_y < DY
+    i_b64 = i_b.to(tl.int64)
+    acc = tl.zeros((BT, BY), dtype=tl.float32)
+    for x0 in range(0, DX, BX):
+        o_x = x0 + tl.arange(0, BX)
+        m_x = o_x < DX
+        b_x = tl.load(x_ptr + i_b64 * stride_xb + o_t[:, None] * stride_xn + o_x[None, :],
+                      mask=m_t[:, None] & m_x[None, :], other=0.0)  # fmt: skip
+        p_m = m_ptr + i_b64 * stride_mb + i_g * stride_mg + o_x[:, None] * stride_mx + o_y[None, :] * stride_my
+        b_m = tl.load(p_m, mask=m_x[:, None] & m_y[None, :], other=0.0)
+        acc = tl.dot(b_x, b_m.to(b_x.dtype), acc, input_precision=DOT_PREC)  # fp32 states meet x's precision
+    acc = acc * scale
+    if HAS_MASK:
+        keep = tl.load(mask_ptr + i_b64 * stride_kb + o_t, mask=m_t, other=0) != 0
+        acc = tl.where(keep[:, None], acc, 0.0)
+    p_y = y_ptr + i_b64 * stride_yb + o_t[:, None] * stride_yn + o_y[None, :]
+    tl.store(p_y, acc.to(y_ptr.dtype.element_ty), mask=m_t[:, None] & m_y[None, :])
+
+
+def _block(d: int, cap: int) -> int:
+    return min(cap, max(16, triton.next_power_of_2(d)))
+
+
+def state_config(group: int, da: int, db: int, dtype: torch.dtype) -> dict:
+    """Blocks and warps of ``group_state`` (spill-free on sm_80/sm_90: ``python -m flash_triton.kernels.aot``)."""
+    warps = 8 if dtype == torch.float32 else 4  # float32's exact FMA dot holds its operands in registers
+    return dict(BT=_block(group, 32), BA=_block(da, 64), BB=_block(db, 64), num_warps=warps, num_stages=2)
+
+
+def apply_config(group: int, dx: int, dy: int, dtype: torch.dtype) -> dict:
+    """Blocks and warps of ``group_apply``."""
+    return dict(BT=_block(group, 32), BX=_block(dx, 32), BY=_block(dy, 64), num_warps=4, num_stages=2)
+
+
+def _unit_stride(t: Tensor) -> Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def group_state(a: Tensor, b: Tensor, group: int, row_mask: Tensor | None = None) -> Tensor:
+    """(B, G, DA, DB) float32 ``Σ_{t in group j} a_tᵀ b_t`` for a (B, N, DA), b (B, N, DB); G = ceil(N / group)."""
+    a, b = _unit_stride(a), _unit_stride(b)
+    bsz, n, da = a.shape
+    db = b.shape[-1]
+    g = triton.cdiv(n, group)
+    out = new_output(a, (bsz, g, da, db), torch.float32)
+    mask = row_mask.to(torch.uint8) if row_mask is not None else None
+    cfg = state_config(group, da, db, a.dtype)
+    grid = (g * triton.cdiv(da, cfg["BA"]), triton.cdiv(db, cfg["BB"]), bsz)
+    _group_state_kernel[grid](
+        a, b, out, mask if mask is not None else a.new_empty(0), n, group, da, db,
+        a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1), out.stride(2),
+        mask.stride(0) if mask is not None else 0,
+        HAS_MASK=mask is not None, DOT_PREC=dot_precision(a.dtype), **cfg,
+    )  # fmt: skip
+    return out
+
+
+def group_apply(
+    x: Tensor, m: Tensor, group: int, scale: float, row_mask: Tensor | None = None, out_dtype=None
+) -> Tensor:
+    """(B, N, DY) ``scale * x_t m[b, group(t)]`` for x (B, N, DX) and m (B, G, DX, DY) float32 (any strides)."""
+    x = _unit_stride(x)
+    bsz, n, dx = x.shape
+    dy = m.shape[-1]
+    y = new_output(x, (bsz, n, dy), out_dtype or x.dtype)
+    mask = row_mask.to(torch.uint8) if row_mask is not None else None
+    cfg = apply_config(group, dx, dy, x.dtype)
+    grid = (triton.cdiv(n, group) * triton.cdiv(group, cfg["BT"]), triton.cdiv(dy, cfg["BY"]), bsz)
+    _group_apply_kernel[grid](
+        x, m, y, mask if mask is not None else x.new_empty(0), n, group, dx, dy,
+        x.stride(0), x.stride(1), m.stride(0), m.stride(1), m.stride(2), m.stride(3), y.stride(0), y.stride(1),
+        mask.stride(0) if mask is not None else 0, scale,
+        HAS_MASK=mask is not None, DOT_PREC=dot_precision(x.dtype), **cfg,
+    )  # fmt: skip
+    return y

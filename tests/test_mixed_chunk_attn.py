@@ -1,0 +1,185 @@
+"""FLASH's mixed chunk attention on the fused kernels (group states + quadratic tiles with the linear half and the
+gate in the output tile) against the reference: output and every gradient, and through FLASH / FLASHTransformer
+against the reference path and FLASH-pytorch 0.1.9. CUDA when present, else the CPU interpreter."""
+
+import pytest
+import torch
+
+import flash_triton as ft
+from flash_triton import reference as ref
+from tests.conftest import assert_close_scaled
+
+triton = pytest.importorskip("triton")
+qa = pytest.importorskip("flash_triton.kernels.quad_attn")
+kernel_utils = pytest.importorskip("flash_triton.kernels._utils")
+chunk_state = pytest.importorskip("flash_triton.kernels.chunk_state")
+triton_ops = pytest.importorskip("flash_triton.triton_ops")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setattr(kernel_utils, "POISON_OUTPUTS", True)
+
+
+def run(fn, tensors, grad_out, **kw):
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    out = fn(*leaves[:6], t5_weight=leaves[6], **kw)
+    out.backward(grad_out.to(out.dtype))
+    return out.detach(), [t.grad for t in leaves]
+
+
+CASES = [
+    # b, n, s, e, g, causal, reduce_group, masked, laplace
+    pytest.param(1, 1, 16, 16, 16, True, True, False, False, id="n1-causal"),
+    pytest.param(2, 5, 24, 20, 16, True, True, True, False, id="n-lt-g-causal-mask"),
+    pytest.param(2, 64, 16, 24, 16, True, True, False, False, id="multiple-causal"),
+    pytest.param(2, 45, 24, 20, 16, True, True, True, True, id="ragged-causal-mask-laplace"),
+    pytest.param(2, 45, 24, 20, 16, False, True, True, False, id="ragged-noncausal-reduce-mask"),
+    pytest.param(1, 45, 40, 33, 16, False, False, False, True, id="ragged-noncausal-pergroup-laplace"),
+    pytest.param(1, 70, 130, 20, 32, True, True, True, False, id="s130-g32-causal"),
+    pytest.param(1, 300, 16, 16, 128, True, True, True, False, id="n300-g128"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("b, n, s, e, g, causal, reduce_group, masked, laplace", CASES)
+def test_kernels_match_reference(b, n, s, e, g, causal, reduce_group, masked, laplace, dtype):
+    gen = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(b, n, s, generator=gen) for _ in range(4)] + [torch.randn(b, n, e, generator=gen) * 0.5]
+    tensors += [torch.randn(b, n, e, generator=gen), torch.randn(32, generator=gen)]
+    tensors = [t.to(DEVICE, dtype) for t in tensors]
+    mask = (torch.rand(b, n, generator=gen) > 0.3).to(DEVICE) if masked else None
+    kw = dict(group_size=g, causal=causal, key_mask=mask, t5_scale=1.3, laplace=laplace, reduce_group=reduce_group)
+    grad_out = torch.randn(b, n, e, device=DEVICE)
+    out, grads = run(triton_ops.mixed_chunk_attn, tensors, grad_out, **kw)
+    out64, grads64 = run(ref.mixed_chunk_attn, [t.double() for t in tensors], grad_out.double(), **kw)
+    assert out.dtype == dtype
+    assert_close_scaled(out.double(), out64, TOL[dtype], "output")
+    names = ["quad_q", "quad_k", "lin_q", "lin_k", "v", "gate", "t5_weight"]
+    for name, g_ours, g_ref in zip(names, grads, grads64, strict=True):
+        assert torch.isfinite(g_ours).all(), name
+        assert_close_scaled(g_ours.double(), g_ref, TOL[dtype], f"grad of {name}")
+
+
+def test_group_state_and_apply_match_einsum():
+    gen = torch.Generator().manual_seed(1)
+    a, b_ = torch.randn(2, 37, 24, generator=gen), torch.randn(2, 37, 20, generator=gen)
+    mask = torch.rand(2, 37, generator=gen) > 0.4
+    a, b_, mask = a.to(DEVICE), b_.to(DEVICE), mask.to(DEVICE)
+    states = chunk_state.group_state(a, b_, 16, row_mask=mask)
+    pad = torch.nn.functional.pad
+    a_masked = a.masked_fill(~mask[..., None], 0)
+    expected = torch.einsum("bgtd,bgte->bgde", pad(a_masked, (0, 0, 0, 11)).unflatten(1, (3, 16)),
+                            pad(b_, (0, 0, 0, 11)).unflatten(1, (3, 16)))  # fmt: skip
+    assert_close_scaled(states, expected, 1e-5, "group_state")
+    m = torch.randn(2, 3, 20, 24, device=DEVICE)
+    y = chunk_state.group_apply(b_, m, 16, 0.5, row_mask=mask)
+    expected = torch.einsum("bgte,bged->bgtd", pad(b_, (0, 0, 0, 11)).unflatten(1, (3, 16)), m).flatten(1, 2)[:, :37]
+    expected = expected.masked_fill(~mask[..., None], 0) * 0.5
+    assert_close_scaled(y, expected, 1e-5, "group_apply")
+
+
+def test_dropout_forward_and_backward_use_the_same_mask():
+    b, n, s, e, g, p = 2, 40, 16, 16, 16, 0.3
+    gen = torch.Generator().manual_seed(3)
+    tensors = [torch.randn(b, n, s, generator=gen) for _ in range(4)] + [torch.randn(b, n, e, generator=gen)]
+    tensors = [t.to(DEVICE) for t in tensors + [torch.randn(b, n, e, generator=gen), torch.randn(32, generator=gen)]]
+    seed = torch.tensor([99], dtype=torch.int64, device=DEVICE)
+    kw = dict(group_size=g, causal=True, t5_scale=1.0, dropout_p=p)
+    grad_out = torch.randn(b, n, e, device=DEVICE)
+    out, grads = run(triton_ops.mixed_chunk_attn, tensors, grad_out, dropout_seed=seed, **kw)
+    keep = qa.dropout_keep_mask(seed, b, n, g, p)
+    out_ref, grads_ref = run(ref.mixed_chunk_attn, tensors, grad_out, dropout_mask=keep, **kw)
+    assert_close_scaled(out, out_ref, 1e-5, "output with dropout")
+    for g_ours, g_ref in zip(grads, grads_ref, strict=True):
+        assert_close_scaled(g_ours, g_ref, 1e-5, "grad with dropout")
+
+
+class LaunchCounter:
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        self.launches += 1
+        return self.kernel[grid]
+
+
+@pytest.mark.parametrize(
+    "kw, n",
+    [
+        pytest.param(dict(causal=True, shift_tokens=True), 45, id="causal-shift-ragged"),
+        pytest.param(dict(causal=False, laplace_attn_fn=True), 40, id="noncausal-laplace"),
+        pytest.param(dict(causal=False, reduce_group_non_causal_attn=False), 33, id="noncausal-pergroup"),
+    ],
+)
+def test_flash_layer_on_kernels_matches_upstream_and_runs_them(monkeypatch, kw, n):
+    up = pytest.importorskip("flash_pytorch", reason="FLASH-pytorch 0.1.9 is not installed")
+    counters = {
+        name: LaunchCounter(getattr(qa, name)) for name in ("_quad_attn_fwd_kernel", "_quad_attn_bwd_dqk_kernel")
+    }
+    counters["_group_state_kernel"] = LaunchCounter(chunk_state._group_state_kernel)
+    for name, counter in counters.items():
+        monkeypatch.setattr(chunk_state if name == "_group_state_kernel" else qa, name, counter)
+    kw = dict(kw, dim=24, group_size=16, query_key_dim=16)
+    theirs = up.FLASH(**kw)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    ours = ft.FLASH(**kw, backend="triton")
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    theirs, ours = theirs.to(DEVICE), ours.to(DEVICE)
+    x = torch.randn(2, n, 24, device=DEVICE)
+    mask = torch.rand(2, n, device=DEVICE) > 0.25
+    x_t, x_o = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_t, out_o = theirs(x_t, mask=mask), ours(x_o, mask=mask)
+    assert_close_scaled(out_o, out_t, 2e-5, "output")
+    grad = torch.randn_like(out_t)
+    out_t.backward(grad)
+    out_o.backward(grad)
+    assert_close_scaled(x_o.grad, x_t.grad, 2e-5, "input grad")
+    for (name, p_t), p_o in zip(theirs.named_parameters(), ours.parameters(), strict=True):
+        assert_close_scaled(p_o.grad, p_t.grad, 2e-5, f"grad of {name}")
+    assert counters["_quad_attn_fwd_kernel"].launches == 1
+    assert counters["_quad_attn_bwd_dqk_kernel"].launches == 2
+    assert counters["_group_state_kernel"].launches == 3  # forward states; backward: states again, dP
+
+
+def test_flash_transformer_on_kernels_matches_upstream():
+    up = pytest.importorskip("flash_pytorch", reason="FLASH-pytorch 0.1.9 is not installed")
+    kw = dict(num_tokens=40, dim=32, depth=2, group_size=16, query_key_dim=24, causal=True)
+    theirs = up.FLASHTransformer(**kw)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    ours = ft.FLASHTransformer(**kw, backend="triton")
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    theirs, ours = theirs.to(DEVICE), ours.to(DEVICE)
+    tokens = torch.randint(0, 40, (2, 37), device=DEVICE)
+    out_t, out_o = theirs(tokens), ours(tokens)
+    assert_close_scaled(out_o, out_t, 2e-5, "logits")
+    out_t.logsumexp(-1).sum().backward()
+    out_o.logsumexp(-1).sum().backward()
+    for (name, p_t), p_o in zip(theirs.named_parameters(), ours.parameters(), strict=True):
+        if p_t.grad is not None:
+            assert_close_scaled(p_o.grad, p_t.grad, 2e-5, f"grad of {name}")
+
+
+def test_autograd_keeps_no_per_group_quadratic_tensor():
+    n, g = 96, 32
+    layer = ft.FLASH(dim=16, group_size=g, query_key_dim=16, causal=True, backend="triton").to(DEVICE)
+    x = torch.randn(2, n, 16, device=DEVICE, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = layer(x)
+    out.sum().backward()
+    assert saved
+    assert not any(len(shape) >= 2 and shape[-2:] == (g, g) for shape in saved), saved
+    assert all(torch.Size(shape).numel() <= 2 * n * 4 * 16 for shape in saved), saved
