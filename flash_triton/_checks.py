@@ -57,7 +57,7 @@ def tokens(name: str, x: object, num_tokens: int) -> tuple[int, int]:
         raise ValueError(f"{name} must have shape (batch, seq), got {tuple(x.shape)}")
     seq_len(name, x.shape[1], tuple(x.shape))
     if not torch.compiler.is_compiling() and x.numel() > 0:
-        lo, hi = int(x.min()), int(x.max())
+        lo, hi = torch.stack(torch.aminmax(x.detach())).tolist()  # one device-to-host transfer
         if lo < 0 or hi >= num_tokens:
             raise ValueError(f"{name} holds token ids in [{lo}, {hi}], outside [0, {num_tokens}) (num_tokens)")
     return x.shape[0], x.shape[1]
