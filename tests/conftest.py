@@ -24,3 +24,23 @@ def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, tol: float
     err = (actual.double() - expected.double()).abs().max().item() if actual.numel() else 0.0
     bound = tol * max(1.0, expected.abs().max().item() if expected.numel() else 0.0)
     assert err <= bound, f"{what}: max abs error {err:.3e} > {bound:.3e}"
+
+
+def scramble(model: torch.nn.Module, std: float = 0.5) -> None:
+    """Random weights everywhere but rotary frequencies (the default init leaves gamma ~ 0.02 and beta = 0,
+    which would hide mistakes)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.endswith("freqs"):
+                p.copy_(torch.randn_like(p) * std)
+
+
+class LaunchCounter:
+    """Stands in for a jitted Triton kernel and counts its launches (``kernel[grid](...)``)."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        self.launches += 1
+        return self.kernel[grid]

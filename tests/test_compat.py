@@ -3,25 +3,15 @@ outputs and gradients (input and every parameter) in float32 with scrambled weig
 
 import pytest
 import torch
-from torch import nn
 
 import flash_triton as ft
-from tests.conftest import assert_close_scaled
+from tests.conftest import assert_close_scaled, scramble
 
 up = pytest.importorskip("flash_pytorch", reason="FLASH-pytorch 0.1.9 (the test extra) is not installed")
 up_wrapper = pytest.importorskip("flash_pytorch.autoregressive_wrapper")
 rotary_up = pytest.importorskip("rotary_embedding_torch")
 
 TOL = 2e-5  # float32, relative to the largest reference magnitude
-
-
-def scramble(model: nn.Module) -> None:
-    """Random weights everywhere (the default init leaves gamma ~ 0.02 and beta = 0, hiding mistakes)."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("freqs"):
-                continue
-            p.copy_(torch.randn_like(p) * 0.5)
 
 
 def twin(up_cls, our_cls, **kw):

@@ -7,7 +7,7 @@ import torch
 
 import flash_triton as ft
 from flash_triton import reference as ref
-from tests.conftest import assert_close_scaled
+from tests.conftest import LaunchCounter, assert_close_scaled, scramble
 
 triton = pytest.importorskip("triton")
 qa = pytest.importorskip("flash_triton.kernels.quad_attn")
@@ -41,6 +41,8 @@ CASES = [
     pytest.param(1, 45, 40, 33, 16, False, False, False, True, id="ragged-noncausal-pergroup-laplace"),
     pytest.param(1, 70, 130, 20, 32, True, True, True, False, id="s130-g32-causal"),
     pytest.param(1, 300, 16, 16, 128, True, True, True, False, id="n300-g128"),
+    pytest.param(2, 7, 8, 5, 1, True, True, True, False, id="g1-causal-s8-e5"),
+    pytest.param(2, 10, 8, 5, 3, False, False, True, True, id="g3-pergroup-laplace"),
 ]
 
 
@@ -98,15 +100,6 @@ def test_dropout_forward_and_backward_use_the_same_mask():
         assert_close_scaled(g_ours, g_ref, 1e-5, "grad with dropout")
 
 
-class LaunchCounter:
-    def __init__(self, kernel):
-        self.kernel, self.launches = kernel, 0
-
-    def __getitem__(self, grid):
-        self.launches += 1
-        return self.kernel[grid]
-
-
 @pytest.mark.parametrize(
     "kw, n",
     [
@@ -125,9 +118,7 @@ def test_flash_layer_on_kernels_matches_upstream_and_runs_them(monkeypatch, kw, 
         monkeypatch.setattr(chunk_state if name == "_group_state_kernel" else qa, name, counter)
     kw = dict(kw, dim=24, group_size=16, query_key_dim=16)
     theirs = up.FLASH(**kw)
-    with torch.no_grad():
-        for p in theirs.parameters():
-            p.copy_(torch.randn_like(p) * 0.5)
+    scramble(theirs)
     ours = ft.FLASH(**kw, backend="triton")
     ours.load_state_dict(theirs.state_dict(), strict=True)
     theirs, ours = theirs.to(DEVICE), ours.to(DEVICE)
@@ -151,9 +142,7 @@ def test_flash_transformer_on_kernels_matches_upstream():
     up = pytest.importorskip("flash_pytorch", reason="FLASH-pytorch 0.1.9 is not installed")
     kw = dict(num_tokens=40, dim=32, depth=2, group_size=16, query_key_dim=24, causal=True)
     theirs = up.FLASHTransformer(**kw)
-    with torch.no_grad():
-        for p in theirs.parameters():
-            p.copy_(torch.randn_like(p) * 0.3)
+    scramble(theirs, std=0.3)
     ours = ft.FLASHTransformer(**kw, backend="triton")
     ours.load_state_dict(theirs.state_dict(), strict=True)
     theirs, ours = theirs.to(DEVICE), ours.to(DEVICE)

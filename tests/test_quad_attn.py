@@ -9,7 +9,7 @@ import torch
 
 import flash_triton as ft
 from flash_triton import reference as ref
-from tests.conftest import assert_close_scaled
+from tests.conftest import LaunchCounter, assert_close_scaled, scramble
 
 triton = pytest.importorskip("triton")
 qa = pytest.importorskip("flash_triton.kernels.quad_attn")
@@ -141,23 +141,10 @@ def test_dropout_forward_and_backward_use_the_same_mask(window, causal):
 
 def scrambled_gau(**kw):
     model = ft.GAU(backend="reference", **kw)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.5)
+    scramble(model)
     twin = ft.GAU(backend="triton", **kw)
     twin.load_state_dict(model.state_dict())
     return model.to(DEVICE), twin.to(DEVICE)
-
-
-class LaunchCounter:
-    """Wraps a jitted kernel and counts its launches."""
-
-    def __init__(self, kernel):
-        self.kernel, self.launches = kernel, 0
-
-    def __getitem__(self, grid):
-        self.launches += 1
-        return self.kernel[grid]
 
 
 @pytest.mark.parametrize(
@@ -198,9 +185,7 @@ def test_gau_on_triton_matches_reference_and_runs_the_kernels(monkeypatch, kw, n
 def test_gau_on_triton_matches_upstream():
     up = pytest.importorskip("flash_pytorch", reason="FLASH-pytorch 0.1.9 is not installed")
     theirs = up.GAU(dim=32, query_key_dim=24, causal=True)
-    with torch.no_grad():
-        for p in theirs.parameters():
-            p.copy_(torch.randn_like(p) * 0.5)
+    scramble(theirs)
     ours = ft.GAU(dim=32, query_key_dim=24, causal=True, backend="triton")
     ours.load_state_dict(theirs.state_dict(), strict=True)
     theirs, ours = theirs.to(DEVICE), ours.to(DEVICE)

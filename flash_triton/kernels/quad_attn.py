@@ -557,8 +557,9 @@ TILES = {
     ("dv", "half", False): (32, 64, 128, 64, 4),
     ("dv", "half", True): (32, 32, 128, 64, 4),
     **{(kind, "half", drop): (32, 32, 128, 64, 8) for kind in ("dk", "dq") for drop in (False, True)},
+    **{("fwd", "fp32", drop): (32, 32, 16, 32, 8) for drop in (False, True)},
     **{("dk", "fp32", drop): (32, 32, 32, 32, 8) for drop in (False, True)},
-    **{(kind, "fp32", drop): (32, 32, 32, 32, 4) for kind in ("fwd", "dv") for drop in (False, True)},
+    **{("dv", "fp32", drop): (32, 32, 32, 32, 4) for drop in (False, True)},
     **{("dq", "fp32", drop): (32, 16, 16, 32, 4) for drop in (False, True)},
 }
 
