@@ -167,22 +167,32 @@ def quad_attn(
 # quadratic kernels with the linear half and the gate fused into the output tile.
 
 
-def _window_state(states: Tensor, n: int, group: int, causal: bool, reduce_group: bool) -> Tensor:
+def _window_state(
+    states: Tensor, n: int, group: int, causal: bool, reduce_group: bool, initial: Tensor | None
+) -> Tensor:
     """(B, G, S, E) float32 state that group j's linear queries read, from the raw per-group sums."""
-    if causal:  # exclusive prefix: group j reads groups 0 .. j-1
-        return (states.cumsum(dim=1) - states) / group
+    if causal:  # exclusive prefix: group j reads the initial state and groups 0 .. j-1
+        prefix = (states.cumsum(dim=1) - states) / group
+        return prefix if initial is None else prefix + initial[:, None]
     if reduce_group:
         return (states.sum(dim=1, keepdim=True) / n).expand_as(states)
     return states / n
 
 
-def _window_state_backward(d_state: Tensor, n: int, group: int, causal: bool, reduce_group: bool) -> Tensor:
-    """Adjoint of :func:`_window_state`: gradient of the raw per-group sums."""
-    if causal:  # group j's sum feeds every later group
-        return (d_state.sum(dim=1, keepdim=True) - d_state.cumsum(dim=1)) / group
+def _window_state_backward(
+    d_state: Tensor, n: int, group: int, causal: bool, reduce_group: bool, d_final: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """Adjoint of :func:`_window_state` (and of the final state ``initial + Σ_j S_j / g``): gradients of the raw
+    per-group sums and of the initial state."""
+    if causal:  # group j's sum feeds every later group, and the final state
+        total = d_state.sum(dim=1, keepdim=True)
+        d_states = (total - d_state.cumsum(dim=1)) / group
+        if d_final is None:
+            return d_states, total[:, 0]
+        return d_states + d_final[:, None] / group, total[:, 0] + d_final
     if reduce_group:
-        return (d_state.sum(dim=1, keepdim=True) / n).expand_as(d_state)
-    return d_state / n
+        return (d_state.sum(dim=1, keepdim=True) / n).expand_as(d_state), None
+    return d_state / n, None
 
 
 @torch.library.custom_op("flash_triton::mixed_chunk_attn_fwd", mutates_args=())
@@ -196,6 +206,7 @@ def _mixed_chunk_fwd(
     key_mask: Tensor | None,
     t5_weight: Tensor | None,
     seed: Tensor | None,
+    initial_state: Tensor | None,
     group_size: int,
     causal: bool,
     reduce_group: bool,
@@ -203,23 +214,30 @@ def _mixed_chunk_fwd(
     t5_max_distance: int,
     laplace: bool,
     dropout_p: float,
+    output_final_state: bool,
     store_pre: bool,
-) -> tuple[Tensor, Tensor]:
-    n = v.shape[1]
-    states = chunk_state.group_state(lin_k, v, group_size, row_mask=key_mask)
-    window_state = _window_state(states, n, group_size, causal, reduce_group)
+) -> tuple[Tensor, Tensor, Tensor]:
+    n, g = v.shape[1], group_size
+    states = chunk_state.group_state(lin_k, v, g, row_mask=key_mask)
+    window_state = _window_state(states, n, g, causal, reduce_group, initial_state)
     out, o_pre = qa.quad_attn_fwd(
-        quad_q, quad_k, v, gate, key_mask, t5_weight, None, seed, scale=1.0 / group_size, t5_scale=t5_scale,
-        t5_max_distance=t5_max_distance, bias_scale=1.0, window=group_size, causal=causal, laplace=laplace,
+        quad_q, quad_k, v, gate, key_mask, t5_weight, None, seed, scale=1.0 / g, t5_scale=t5_scale,
+        t5_max_distance=t5_max_distance, bias_scale=1.0, window=g, causal=causal, laplace=laplace,
         dropout_p=dropout_p, store_pre=store_pre, lin_q=lin_q, state=window_state,
     )  # fmt: skip
-    return out, o_pre if o_pre is not None else v.new_empty(_EMPTY)
+    final = v.new_empty(_EMPTY, dtype=torch.float32)
+    if output_final_state:
+        final = states.sum(dim=1) / g
+        final = final if initial_state is None else final + initial_state
+    return out, o_pre if o_pre is not None else v.new_empty(_EMPTY), final
 
 
 @_mixed_chunk_fwd.register_fake
 def _(quad_q, quad_k, lin_q, lin_k, v, gate, *args):
-    store_pre = args[-1]
-    return v.new_empty(v.shape), v.new_empty(v.shape if store_pre else _EMPTY)
+    output_final_state, store_pre = args[-2], args[-1]
+    b, _, s = lin_q.shape
+    final = v.new_empty((b, s, v.shape[-1]) if output_final_state else _EMPTY, dtype=torch.float32)
+    return v.new_empty(v.shape), v.new_empty(v.shape if store_pre else _EMPTY), final
 
 
 @torch.library.custom_op("flash_triton::mixed_chunk_attn_bwd", mutates_args=())
@@ -233,6 +251,8 @@ def _mixed_chunk_bwd(
     key_mask: Tensor | None,
     t5_weight: Tensor | None,
     seed: Tensor | None,
+    initial_state: Tensor | None,
+    d_final: Tensor | None,
     group_size: int,
     causal: bool,
     reduce_group: bool,
@@ -241,7 +261,7 @@ def _mixed_chunk_bwd(
     laplace: bool,
     dropout_p: float,
     need_dt5: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     n, g = v.shape[1], group_size
     dqq, dqk, dv, dt5, _ = qa.quad_attn_bwd(
         dy, quad_q, quad_k, v, key_mask, t5_weight, None, seed, scale=1.0 / g, t5_scale=t5_scale,
@@ -249,38 +269,46 @@ def _mixed_chunk_bwd(
         dropout_p=dropout_p, need_dt5=need_dt5, need_dbias=False,
     )  # fmt: skip
     # linear half: lin_i = lin_q_i P[g(i)], P = window_state(S), S_j = Σ_{t in j} lin_k_tᵀ v_t (states recomputed)
-    window_state = _window_state(chunk_state.group_state(lin_k, v, g, row_mask=key_mask), n, g, causal, reduce_group)
+    states = chunk_state.group_state(lin_k, v, g, row_mask=key_mask)
+    window_state = _window_state(states, n, g, causal, reduce_group, initial_state)
     dlq = chunk_state.group_apply(dy, window_state.transpose(-1, -2), g, 1.0, out_dtype=lin_q.dtype)
-    d_states = _window_state_backward(chunk_state.group_state(lin_q, dy, g), n, g, causal, reduce_group)
+    d_window = chunk_state.group_state(lin_q, dy, g)
+    d_states, d_init = _window_state_backward(d_window, n, g, causal, reduce_group, d_final)
     dlk = chunk_state.group_apply(v, d_states.transpose(-1, -2), g, 1.0, row_mask=key_mask, out_dtype=lin_k.dtype)
     dv = dv + chunk_state.group_apply(lin_k, d_states, g, 1.0, row_mask=key_mask, out_dtype=v.dtype)
     empty = v.new_empty(_EMPTY, dtype=torch.float32)
-    return dqq, dqk, dlq, dlk, dv, dt5 if dt5 is not None else empty
+    dt5 = dt5 if dt5 is not None else empty
+    return dqq, dqk, dlq, dlk, dv, dt5, d_init if initial_state is not None else empty
 
 
 @_mixed_chunk_bwd.register_fake
-def _(dy, quad_q, quad_k, lin_q, lin_k, v, key_mask, t5_weight, seed, *args):
+def _(dy, quad_q, quad_k, lin_q, lin_k, v, key_mask, t5_weight, seed, initial_state, d_final, *args):
     need_dt5 = args[-1]
     dt5 = v.new_empty(t5_weight.shape if need_dt5 and t5_weight is not None else _EMPTY, dtype=torch.float32)
+    d_init = v.new_empty(initial_state.shape if initial_state is not None else _EMPTY, dtype=torch.float32)
     return (quad_q.new_empty(quad_q.shape), quad_k.new_empty(quad_k.shape), lin_q.new_empty(lin_q.shape),
-            lin_k.new_empty(lin_k.shape), v.new_empty(v.shape), dt5)  # fmt: skip
+            lin_k.new_empty(lin_k.shape), v.new_empty(v.shape), dt5, d_init)  # fmt: skip
 
 
 def _mixed_chunk_setup(ctx, inputs, output):
-    quad_q, quad_k, lin_q, lin_k, v, gate, key_mask, t5_weight, seed, *scalars = inputs
-    ctx.save_for_backward(quad_q, quad_k, lin_q, lin_k, v, gate, key_mask, t5_weight, seed, output[1])
-    ctx.scalars = scalars[:-1]  # all but store_pre
+    quad_q, quad_k, lin_q, lin_k, v, gate, key_mask, t5_weight, seed, initial_state, *scalars = inputs
+    ctx.save_for_backward(quad_q, quad_k, lin_q, lin_k, v, gate, key_mask, t5_weight, seed, initial_state, output[1])
+    ctx.scalars = scalars[:-2]  # all but output_final_state and store_pre
+    ctx.output_final_state = scalars[-2]
 
 
-def _mixed_chunk_backward(ctx, d_out, _d_pre):
-    quad_q, quad_k, lin_q, lin_k, v, gate, key_mask, t5_weight, seed, o_pre = ctx.saved_tensors
+def _mixed_chunk_backward(ctx, d_out, _d_pre, d_final):
+    quad_q, quad_k, lin_q, lin_k, v, gate, key_mask, t5_weight, seed, initial_state, o_pre = ctx.saved_tensors
     needs = ctx.needs_input_grad
     dgate = d_out * o_pre if needs[5] else None
-    dqq, dqk, dlq, dlk, dv, dt5 = _mixed_chunk_bwd(
-        d_out * gate, quad_q, quad_k, lin_q, lin_k, v, key_mask, t5_weight, seed, *ctx.scalars, needs[7]
-    )
+    d_final = d_final if ctx.output_final_state and d_final is not None and d_final.numel() else None
+    dqq, dqk, dlq, dlk, dv, dt5, d_init = _mixed_chunk_bwd(
+        d_out * gate, quad_q, quad_k, lin_q, lin_k, v, key_mask, t5_weight, seed, initial_state, d_final,
+        *ctx.scalars, needs[7],
+    )  # fmt: skip
     dt5 = dt5.to(t5_weight.dtype) if needs[7] else None
-    return (dqq, dqk, dlq, dlk, dv, dgate, None, dt5, None) + (None,) * 8
+    d_init = d_init.to(initial_state.dtype) if needs[9] else None
+    return (dqq, dqk, dlq, dlk, dv, dgate, None, dt5, None, d_init) + (None,) * 9
 
 
 _mixed_chunk_fwd.register_autograd(_mixed_chunk_backward, setup_context=_mixed_chunk_setup)
@@ -303,22 +331,30 @@ def mixed_chunk_attn(
     laplace: bool = False,
     dropout_p: float = 0.0,
     reduce_group: bool = True,
+    initial_state: Tensor | None = None,
+    output_final_state: bool = False,
     dropout_seed: Tensor | None = None,
-) -> Tensor:
+) -> Tensor | tuple[Tensor, Tensor]:
     """Fused Triton version of :func:`flash_triton.reference.mixed_chunk_attn` (same arguments and result).
 
-    ``dropout_seed`` as in :func:`quad_attn`; its keep-mask is ``dropout_keep_mask(seed, b, n, group_size, p)``.
+    ``initial_state`` (B, S, E) is used in float32; the final state is float32. ``dropout_seed`` as in
+    :func:`quad_attn`; its keep-mask is ``dropout_keep_mask(seed, b, n, group_size, p)``.
     """
+    if not causal and (initial_state is not None or output_final_state):
+        raise ValueError("initial_state / output_final_state are defined for causal attention only")
     dtype = _common_dtype(quad_q, quad_k, lin_q, lin_k, v, gate)
     quad_q, quad_k, lin_q, lin_k, v, gate = (t.to(dtype) for t in (quad_q, quad_k, lin_q, lin_k, v, gate))
+    if initial_state is not None:
+        initial_state = initial_state.float()
     seed = None
     if dropout_p > 0:
         seed = dropout_seed
         if seed is None:
             seed = torch.randint(0, 2**62, (1,), device=v.device, dtype=torch.int64)
     store_pre = gate.requires_grad and torch.is_grad_enabled()
-    out, _ = _mixed_chunk_fwd(
-        quad_q, quad_k, lin_q, lin_k, v, gate, key_mask, t5_weight, seed, int(group_size), bool(causal),
-        bool(reduce_group), float(t5_scale), int(t5_max_distance), bool(laplace), float(dropout_p), store_pre,
+    out, _, final = _mixed_chunk_fwd(
+        quad_q, quad_k, lin_q, lin_k, v, gate, key_mask, t5_weight, seed, initial_state, int(group_size),
+        bool(causal), bool(reduce_group), float(t5_scale), int(t5_max_distance), bool(laplace), float(dropout_p),
+        bool(output_final_state), store_pre,
     )  # fmt: skip
-    return out
+    return (out, final) if output_final_state else out

@@ -172,3 +172,62 @@ def test_autograd_keeps_no_per_group_quadratic_tensor():
     assert saved
     assert not any(len(shape) >= 2 and shape[-2:] == (g, g) for shape in saved), saved
     assert all(torch.Size(shape).numel() <= 2 * n * 4 * 16 for shape in saved), saved
+
+
+@pytest.mark.parametrize("impl", ["triton", "reference"])
+def test_state_passing_at_a_group_boundary_equals_the_whole(impl):
+    """Running n tokens at once equals running the first 2 groups, then the rest from their final state; gradients
+    (through the handed-over state) agree too."""
+    fn = triton_ops.mixed_chunk_attn if impl == "triton" else ref.mixed_chunk_attn
+    b, n, s, e, g, cut = 2, 45, 16, 24, 16, 32
+    gen = torch.Generator().manual_seed(5)
+    base = [torch.randn(b, n, s, generator=gen) for _ in range(4)] + [torch.randn(b, n, e, generator=gen)]
+    base = [t.to(DEVICE) for t in base + [torch.randn(b, n, e, generator=gen), torch.randn(32, generator=gen)]]
+    mask = (torch.rand(b, n, generator=gen) > 0.2).to(DEVICE)
+    kw = dict(group_size=g, causal=True, t5_scale=1.1)
+    grad_out = torch.randn(b, n, e, device=DEVICE)
+
+    whole = [t.clone().requires_grad_() for t in base]
+    out, final = fn(*whole[:6], t5_weight=whole[6], key_mask=mask, output_final_state=True, **kw)
+    (out * grad_out).sum().backward(retain_graph=True)
+    final.sum().backward()
+
+    split = [t.clone().requires_grad_() for t in base]
+    first = [t[:, :cut] for t in split[:6]]
+    second = [t[:, cut:] for t in split[:6]]
+    out1, state = fn(*first, t5_weight=split[6], key_mask=mask[:, :cut], output_final_state=True, **kw)
+    out2, final2 = fn(*second, t5_weight=split[6], key_mask=mask[:, cut:], initial_state=state,
+                      output_final_state=True, **kw)  # fmt: skip
+    assert_close_scaled(torch.cat((out1, out2), 1), out, 1e-5, "output")
+    assert_close_scaled(final2, final, 1e-5, "final state")
+    ((torch.cat((out1, out2), 1) * grad_out).sum() + final2.sum()).backward()
+    for name, a, b_ in zip(["qq", "qk", "lq", "lk", "v", "gate", "t5"], split, whole, strict=True):
+        assert_close_scaled(a.grad, b_.grad, 1e-5, f"grad of {name}")
+
+
+def test_initial_and_final_state_match_the_reference():
+    b, n, s, e, g = 2, 37, 24, 20, 16
+    gen = torch.Generator().manual_seed(6)
+    base = [torch.randn(b, n, s, generator=gen) for _ in range(4)] + [torch.randn(b, n, e, generator=gen)]
+    base += [torch.randn(b, n, e, generator=gen), torch.randn(32, generator=gen), torch.randn(b, s, e, generator=gen)]
+    base = [t.to(DEVICE) for t in base]
+    grads, outs = [], []
+    for fn in (triton_ops.mixed_chunk_attn, ref.mixed_chunk_attn):
+        leaves = [t.clone().requires_grad_() for t in base]
+        out, final = fn(*leaves[:6], t5_weight=leaves[6], initial_state=leaves[7], output_final_state=True,
+                        group_size=g, causal=True)  # fmt: skip
+        (out.square().sum() + (final * 0.5).sum()).backward()
+        outs.append((out, final))
+        grads.append([t.grad for t in leaves])
+    assert_close_scaled(outs[0][0], outs[1][0], 1e-5, "output")
+    assert_close_scaled(outs[0][1], outs[1][1], 1e-5, "final state")
+    assert outs[0][1].dtype == torch.float32
+    for name, a, b_ in zip(["qq", "qk", "lq", "lk", "v", "gate", "t5", "initial"], *grads, strict=True):
+        assert_close_scaled(a, b_, 1e-5, f"grad of {name}")
+
+
+def test_state_is_for_causal_attention_only():
+    t = torch.randn(1, 8, 16, device=DEVICE)
+    for fn in (triton_ops.mixed_chunk_attn, ref.mixed_chunk_attn):
+        with pytest.raises(ValueError, match="causal attention only"):
+            fn(t, t, t, t, t, t, group_size=4, causal=False, output_final_state=True)

@@ -212,3 +212,13 @@ def test_gradcheck_quad_attn_with_bias(causal):
 def test_gradcheck_rotary():
     angles = ref.rotary_angles(torch.arange(5.0, dtype=torch.float64), torch.tensor([1.0, 0.3], dtype=torch.float64))
     assert torch.autograd.gradcheck(lambda t: ref.apply_rotary(t, angles), (f64(2, 5, 7),))
+
+
+def test_gradcheck_chunk_linear_attn_with_state():
+    def fn(q, k, v, s0):
+        out, final = ref.chunk_linear_attn(
+            q, k, v, group_size=3, causal=True, initial_state=s0, output_final_state=True
+        )
+        return out, final
+
+    assert torch.autograd.gradcheck(fn, (f64(2, 8, 3), f64(2, 8, 3), f64(2, 8, 2), f64(2, 3, 2)))

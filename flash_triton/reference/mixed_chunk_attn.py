@@ -8,15 +8,28 @@ from .quad_attn import quad_attn
 
 
 def chunk_linear_attn(
-    lin_q: Tensor, lin_k: Tensor, v: Tensor, *, group_size: int, causal: bool, reduce_group: bool = True
-) -> Tensor:
+    lin_q: Tensor,
+    lin_k: Tensor,
+    v: Tensor,
+    *,
+    group_size: int,
+    causal: bool,
+    reduce_group: bool = True,
+    initial_state: Tensor | None = None,
+    output_final_state: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Linear attention over groups of ``group_size`` tokens: lin_q, lin_k (b, n, s); v (b, n, e) -> (b, n, e).
 
-    Causal: ``S_j = lin_k_jᵀ v_j / g`` per group j, and group j reads the EXCLUSIVE prefix ``S_0 + ... + S_{j-1}``
-    (a group never sees its own state; its own tokens are the quadratic part's job).
+    Causal: ``S_j = lin_k_jᵀ v_j / g`` per group j, and group j reads the EXCLUSIVE prefix
+    ``initial_state + S_0 + ... + S_{j-1}`` (a group never sees its own state; its own tokens are the quadratic
+    part's job). ``initial_state`` (b, s, e) continues a sequence that ended on a group boundary; with
+    ``output_final_state`` the result is ``(out, initial_state + Σ_j S_j)``, the state to continue from (float32, or
+    float64 for float64 inputs).
     Non-causal: one context ``S = Σ_j lin_k_jᵀ v_j / n`` read by every token (``reduce_group=True``), or each
     group reads only its own ``lin_k_jᵀ v_j / n``. ``n`` is the unpadded length, as upstream.
     """
+    if not causal and (initial_state is not None or output_final_state):
+        raise ValueError("initial_state / output_final_state are defined for causal attention only")
     b, n, _ = lin_q.shape
     g = group_size
     pad = -n % g
@@ -24,6 +37,8 @@ def chunk_linear_attn(
     if causal:
         states = torch.einsum("bgnd,bgne->bgde", lin_k, v) / g
         prefix = F.pad(states.cumsum(dim=1), (0, 0, 0, 0, 1, -1))  # exclusive: shift the running sum by one group
+        if initial_state is not None:
+            prefix = prefix + initial_state.to(prefix.dtype)[:, None]
         out = torch.einsum("bgde,bgnd->bgne", prefix, lin_q)
     elif reduce_group:
         context = torch.einsum("bgnd,bgne->bde", lin_k, v) / n
@@ -31,7 +46,12 @@ def chunk_linear_attn(
     else:
         context = torch.einsum("bgnd,bgne->bgde", lin_k, v) / n
         out = torch.einsum("bgnd,bgde->bgne", lin_q, context)
-    return out.flatten(1, 2)[:, :n]
+    out = out.flatten(1, 2)[:, :n]
+    if not output_final_state:
+        return out
+    state_dtype = torch.promote_types(states.dtype, torch.float32)  # float32, or float64 for float64 inputs
+    final = states.to(state_dtype).sum(dim=1)
+    return out, final if initial_state is None else final + initial_state.to(state_dtype)
 
 
 def mixed_chunk_attn(
@@ -52,12 +72,15 @@ def mixed_chunk_attn(
     dropout_p: float = 0.0,
     dropout_mask: Tensor | None = None,
     reduce_group: bool = True,
-) -> Tensor:
+    initial_state: Tensor | None = None,
+    output_final_state: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """``gate * (quad + lin)`` of FLASH. quad_q, quad_k, lin_q, lin_k (b, n, s); v, gate (b, n, e); key_mask (b, n).
 
     quad: per group, ``act(quad_q quad_kᵀ / g + t5_scale * T5[bucket(j - i)])`` with in-group positions, masked
     keys and (causal) future keys zeroed after the activation, times v. lin: :func:`chunk_linear_attn` with masked
-    keys removed from ``lin_k``.
+    keys removed from ``lin_k``. ``initial_state`` / ``output_final_state`` (causal only): as
+    :func:`chunk_linear_attn`; with the latter the result is ``(out, final_state)``.
 
     >>> x = torch.randn(2, 10, 8); v = torch.randn(2, 10, 6)
     >>> mixed_chunk_attn(x, x, x, x, v, v, group_size=4, causal=True).shape
@@ -81,5 +104,11 @@ def mixed_chunk_attn(
     )
     if key_mask is not None:
         lin_k = lin_k.masked_fill(~key_mask[..., None], 0.0)
-    lin = chunk_linear_attn(lin_q, lin_k, v, group_size=g, causal=causal, reduce_group=reduce_group)
+    lin = chunk_linear_attn(
+        lin_q, lin_k, v, group_size=g, causal=causal, reduce_group=reduce_group, initial_state=initial_state,
+        output_final_state=output_final_state,
+    )  # fmt: skip
+    if output_final_state:
+        lin, final_state = lin
+        return gate * (quad + lin), final_state
     return gate * (quad + lin)
