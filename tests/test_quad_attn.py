@@ -245,3 +245,13 @@ def test_torch_compile_fullgraph_traces_gau():
     x.grad = None
     reference(x).sum().backward()
     assert_close_scaled(grad_compiled, x.grad, 1e-5, "compiled input grad")
+
+
+def test_rows_past_32_bit_offsets_are_refused_with_the_numbers():
+    # meta tensors carry shapes and strides without memory: row stride 256 x 2**24 rows passes 2**31
+    big = torch.empty(1, 2**24, 256, device="meta")
+    small = torch.empty(1, 2**24, 16, device="meta")
+    with pytest.raises(ValueError, match="32-bit limit"):
+        qa.quad_attn_fwd(small, small, big, None, None, None, None, None, scale=1.0, t5_scale=1.0,
+                         t5_max_distance=128, bias_scale=1.0, window=64, causal=True, laplace=False,
+                         dropout_p=0.0, store_pre=False)  # fmt: skip

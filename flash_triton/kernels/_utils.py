@@ -20,3 +20,21 @@ def dot_precision(dtype: torch.dtype) -> str:
     """float32 inputs get exact float32 products (TF32 would cost ~1e-3 relative error); half types use tensor
     cores, where the option does not apply."""
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+INT32_MAX = 2**31 - 1
+
+
+def check_row_offsets(**tensors: Tensor | None) -> None:
+    """The kernels address a batch row's elements with 32-bit offsets (``position * stride``; the batch offset is
+    64-bit). Refuse, with the numbers, inputs whose last element of a row lies past 2**31 - 1 rather than let the
+    offsets wrap around."""
+    for name, t in tensors.items():
+        if t is None or t.numel() == 0:
+            continue
+        last = sum((size - 1) * stride for size, stride in zip(t.shape[1:], t.stride()[1:], strict=True))
+        if last > INT32_MAX:
+            raise ValueError(
+                f"{name} of shape {tuple(t.shape)} and strides {t.stride()} has in-row offsets up to {last}, past the "
+                f"kernels' 32-bit limit {INT32_MAX}: use shorter sequences per batch row or backend='reference'"
+            )

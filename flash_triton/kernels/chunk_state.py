@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._utils import dot_precision, new_output
+from ._utils import check_row_offsets, dot_precision, new_output
 
 _NOSPEC = ["N", "GS", "DA", "DB", "DX", "DY"]
 
@@ -143,6 +143,7 @@ def _unit_stride(t: Tensor) -> Tensor:
 def group_state(a: Tensor, b: Tensor, group: int, row_mask: Tensor | None = None) -> Tensor:
     """(B, G, DA, DB) float32 ``Σ_{t in group j} a_tᵀ b_t`` for a (B, N, DA), b (B, N, DB); G = ceil(N / group)."""
     a, b = _unit_stride(a), _unit_stride(b)
+    check_row_offsets(a=a, b=b)
     bsz, n, da = a.shape
     db = b.shape[-1]
     g = triton.cdiv(n, group)
@@ -164,6 +165,7 @@ def group_apply(
 ) -> Tensor:
     """(B, N, DY) ``scale * x_t m[b, group(t)]`` for x (B, N, DX) and m (B, G, DX, DY) float32 (any strides)."""
     x = _unit_stride(x)
+    check_row_offsets(x=x, y=torch.empty(x.shape[0], x.shape[1], m.shape[-1], device="meta"))
     bsz, n, dx = x.shape
     dy = m.shape[-1]
     y = new_output(x, (bsz, n, dy), out_dtype or x.dtype)

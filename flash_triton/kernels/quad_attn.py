@@ -21,7 +21,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..reference.t5_bias import t5_relative_position_bucket
-from ._utils import dot_precision, new_output
+from ._utils import check_row_offsets, dot_precision, new_output
 
 # laplace(s) = 0.5 * (1 + erf((s - mu) * c)), mu = sqrt(1/2), c = 1 / (sigma * sqrt 2) = sqrt(2 pi);
 # d/ds = sqrt(2) * exp(-((s - mu) * c)^2)
@@ -625,6 +625,7 @@ def quad_attn_fwd(
     if state is not None and state.stride(-1) != 1:
         state = state.contiguous()
     b, n, s = q.shape
+    check_row_offsets(q=q, k=k, v=v, gate=gate, lin_q=lin_q, bias=bias.expand(b, n, n) if bias is not None else None)
     e = v.shape[-1]
     w = window
     g = triton.cdiv(n, w)
@@ -683,6 +684,8 @@ def quad_attn_bwd(
     """
     dy, q, k, v = _last_dim_contiguous(dy, q, k, v)
     b, n, s = q.shape
+    dbias_like = torch.empty(b, n, n, device="meta") if need_dbias and bias is not None else None
+    check_row_offsets(dy=dy, q=q, k=k, v=v, bias=bias.expand(b, n, n) if bias is not None else None, dbias=dbias_like)
     e = v.shape[-1]
     w = window
     g = triton.cdiv(n, w)
