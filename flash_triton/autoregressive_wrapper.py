@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _checks
+
 
 def eval_decorator(fn):
     """Run ``fn(model, ...)`` in eval mode and restore the model's training flag afterwards."""
@@ -83,6 +85,12 @@ class AutoregressiveWrapper(nn.Module):
         return out[:, t:]
 
     def forward(self, x: Tensor, **kwargs) -> Tensor:
+        """Mean cross-entropy of predicting ``x[:, 1:]`` from ``x[:, :-1]``; x (b, n + 1) token ids, n >= 1."""
+        num_tokens = getattr(self.net, "num_tokens", None)
+        if num_tokens is not None:  # the labels include the last token, which the net never sees
+            _checks.tokens("x", x, num_tokens)
+        if x.dim() != 2 or x.shape[1] < 2:
+            raise ValueError(f"x must have shape (batch, seq + 1) with seq >= 1, got {tuple(x.shape)}")
         x_inp, x_labels = x[:, :-1], x[:, 1:]
         logits = self.net(x_inp, **kwargs)
         return F.cross_entropy(logits.transpose(1, 2), x_labels)

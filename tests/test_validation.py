@@ -131,3 +131,11 @@ def test_generate_rejects_bad_arguments():
         wrapper.generate(torch.tensor([[1, 2]]), -1)
     with pytest.raises(ValueError, match="temperature must be positive"):
         wrapper.generate(torch.tensor([[1, 2]]), 2, temperature=0.0)
+
+
+def test_wrapper_loss_rejects_bad_token_sequences():
+    wrapper = ft.AutoregressiveWrapper(ft.FLASHTransformer(num_tokens=10, dim=8, depth=1, group_size=4))
+    with pytest.raises(ValueError, match=r"token ids in \[1, 10\], outside \[0, 10\)"):
+        wrapper(torch.tensor([[1, 2, 10]]))  # only the label (last token) is out of range
+    with pytest.raises(ValueError, match=r"seq >= 1, got \(2, 1\)"):
+        wrapper(torch.tensor([[1], [2]]))
