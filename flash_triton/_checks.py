@@ -89,3 +89,22 @@ def attn_bias(name: str, bias: object, batch: int, n: int) -> Tensor | None:
     if not ok:
         raise ValueError(f"{name} must broadcast to (batch, seq, seq) = {target}, got {tuple(bias.shape)}")
     return bias
+
+
+def cu_seqlens(name: str, cu: object, batch: int, n: int, device: torch.device) -> Tensor | None:
+    """None, or a 1-D integer tensor [0, ..., n], strictly increasing, for a packed batch of one row."""
+    if cu is None:
+        return None
+    cu = _tensor(name, cu)
+    if cu.dtype.is_floating_point or cu.dtype.is_complex or cu.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer offsets, got dtype {cu.dtype}")
+    if cu.dim() != 1 or cu.numel() < 2:
+        raise ValueError(f"{name} must be 1-D with at least 2 offsets, got shape {tuple(cu.shape)}")
+    if batch != 1:
+        raise ValueError(f"{name} packs sequences along one row: the input's batch must be 1, got {batch}")
+    if cu.device != device:
+        raise ValueError(f"{name} is on {cu.device} but the input is on {device}")
+    offsets = cu.tolist()
+    if offsets[0] != 0 or offsets[-1] != n or any(b <= a for a, b in zip(offsets, offsets[1:], strict=False)):
+        raise ValueError(f"{name} must rise strictly from 0 to the sequence length {n}, got {offsets}")
+    return cu

@@ -22,8 +22,11 @@ class ScaledSinuEmbedding(nn.Module):
         self.register_buffer("inv_freq", inv_freq)
 
     def forward(self, x: Tensor) -> Tensor:
-        t = torch.arange(x.shape[1], device=x.device).type_as(self.inv_freq)
-        sinu = t[:, None] * self.inv_freq[None, :]
+        return self.at(torch.arange(x.shape[1], device=x.device))
+
+    def at(self, positions: Tensor) -> Tensor:
+        """(len(positions), 2 * ceil(dim / 2)) embedding of the given positions."""
+        sinu = positions.type_as(self.inv_freq)[:, None] * self.inv_freq[None, :]
         return torch.cat((sinu.sin(), sinu.cos()), dim=-1) * self.scale
 
 
@@ -82,8 +85,11 @@ class RotaryEmbedding(nn.Module):
 
     def angles(self, seq_len: int, device: torch.device, offset: int = 0) -> Tensor:
         """(seq_len, rot_dim) float32 rotation angles of positions ``offset .. offset + seq_len - 1``."""
-        positions = torch.arange(offset, offset + seq_len, device=device, dtype=torch.float32)
-        return rotary_angles(positions, self.freqs)
+        return self.angles_at(torch.arange(offset, offset + seq_len, device=device))
+
+    def angles_at(self, positions: Tensor) -> Tensor:
+        """(len(positions), rot_dim) float32 rotation angles of the given positions."""
+        return rotary_angles(positions.to(torch.float32), self.freqs)
 
     def forward(self, t: Tensor, seq_len: int | None = None, offset: int = 0) -> Tensor:
         """Angles for the positions in ``t`` (1-D), as upstream's ``forward``."""

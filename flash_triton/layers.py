@@ -195,21 +195,32 @@ class FLASH(nn.Module):
         self.qk_offset_scale = OffsetScale(query_key_dim, heads=4)
         self.to_out = nn.Linear(hidden_dim, dim)
 
-    def forward(self, x: Tensor, *, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, *, mask: Tensor | None = None, cu_seqlens: Tensor | None = None) -> Tensor:
+        """x (b, n, dim); mask (b, n) bool. ``cu_seqlens`` (S + 1,) int packs S sequences into one row
+        (b = 1): each is processed as if alone (token shift, rotary positions, groups and linear state restart)."""
         b, n = _checks.features("x", x, self.dim)
         mask = _checks.key_mask("mask", mask, b, n, x.device)
+        cu_seqlens = _checks.cu_seqlens("cu_seqlens", cu_seqlens, b, n, x.device)
+        rope = self.rotary_pos_emb
+        if cu_seqlens is not None and rope is not None and not isinstance(rope, RotaryEmbedding):
+            raise ValueError("cu_seqlens needs flash_triton.RotaryEmbedding (per-sequence positions)")
 
         normed_x = self.norm(x)
         if self.shift_tokens:
             # token shift: the first half of the features comes from the previous position (zeros at t = 0)
             x_shift, x_pass = normed_x.chunk(2, dim=-1)
-            normed_x = torch.cat((F.pad(x_shift, (0, 0, 1, -1)), x_pass), dim=-1)
+            x_shift = F.pad(x_shift, (0, 0, 1, -1))
+            if cu_seqlens is not None:  # and at the first position of every packed sequence
+                x_shift = x_shift.index_fill(1, cu_seqlens[:-1], 0.0)
+            normed_x = torch.cat((x_shift, x_pass), dim=-1)
 
         v, gate = self.to_hidden(normed_x).chunk(2, dim=-1)
         quad_q, lin_q, quad_k, lin_k = self.qk_offset_scale(self.to_qk(normed_x))
-        rope = self.rotary_pos_emb
         if isinstance(rope, RotaryEmbedding):  # angles computed once for the four heads
-            angles = rope.angles(n, x.device)
+            positions = torch.arange(n, device=x.device)
+            if cu_seqlens is not None:
+                positions = positions - sequence_starts(cu_seqlens)
+            angles = rope.angles_at(positions)
             quad_q, lin_q, quad_k, lin_k = (apply_rotary(t, angles) for t in (quad_q, lin_q, quad_k, lin_k))
         elif rope is not None:  # another implementation, e.g. rotary-embedding-torch's, used through its API
             quad_q, lin_q, quad_k, lin_k = map(rope.rotate_queries_or_keys, (quad_q, lin_q, quad_k, lin_k))
@@ -232,5 +243,11 @@ class FLASH(nn.Module):
             dropout_p=self.dropout.p if self.training else 0.0,
             reduce_group=self.reduce_group_non_causal_attn,
             backend=self.backend,
+            **({} if cu_seqlens is None else {"cu_seqlens": cu_seqlens}),
         )
         return self.to_out(out) + x
+
+
+def sequence_starts(cu_seqlens: Tensor) -> Tensor:
+    """(n,) start offset of the packed sequence each position belongs to."""
+    return cu_seqlens[:-1].repeat_interleave(cu_seqlens.diff())

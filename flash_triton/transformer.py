@@ -1,11 +1,12 @@
 """FLASHTransformer: token embedding + scaled sinusoidal position + FLASH layers + LayerNorm/Linear head."""
 
+import torch
 from torch import Tensor, nn
 
 from . import _checks
 from .backend import check_backend
 from .embeddings import RotaryEmbedding, ScaledSinuEmbedding
-from .layers import FLASH, ScaleNorm
+from .layers import FLASH, ScaleNorm, sequence_starts
 
 NORM_TYPES = {"scalenorm": ScaleNorm, "layernorm": nn.LayerNorm}
 
@@ -81,11 +82,17 @@ class FLASHTransformer(nn.Module):
         )
         self.to_logits = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_tokens))
 
-    def forward(self, x: Tensor, *, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, *, mask: Tensor | None = None, cu_seqlens: Tensor | None = None) -> Tensor:
+        """x (b, n) token ids; mask (b, n) bool; ``cu_seqlens`` (S + 1,) int packs S sequences into one row (b = 1),
+        each processed as if alone (positions restart at every sequence)."""
         b, n = _checks.tokens("x", x, self.num_tokens)
         mask = _checks.key_mask("mask", mask, b, n, x.device)
+        cu_seqlens = _checks.cu_seqlens("cu_seqlens", cu_seqlens, b, n, x.device)
         x = self.token_emb(x)
-        x = self.abs_pos_emb(x) + x
+        if cu_seqlens is None:
+            x = self.abs_pos_emb(x) + x
+        else:
+            x = self.abs_pos_emb.at(torch.arange(n, device=x.device) - sequence_starts(cu_seqlens)) + x
         for flash in self.layers:
-            x = flash(x, mask=mask)
+            x = flash(x, mask=mask, cu_seqlens=cu_seqlens)
         return self.to_logits(x)

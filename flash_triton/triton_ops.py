@@ -167,10 +167,33 @@ def quad_attn(
 # quadratic kernels with the linear half and the gate fused into the output tile.
 
 
+def _segments(win_seq: Tensor, num_seqs: int, x: Tensor) -> Tensor:
+    """(num_seqs, ...) per-sequence sums of the per-window rows of x (G, ...)."""
+    return x.new_zeros((num_seqs, *x.shape[1:])).index_add_(0, win_seq, x)
+
+
 def _window_state(
-    states: Tensor, n: int, group: int, causal: bool, reduce_group: bool, initial: Tensor | None
+    states: Tensor,
+    n: int,
+    group: int,
+    causal: bool,
+    reduce_group: bool,
+    initial: Tensor | None,
+    varlen: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """(B, G, S, E) float32 state that group j's linear queries read, from the raw per-group sums."""
+    """(B, G, S, E) float32 state that group j's linear queries read, from the raw per-group sums. ``varlen``:
+    (sequence index of each window, sequence lengths) of a packed batch (B = 1): sums restart at each sequence."""
+    if varlen is not None:
+        win_seq, lengths = varlen
+        raw = states[0]
+        seg = _segments(win_seq, len(lengths), raw)
+        if causal:  # exclusive prefix within the sequence: all windows before j, less those of earlier sequences
+            before = (seg.cumsum(dim=0) - seg)[win_seq]
+            prefix = (raw.cumsum(dim=0) - raw - before) / group
+            return (prefix if initial is None else prefix + initial[win_seq])[None]
+        if reduce_group:
+            return (seg / lengths[:, None, None])[win_seq][None]
+        return (raw / lengths[win_seq][:, None, None])[None]
     if causal:  # exclusive prefix: group j reads the initial state and groups 0 .. j-1
         prefix = (states.cumsum(dim=1) - states) / group
         return prefix if initial is None else prefix + initial[:, None]
@@ -179,11 +202,38 @@ def _window_state(
     return states / n
 
 
+def _final_state(states: Tensor, group: int, initial: Tensor | None, varlen: tuple[Tensor, Tensor] | None) -> Tensor:
+    """initial + Σ_j S_j / g per batch row (or per packed sequence)."""
+    final = _segments(varlen[0], len(varlen[1]), states[0]) if varlen is not None else states.sum(dim=1)
+    final = final / group
+    return final if initial is None else final + initial
+
+
 def _window_state_backward(
-    d_state: Tensor, n: int, group: int, causal: bool, reduce_group: bool, d_final: Tensor | None
+    d_state: Tensor,
+    n: int,
+    group: int,
+    causal: bool,
+    reduce_group: bool,
+    d_final: Tensor | None,
+    varlen: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Adjoint of :func:`_window_state` (and of the final state ``initial + Σ_j S_j / g``): gradients of the raw
-    per-group sums and of the initial state."""
+    """Adjoint of :func:`_window_state` (and of :func:`_final_state`): gradients of the raw per-group sums and of
+    the initial state."""
+    if varlen is not None:
+        win_seq, lengths = varlen
+        raw = d_state[0]
+        seg = _segments(win_seq, len(lengths), raw)
+        if causal:  # group j's sum feeds the later groups of its own sequence, and that sequence's final state
+            before = (seg.cumsum(dim=0) - seg)[win_seq]
+            upto = raw.cumsum(dim=0) - before  # Σ over the sequence's windows up to and including j
+            d_states = (seg[win_seq] - upto) / group
+            if d_final is None:
+                return d_states[None], seg
+            return (d_states + d_final[win_seq] / group)[None], seg + d_final
+        if reduce_group:
+            return (seg / lengths[:, None, None])[win_seq][None], None
+        return (raw / lengths[win_seq][:, None, None])[None], None
     if causal:  # group j's sum feeds every later group, and the final state
         total = d_state.sum(dim=1, keepdim=True)
         d_states = (total - d_state.cumsum(dim=1)) / group
@@ -193,6 +243,26 @@ def _window_state_backward(
     if reduce_group:
         return (d_state.sum(dim=1, keepdim=True) / n).expand_as(d_state), None
     return d_state / n, None
+
+
+def _varlen(windows: Tensor | None, win_seq: Tensor | None, cu_seqlens: Tensor | None):
+    if windows is None:
+        return None
+    return win_seq, (cu_seqlens[1:] - cu_seqlens[:-1]).float()
+
+
+def varlen_windows(cu_seqlens: Tensor, group: int) -> tuple[Tensor, Tensor]:
+    """(G, 2) int32 [start, end) of every group of every packed sequence, and (G,) int64 sequence of each group.
+    Reads ``cu_seqlens`` on the host (one device synchronisation)."""
+    bounds = cu_seqlens.tolist()
+    rows, seqs = [], []
+    for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        for w0 in range(start, end, group):
+            rows.append((w0, min(w0 + group, end)))
+            seqs.append(i)
+    device = cu_seqlens.device
+    return (torch.tensor(rows, dtype=torch.int32, device=device).reshape(-1, 2),
+            torch.tensor(seqs, dtype=torch.int64, device=device))  # fmt: skip
 
 
 @torch.library.custom_op("flash_triton::mixed_chunk_attn_fwd", mutates_args=())
@@ -207,6 +277,9 @@ def _mixed_chunk_fwd(
     t5_weight: Tensor | None,
     seed: Tensor | None,
     initial_state: Tensor | None,
+    windows: Tensor | None,
+    win_seq: Tensor | None,
+    cu_seqlens: Tensor | None,
     group_size: int,
     causal: bool,
     reduce_group: bool,
@@ -218,25 +291,27 @@ def _mixed_chunk_fwd(
     store_pre: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     n, g = v.shape[1], group_size
-    states = chunk_state.group_state(lin_k, v, g, row_mask=key_mask)
-    window_state = _window_state(states, n, g, causal, reduce_group, initial_state)
+    varlen = _varlen(windows, win_seq, cu_seqlens)
+    states = chunk_state.group_state(lin_k, v, g, row_mask=key_mask, windows=windows)
+    window_state = _window_state(states, n, g, causal, reduce_group, initial_state, varlen)
     out, o_pre = qa.quad_attn_fwd(
         quad_q, quad_k, v, gate, key_mask, t5_weight, None, seed, scale=1.0 / g, t5_scale=t5_scale,
         t5_max_distance=t5_max_distance, bias_scale=1.0, window=g, causal=causal, laplace=laplace,
-        dropout_p=dropout_p, store_pre=store_pre, lin_q=lin_q, state=window_state,
+        dropout_p=dropout_p, store_pre=store_pre, lin_q=lin_q, state=window_state, windows=windows,
     )  # fmt: skip
     final = v.new_empty(_EMPTY, dtype=torch.float32)
     if output_final_state:
-        final = states.sum(dim=1) / g
-        final = final if initial_state is None else final + initial_state
+        final = _final_state(states, g, initial_state, varlen)
     return out, o_pre if o_pre is not None else v.new_empty(_EMPTY), final
 
 
 @_mixed_chunk_fwd.register_fake
-def _(quad_q, quad_k, lin_q, lin_k, v, gate, *args):
+def _(quad_q, quad_k, lin_q, lin_k, v, gate, key_mask, t5_weight, seed, initial_state, windows, win_seq, cu_seqlens,
+      *args):  # fmt: skip
     output_final_state, store_pre = args[-2], args[-1]
     b, _, s = lin_q.shape
-    final = v.new_empty((b, s, v.shape[-1]) if output_final_state else _EMPTY, dtype=torch.float32)
+    rows = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else b
+    final = v.new_empty((rows, s, v.shape[-1]) if output_final_state else _EMPTY, dtype=torch.float32)
     return v.new_empty(v.shape), v.new_empty(v.shape if store_pre else _EMPTY), final
 
 
@@ -252,6 +327,9 @@ def _mixed_chunk_bwd(
     t5_weight: Tensor | None,
     seed: Tensor | None,
     initial_state: Tensor | None,
+    windows: Tensor | None,
+    win_seq: Tensor | None,
+    cu_seqlens: Tensor | None,
     d_final: Tensor | None,
     group_size: int,
     causal: bool,
@@ -263,26 +341,30 @@ def _mixed_chunk_bwd(
     need_dt5: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     n, g = v.shape[1], group_size
+    varlen = _varlen(windows, win_seq, cu_seqlens)
     dqq, dqk, dv, dt5, _ = qa.quad_attn_bwd(
         dy, quad_q, quad_k, v, key_mask, t5_weight, None, seed, scale=1.0 / g, t5_scale=t5_scale,
         t5_max_distance=t5_max_distance, bias_scale=1.0, window=g, causal=causal, laplace=laplace,
-        dropout_p=dropout_p, need_dt5=need_dt5, need_dbias=False,
+        dropout_p=dropout_p, need_dt5=need_dt5, need_dbias=False, windows=windows,
     )  # fmt: skip
     # linear half: lin_i = lin_q_i P[g(i)], P = window_state(S), S_j = Σ_{t in j} lin_k_tᵀ v_t (states recomputed)
-    states = chunk_state.group_state(lin_k, v, g, row_mask=key_mask)
-    window_state = _window_state(states, n, g, causal, reduce_group, initial_state)
-    dlq = chunk_state.group_apply(dy, window_state.transpose(-1, -2), g, 1.0, out_dtype=lin_q.dtype)
-    d_window = chunk_state.group_state(lin_q, dy, g)
-    d_states, d_init = _window_state_backward(d_window, n, g, causal, reduce_group, d_final)
-    dlk = chunk_state.group_apply(v, d_states.transpose(-1, -2), g, 1.0, row_mask=key_mask, out_dtype=lin_k.dtype)
-    dv = dv + chunk_state.group_apply(lin_k, d_states, g, 1.0, row_mask=key_mask, out_dtype=v.dtype)
+    states = chunk_state.group_state(lin_k, v, g, row_mask=key_mask, windows=windows)
+    window_state = _window_state(states, n, g, causal, reduce_group, initial_state, varlen)
+    dlq = chunk_state.group_apply(dy, window_state.transpose(-1, -2), g, 1.0, out_dtype=lin_q.dtype, windows=windows)
+    d_window = chunk_state.group_state(lin_q, dy, g, windows=windows)
+    d_states, d_init = _window_state_backward(d_window, n, g, causal, reduce_group, d_final, varlen)
+    dlk = chunk_state.group_apply(
+        v, d_states.transpose(-1, -2), g, 1.0, row_mask=key_mask, out_dtype=lin_k.dtype, windows=windows
+    )
+    dv = dv + chunk_state.group_apply(lin_k, d_states, g, 1.0, row_mask=key_mask, out_dtype=v.dtype, windows=windows)
     empty = v.new_empty(_EMPTY, dtype=torch.float32)
     dt5 = dt5 if dt5 is not None else empty
     return dqq, dqk, dlq, dlk, dv, dt5, d_init if initial_state is not None else empty
 
 
 @_mixed_chunk_bwd.register_fake
-def _(dy, quad_q, quad_k, lin_q, lin_k, v, key_mask, t5_weight, seed, initial_state, d_final, *args):
+def _(dy, quad_q, quad_k, lin_q, lin_k, v, key_mask, t5_weight, seed, initial_state, windows, win_seq, cu_seqlens,
+      d_final, *args):  # fmt: skip
     need_dt5 = args[-1]
     dt5 = v.new_empty(t5_weight.shape if need_dt5 and t5_weight is not None else _EMPTY, dtype=torch.float32)
     d_init = v.new_empty(initial_state.shape if initial_state is not None else _EMPTY, dtype=torch.float32)
@@ -291,24 +373,24 @@ def _(dy, quad_q, quad_k, lin_q, lin_k, v, key_mask, t5_weight, seed, initial_st
 
 
 def _mixed_chunk_setup(ctx, inputs, output):
-    quad_q, quad_k, lin_q, lin_k, v, gate, key_mask, t5_weight, seed, initial_state, *scalars = inputs
-    ctx.save_for_backward(quad_q, quad_k, lin_q, lin_k, v, gate, key_mask, t5_weight, seed, initial_state, output[1])
+    tensors, scalars = inputs[:13], inputs[13:]
+    ctx.save_for_backward(*tensors, output[1])
     ctx.scalars = scalars[:-2]  # all but output_final_state and store_pre
     ctx.output_final_state = scalars[-2]
 
 
 def _mixed_chunk_backward(ctx, d_out, _d_pre, d_final):
-    quad_q, quad_k, lin_q, lin_k, v, gate, key_mask, t5_weight, seed, initial_state, o_pre = ctx.saved_tensors
+    quad_q, quad_k, lin_q, lin_k, v, gate, key_mask, t5_weight, seed, initial_state, *varlen, o_pre = ctx.saved_tensors
     needs = ctx.needs_input_grad
     dgate = d_out * o_pre if needs[5] else None
     d_final = d_final if ctx.output_final_state and d_final is not None and d_final.numel() else None
     dqq, dqk, dlq, dlk, dv, dt5, d_init = _mixed_chunk_bwd(
-        d_out * gate, quad_q, quad_k, lin_q, lin_k, v, key_mask, t5_weight, seed, initial_state, d_final,
+        d_out * gate, quad_q, quad_k, lin_q, lin_k, v, key_mask, t5_weight, seed, initial_state, *varlen, d_final,
         *ctx.scalars, needs[7],
     )  # fmt: skip
     dt5 = dt5.to(t5_weight.dtype) if needs[7] else None
     d_init = d_init.to(initial_state.dtype) if needs[9] else None
-    return (dqq, dqk, dlq, dlk, dv, dgate, None, dt5, None, d_init) + (None,) * 9
+    return (dqq, dqk, dlq, dlk, dv, dgate, None, dt5, None, d_init, None, None, None) + (None,) * 9
 
 
 _mixed_chunk_fwd.register_autograd(_mixed_chunk_backward, setup_context=_mixed_chunk_setup)
@@ -333,6 +415,7 @@ def mixed_chunk_attn(
     reduce_group: bool = True,
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
+    cu_seqlens: Tensor | None = None,
     dropout_seed: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Fused Triton version of :func:`flash_triton.reference.mixed_chunk_attn` (same arguments and result).
@@ -351,9 +434,13 @@ def mixed_chunk_attn(
         seed = dropout_seed
         if seed is None:
             seed = torch.randint(0, 2**62, (1,), device=v.device, dtype=torch.int64)
+    windows = win_seq = None
+    if cu_seqlens is not None:
+        windows, win_seq = varlen_windows(cu_seqlens, group_size)
     store_pre = gate.requires_grad and torch.is_grad_enabled()
     out, _, final = _mixed_chunk_fwd(
-        quad_q, quad_k, lin_q, lin_k, v, gate, key_mask, t5_weight, seed, initial_state, int(group_size),
+        quad_q, quad_k, lin_q, lin_k, v, gate, key_mask, t5_weight, seed, initial_state, windows, win_seq,
+        cu_seqlens, int(group_size),
         bool(causal), bool(reduce_group), float(t5_scale), int(t5_max_distance), bool(laplace), float(dropout_p),
         bool(output_final_state), store_pre,
     )  # fmt: skip

@@ -41,6 +41,7 @@ CASES = [
     pytest.param(1, 45, 40, 33, 16, False, False, False, True, id="ragged-noncausal-pergroup-laplace"),
     pytest.param(1, 70, 130, 20, 32, True, True, True, False, id="s130-g32-causal"),
     pytest.param(1, 300, 16, 16, 128, True, True, True, False, id="n300-g128"),
+    pytest.param(1, 300, 16, 16, 256, True, True, False, False, id="n300-g256"),
     pytest.param(2, 7, 8, 5, 1, True, True, True, False, id="g1-causal-s8-e5"),
     pytest.param(2, 10, 8, 5, 3, False, False, True, True, id="g3-pergroup-laplace"),
 ]
@@ -231,3 +232,97 @@ def test_state_is_for_causal_attention_only():
     for fn in (triton_ops.mixed_chunk_attn, ref.mixed_chunk_attn):
         with pytest.raises(ValueError, match="causal attention only"):
             fn(t, t, t, t, t, t, group_size=4, causal=False, output_final_state=True)
+
+
+@pytest.mark.parametrize(
+    "causal, reduce_group, with_state",
+    [(True, True, False), (True, True, True), (False, True, False), (False, False, False)],
+    ids=["causal", "causal-state", "noncausal-reduce", "noncausal-pergroup"],
+)
+def test_varlen_packed_batch_matches_a_per_sequence_loop(causal, reduce_group, with_state):
+    """Sequences packed along one row with cu_seqlens: groups restart at every sequence and so does the linear
+    state; kernels against the reference, which runs one call per sequence."""
+    lengths, s, e, g = [5, 37, 16, 1, 23], 16, 24, 16
+    n = sum(lengths)
+    cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=DEVICE)
+    gen = torch.Generator().manual_seed(8)
+    base = [torch.randn(1, n, s, generator=gen) for _ in range(4)] + [torch.randn(1, n, e, generator=gen)]
+    base += [torch.randn(1, n, e, generator=gen), torch.randn(32, generator=gen)]
+    base += [torch.randn(len(lengths), s, e, generator=gen)] if with_state else []
+    base = [t.to(DEVICE) for t in base]
+    mask = (torch.rand(1, n, generator=gen) > 0.2).to(DEVICE)
+    kw = dict(group_size=g, causal=causal, reduce_group=reduce_group, key_mask=mask, t5_scale=0.9,
+              cu_seqlens=cu_seqlens, output_final_state=with_state)  # fmt: skip
+    results = []
+    for fn in (triton_ops.mixed_chunk_attn, ref.mixed_chunk_attn):
+        leaves = [t.clone().requires_grad_() for t in base]
+        state = dict(initial_state=leaves[7]) if with_state else {}
+        res = fn(*leaves[:6], t5_weight=leaves[6], **state, **kw)
+        out, final = res if with_state else (res, None)
+        loss = (out * torch.linspace(-1, 1, e, device=DEVICE)).sum() + (final.sum() if with_state else 0)
+        loss.backward()
+        results.append((out, final, [t.grad for t in leaves]))
+    (out, final, grads), (out_ref, final_ref, grads_ref) = results
+    assert_close_scaled(out, out_ref, 1e-5, "output")
+    if with_state:
+        assert final.shape == (len(lengths), s, e)
+        assert_close_scaled(final, final_ref, 1e-5, "final states")
+    for i, (a, b_) in enumerate(zip(grads, grads_ref, strict=True)):
+        assert_close_scaled(a, b_, 1e-5, f"grad of input {i}")
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "noncausal"])
+def test_flash_transformer_varlen_equals_running_each_sequence_alone(backend, causal):
+    lengths = [7, 40, 1, 19]
+    kw = dict(num_tokens=30, dim=32, depth=2, group_size=16, query_key_dim=24, causal=causal, backend=backend)
+    model = ft.FLASHTransformer(**kw).to(DEVICE)
+    scramble(model, std=0.3)
+    tokens = [torch.randint(0, 30, (1, n), device=DEVICE) for n in lengths]
+    cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=DEVICE)
+    packed = model(torch.cat(tokens, dim=1), cu_seqlens=cu_seqlens)
+    alone = torch.cat([model(t) for t in tokens], dim=1)
+    assert_close_scaled(packed, alone, 2e-5, "packed logits")
+    layer = model.layers[0]
+    x = torch.randn(1, sum(lengths), 32, device=DEVICE, requires_grad=True)
+    packed = layer(x, cu_seqlens=cu_seqlens)
+    packed.square().sum().backward()
+    grad_packed = x.grad.clone()
+    x.grad = None
+    alone = torch.cat([layer(part) for part in x.split(lengths, dim=1)], dim=1)
+    alone.square().sum().backward()
+    assert_close_scaled(packed, alone, 2e-5, "packed layer output")
+    assert_close_scaled(grad_packed, x.grad, 2e-5, "packed layer input grad")
+
+
+def test_flash_under_autocast_fp16():
+    kw = dict(dim=32, group_size=16, query_key_dim=16, causal=True, shift_tokens=True)
+    reference = ft.FLASH(**kw, backend="reference").to(DEVICE)
+    scramble(reference, std=0.3)
+    fused = ft.FLASH(**kw, backend="triton").to(DEVICE)
+    fused.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 40, 32, device=DEVICE)
+    with torch.autocast(DEVICE, dtype=torch.float16):
+        out_ref, out = reference(x), fused(x)
+    assert out.dtype == out_ref.dtype
+    assert_close_scaled(out.float(), out_ref.float(), 2e-2, "autocast output")
+    out.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in fused.parameters() if p.grad is not None)
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_traces_flash():
+    kw = dict(dim=16, group_size=8, query_key_dim=16, causal=True, shift_tokens=True)
+    reference = ft.FLASH(**kw, backend="reference").to(DEVICE)
+    scramble(reference, std=0.3)
+    fused = ft.FLASH(**kw, backend="triton").to(DEVICE)
+    fused.load_state_dict(reference.state_dict())
+    compiled = torch.compile(fused, fullgraph=True)
+    x = torch.randn(2, 21, 16, device=DEVICE, requires_grad=True)
+    out = compiled(x)
+    assert_close_scaled(out, reference(x), 1e-5, "compiled output")
+    out.sum().backward()
+    grad_compiled = x.grad.clone()
+    x.grad = None
+    reference(x).sum().backward()
+    assert_close_scaled(grad_compiled, x.grad, 1e-5, "compiled input grad")

@@ -139,3 +139,18 @@ def test_wrapper_loss_rejects_bad_token_sequences():
         wrapper(torch.tensor([[1, 2, 10]]))  # only the label (last token) is out of range
     with pytest.raises(ValueError, match=r"seq >= 1, got \(2, 1\)"):
         wrapper(torch.tensor([[1], [2]]))
+
+
+@pytest.mark.parametrize(
+    "cu, x_shape, exc, match",
+    [
+        pytest.param(torch.tensor([0, 3, 5]), (2, 5, 8), ValueError, "batch must be 1", id="batch2"),
+        pytest.param(torch.tensor([0, 3, 6]), (1, 5, 8), ValueError, r"from 0 to the sequence length 5", id="end"),
+        pytest.param(torch.tensor([0, 3, 3, 5]), (1, 5, 8), ValueError, "strictly", id="empty-sequence"),
+        pytest.param(torch.tensor([0.0, 5.0]), (1, 5, 8), TypeError, "integer offsets", id="float"),
+        pytest.param(torch.tensor([[0, 5]]), (1, 5, 8), ValueError, "1-D", id="2d"),
+    ],
+)
+def test_flash_rejects_bad_cu_seqlens(cu, x_shape, exc, match):
+    with pytest.raises(exc, match=match):
+        flash()(torch.randn(*x_shape), cu_seqlens=cu)

@@ -1,7 +1,23 @@
-"""Allocation shared by the launchers."""
+"""Helpers shared by the kernels and their launchers."""
 
 import torch
+import triton
+import triton.language as tl
 from torch import Tensor
+
+
+@triton.jit
+def window_bounds(i_w, W, N, win_ptr, VARLEN: tl.constexpr):
+    """[start, end) of window ``i_w``: uniform windows of W tokens over N, or, for packed variable-length batches,
+    row ``i_w`` of the (G, 2) int32 table at ``win_ptr`` (windows restart at every sequence)."""
+    if VARLEN:
+        start = tl.load(win_ptr + 2 * i_w)
+        end = tl.load(win_ptr + 2 * i_w + 1)
+    else:
+        start = i_w * W
+        end = tl.minimum(start + W, N)
+    return start, end
+
 
 # Tests set this to fill every kernel-written buffer with NaN (or all-ones bits for integers) before the launch,
 # so an element that no program writes fails loudly instead of passing with stale memory.

@@ -41,6 +41,7 @@ POINTER_TYPES = {
     "dt5_ptr": "*fp32",
     "dbias_ptr": "*fp32",
     "p_ptr": "*fp32",
+    "win_ptr": "*i32",
 }
 # per-kernel exceptions
 KERNEL_POINTER_TYPES = {
@@ -93,7 +94,14 @@ def variants(shapes: list, dtypes: list[str]) -> list[tuple[str, str, str, dict,
         shapes, dtypes, ((True, True), (True, False), (False, False))
     ):
         flags = dict(
-            CAUSAL=on, LAPLACE=on, HAS_MASK=on, HAS_T5=on, HAS_BIAS=on, DROPOUT=dropout, DOT_PREC=DTYPES[dtype]
+            CAUSAL=on,
+            LAPLACE=on,
+            VARLEN=on,
+            HAS_MASK=on,
+            HAS_T5=on,
+            HAS_BIAS=on,
+            DROPOUT=dropout,
+            DOT_PREC=DTYPES[dtype],
         )
         for kind in ("fwd", "dv", "dk", "dq"):
             cfg = qa.launch_config(kind, w, s, e, torch_dtype[dtype], dropout)
@@ -109,7 +117,7 @@ def variants(shapes: list, dtypes: list[str]) -> list[tuple[str, str, str, dict,
                 fn, constexprs = "_quad_attn_bwd_dqk_kernel", dict(flags, **extra, **tiles)
             out.append((f"quad_attn_{kind}", fn, dtype, constexprs, options))
     for (w, s, e), dtype, on in itertools.product(shapes, dtypes, (True, False)):
-        flags = dict(HAS_MASK=on, DOT_PREC=DTYPES[dtype])
+        flags = dict(HAS_MASK=on, VARLEN=on, DOT_PREC=DTYPES[dtype])
         # states lin_kᵀ v (and dP = lin_qᵀ dY: the same shapes)
         for name, fn, cfg in (
             ("group_state", "_group_state_kernel", cs.state_config(w, s, e, torch_dtype[dtype])),

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._utils import check_row_offsets, dot_precision, new_output
+from ._utils import check_row_offsets, dot_precision, new_output, window_bounds
 
 _NOSPEC = ["N", "GS", "DA", "DB", "DX", "DY"]
 
@@ -26,6 +26,7 @@ def _group_state_kernel(
     b_ptr,  # (B, N, DB)
     out_ptr,  # (B, G, DA, DB) float32
     mask_ptr,  # (B, N) uint8 row mask of a, or dummy
+    win_ptr,  # (G, 2) int32 group bounds of a packed variable-length batch, or dummy
     N,
     GS,  # tokens per group
     DA,
@@ -39,6 +40,7 @@ def _group_state_kernel(
     stride_oa,
     stride_mb,
     HAS_MASK: tl.constexpr,
+    VARLEN: tl.constexpr,
     BT: tl.constexpr,
     BA: tl.constexpr,
     BB: tl.constexpr,
@@ -51,8 +53,7 @@ def _group_state_kernel(
     o_b = i_db * BB + tl.arange(0, BB)
     m_a, m_b = o_a < DA, o_b < DB
     i_b64 = i_b.to(tl.int64)
-    start = i_g * GS
-    end = tl.minimum(start + GS, N)
+    start, end = window_bounds(i_g, GS, N, win_ptr, VARLEN)
     acc = tl.zeros((BA, BB), dtype=tl.float32)
     for t0 in range(start, end, BT):
         o_t = t0 + tl.arange(0, BT)
@@ -74,6 +75,7 @@ def _group_apply_kernel(
     m_ptr,  # (B, G, DX, DY) float32, addressed through strides (a transposed view is fine)
     y_ptr,  # (B, N, DY)
     mask_ptr,  # (B, N) uint8 row mask of y, or dummy
+    win_ptr,  # (G, 2) int32 group bounds of a packed variable-length batch, or dummy
     N,
     GS,
     DX,
@@ -89,6 +91,7 @@ def _group_apply_kernel(
     stride_kb,
     scale,
     HAS_MASK: tl.constexpr,
+    VARLEN: tl.constexpr,
     BT: tl.constexpr,
     BX: tl.constexpr,
     BY: tl.constexpr,
@@ -97,8 +100,8 @@ def _group_apply_kernel(
     i_gt, i_dy, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     tiles = tl.cdiv(GS, BT)
     i_g = i_gt // tiles
-    start = i_g * GS + (i_gt % tiles) * BT
-    end = tl.minimum(i_g * GS + GS, N)
+    win_start, end = window_bounds(i_g, GS, N, win_ptr, VARLEN)
+    start = win_start + (i_gt % tiles) * BT
     o_t = start + tl.arange(0, BT)
     m_t = o_t < end
     o_y = i_dy * BY + tl.arange(0, BY)
@@ -140,30 +143,41 @@ def _unit_stride(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def group_state(a: Tensor, b: Tensor, group: int, row_mask: Tensor | None = None) -> Tensor:
-    """(B, G, DA, DB) float32 ``Σ_{t in group j} a_tᵀ b_t`` for a (B, N, DA), b (B, N, DB); G = ceil(N / group)."""
+def group_state(
+    a: Tensor, b: Tensor, group: int, row_mask: Tensor | None = None, windows: Tensor | None = None
+) -> Tensor:
+    """(B, G, DA, DB) float32 ``Σ_{t in group j} a_tᵀ b_t`` for a (B, N, DA), b (B, N, DB); G = ceil(N / group),
+    or the rows of ``windows`` ((G, 2) int32 [start, end) of a packed variable-length batch)."""
     a, b = _unit_stride(a), _unit_stride(b)
     check_row_offsets(a=a, b=b)
     bsz, n, da = a.shape
     db = b.shape[-1]
-    g = triton.cdiv(n, group)
+    g = windows.shape[0] if windows is not None else triton.cdiv(n, group)
     out = new_output(a, (bsz, g, da, db), torch.float32)
     mask = row_mask.to(torch.uint8) if row_mask is not None else None
     cfg = state_config(group, da, db, a.dtype)
     grid = (g * triton.cdiv(da, cfg["BA"]), triton.cdiv(db, cfg["BB"]), bsz)
     _group_state_kernel[grid](
-        a, b, out, mask if mask is not None else a.new_empty(0), n, group, da, db,
+        a, b, out, mask if mask is not None else a.new_empty(0), windows if windows is not None else a.new_empty(0),
+        n, group, da, db,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1), out.stride(2),
         mask.stride(0) if mask is not None else 0,
-        HAS_MASK=mask is not None, DOT_PREC=dot_precision(a.dtype), **cfg,
+        HAS_MASK=mask is not None, VARLEN=windows is not None, DOT_PREC=dot_precision(a.dtype), **cfg,
     )  # fmt: skip
     return out
 
 
 def group_apply(
-    x: Tensor, m: Tensor, group: int, scale: float, row_mask: Tensor | None = None, out_dtype=None
+    x: Tensor,
+    m: Tensor,
+    group: int,
+    scale: float,
+    row_mask: Tensor | None = None,
+    out_dtype=None,
+    windows: Tensor | None = None,
 ) -> Tensor:
-    """(B, N, DY) ``scale * x_t m[b, group(t)]`` for x (B, N, DX) and m (B, G, DX, DY) float32 (any strides)."""
+    """(B, N, DY) ``scale * x_t m[b, group(t)]`` for x (B, N, DX) and m (B, G, DX, DY) float32 (any strides);
+    ``windows`` as in :func:`group_state`."""
     x = _unit_stride(x)
     check_row_offsets(x=x, y=torch.empty(x.shape[0], x.shape[1], m.shape[-1], device="meta"))
     bsz, n, dx = x.shape
@@ -171,11 +185,13 @@ def group_apply(
     y = new_output(x, (bsz, n, dy), out_dtype or x.dtype)
     mask = row_mask.to(torch.uint8) if row_mask is not None else None
     cfg = apply_config(group, dx, dy, x.dtype)
-    grid = (triton.cdiv(n, group) * triton.cdiv(group, cfg["BT"]), triton.cdiv(dy, cfg["BY"]), bsz)
+    g = windows.shape[0] if windows is not None else triton.cdiv(n, group)
+    grid = (g * triton.cdiv(group, cfg["BT"]), triton.cdiv(dy, cfg["BY"]), bsz)
     _group_apply_kernel[grid](
-        x, m, y, mask if mask is not None else x.new_empty(0), n, group, dx, dy,
+        x, m, y, mask if mask is not None else x.new_empty(0), windows if windows is not None else x.new_empty(0),
+        n, group, dx, dy,
         x.stride(0), x.stride(1), m.stride(0), m.stride(1), m.stride(2), m.stride(3), y.stride(0), y.stride(1),
         mask.stride(0) if mask is not None else 0, scale,
-        HAS_MASK=mask is not None, DOT_PREC=dot_precision(x.dtype), **cfg,
+        HAS_MASK=mask is not None, VARLEN=windows is not None, DOT_PREC=dot_precision(x.dtype), **cfg,
     )  # fmt: skip
     return y

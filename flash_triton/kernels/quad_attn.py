@@ -21,7 +21,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..reference.t5_bias import t5_relative_position_bucket
-from ._utils import check_row_offsets, dot_precision, new_output
+from ._utils import check_row_offsets, dot_precision, new_output, window_bounds
 
 # laplace(s) = 0.5 * (1 + erf((s - mu) * c)), mu = sqrt(1/2), c = 1 / (sigma * sqrt 2) = sqrt(2 pi);
 # d/ds = sqrt(2) * exp(-((s - mu) * c)^2)
@@ -143,6 +143,7 @@ def _quad_attn_fwd_kernel(
     seed_ptr,  # (1,) int64 dropout seed or dummy
     lq_ptr,  # (B, N, S) FLASH's linear-attention queries, or dummy
     p_ptr,  # (B, G, S, E) float32 state each window's queries read (FLASH's prefix), or dummy
+    win_ptr,  # (G, 2) int32 window bounds of a packed variable-length batch, or dummy
     N,
     W,
     G,
@@ -174,6 +175,7 @@ def _quad_attn_fwd_kernel(
     dropout_p,
     CAUSAL: tl.constexpr,
     LAPLACE: tl.constexpr,
+    VARLEN: tl.constexpr,
     HAS_LIN: tl.constexpr,
     HAS_GATE: tl.constexpr,
     HAS_MASK: tl.constexpr,
@@ -191,8 +193,7 @@ def _quad_attn_fwd_kernel(
     i_mt, i_e, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     tiles = tl.cdiv(W, BM)
     i_w = i_mt // tiles
-    win_start = i_w * W
-    win_end = tl.minimum(win_start + W, N)
+    win_start, win_end = window_bounds(i_w, W, N, win_ptr, VARLEN)
     q_start = win_start + (i_mt % tiles) * BM
     o_m = q_start + tl.arange(0, BM)
     m_m = o_m < win_end
@@ -317,6 +318,7 @@ def _quad_attn_bwd_dv_kernel(
     lut_ptr,
     bias_ptr,
     seed_ptr,
+    win_ptr,
     N,
     W,
     G,
@@ -341,6 +343,7 @@ def _quad_attn_bwd_dv_kernel(
     dropout_p,
     CAUSAL: tl.constexpr,
     LAPLACE: tl.constexpr,
+    VARLEN: tl.constexpr,
     HAS_MASK: tl.constexpr,
     HAS_T5: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -355,8 +358,7 @@ def _quad_attn_bwd_dv_kernel(
     """dv[j] = Σ_i A[i, j] dy[i], one (key tile, value block) per program."""
     i_nt, i_e, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     tiles = tl.cdiv(W, BN)
-    win_start = (i_nt // tiles) * W
-    win_end = tl.minimum(win_start + W, N)
+    win_start, win_end = window_bounds(i_nt // tiles, W, N, win_ptr, VARLEN)
     k_start = win_start + (i_nt % tiles) * BN
     o_n = k_start + tl.arange(0, BN)
     m_n = o_n < win_end
@@ -406,6 +408,7 @@ def _quad_attn_bwd_dqk_kernel(
     lut_ptr,
     bias_ptr,
     seed_ptr,
+    win_ptr,
     N,
     W,
     G,
@@ -433,6 +436,7 @@ def _quad_attn_bwd_dqk_kernel(
     KEY_TILES: tl.constexpr,
     CAUSAL: tl.constexpr,
     LAPLACE: tl.constexpr,
+    VARLEN: tl.constexpr,
     HAS_MASK: tl.constexpr,
     HAS_T5: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -453,8 +457,7 @@ def _quad_attn_bwd_dqk_kernel(
     BT: tl.constexpr = BN if KEY_TILES else BM  # this program's tile
     BO: tl.constexpr = BM if KEY_TILES else BN  # the tiles it loops over
     tiles = tl.cdiv(W, BT)
-    win_start = (i_t // tiles) * W
-    win_end = tl.minimum(win_start + W, N)
+    win_start, win_end = window_bounds(i_t // tiles, W, N, win_ptr, VARLEN)
     t_start = win_start + (i_t % tiles) * BT
     o_t = t_start + tl.arange(0, BT)
     m_t = o_t < win_end
@@ -557,7 +560,7 @@ TILES = {
     ("dv", "half", False): (32, 64, 128, 64, 4),
     ("dv", "half", True): (32, 32, 128, 64, 4),
     **{(kind, "half", drop): (32, 32, 128, 64, 8) for kind in ("dk", "dq") for drop in (False, True)},
-    **{("fwd", "fp32", drop): (32, 32, 16, 32, 8) for drop in (False, True)},
+    **{("fwd", "fp32", drop): (16, 16, 16, 16, 4) for drop in (False, True)},
     **{("dk", "fp32", drop): (32, 32, 32, 32, 8) for drop in (False, True)},
     **{("dv", "fp32", drop): (32, 32, 32, 32, 4) for drop in (False, True)},
     **{("dq", "fp32", drop): (32, 16, 16, 32, 4) for drop in (False, True)},
@@ -614,12 +617,14 @@ def quad_attn_fwd(
     store_pre: bool,
     lin_q: Tensor | None = None,
     state: Tensor | None = None,
+    windows: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Gated output (B, N, E) and, when ``store_pre``, the output before the gate (saved for the gate's gradient).
 
     q, k (B, N, S) and v, gate (B, N, E) with unit feature stride; key_mask (B, N) bool; t5_weight (num_buckets,);
     bias broadcastable to (B, N, N); seed (1,) int64 when dropout_p > 0. With ``lin_q`` (B, N, S) and ``state``
     (B, G, S, E) float32 (any strides), each window's queries also add ``lin_q @ state[window]`` before the gate.
+    ``windows`` (G, 2) int32 [start, end) rows replace the uniform windows (packed variable-length batches, B = 1).
     """
     q, k, v, gate, lin_q = _last_dim_contiguous(q, k, v, gate, lin_q)
     if state is not None and state.stride(-1) != 1:
@@ -628,7 +633,7 @@ def quad_attn_fwd(
     check_row_offsets(q=q, k=k, v=v, gate=gate, lin_q=lin_q, bias=bias.expand(b, n, n) if bias is not None else None)
     e = v.shape[-1]
     w = window
-    g = triton.cdiv(n, w)
+    g = windows.shape[0] if windows is not None else triton.cdiv(n, w)
     cfg = launch_config("fwd", w, s, e, q.dtype, dropout_p > 0)
     out = new_output(v, v.shape)  # contiguous whatever v's strides
     o_pre = new_output(v, v.shape) if store_pre else None
@@ -641,14 +646,15 @@ def quad_attn_fwd(
         mask_u8 if mask_u8 is not None else dummy, t5_weight if t5_weight is not None else dummy,
         lut if lut is not None else dummy, bias if bias is not None else dummy, seed if seed is not None else dummy,
         lin_q if lin_q is not None else dummy, state if state is not None else dummy,
-        n, w, g, s, e,
+        windows if windows is not None else dummy, n, w, g, s, e,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         gate.stride(0) if gate is not None else 0, gate.stride(1) if gate is not None else 0,
         out.stride(0), out.stride(1), mask_u8.stride(0) if mask_u8 is not None else 0, *_bias_strides(bias, b, n),
         *(lin_q.stride()[:2] if lin_q is not None else (0, 0)),
         *(state.stride()[:3] if state is not None else (0, 0, 0)),
         scale, t5_scale, t5_max_distance, bias_scale, dropout_p,
-        CAUSAL=causal, LAPLACE=laplace, HAS_LIN=state is not None, HAS_GATE=gate is not None,
+        CAUSAL=causal, LAPLACE=laplace, VARLEN=windows is not None, HAS_LIN=state is not None,
+        HAS_GATE=gate is not None,
         HAS_MASK=key_mask is not None, HAS_T5=t5_weight is not None, HAS_BIAS=bias is not None,
         DROPOUT=dropout_p > 0, STORE_PRE=store_pre,
         DOT_PREC=dot_precision(q.dtype), **cfg,
@@ -676,6 +682,7 @@ def quad_attn_bwd(
     dropout_p: float,
     need_dt5: bool,
     need_dbias: bool,
+    windows: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
     """(dq, dk, dv, dt5, dbias) from ``dy``, the gradient of the output before the gate.
 
@@ -688,7 +695,7 @@ def quad_attn_bwd(
     check_row_offsets(dy=dy, q=q, k=k, v=v, bias=bias.expand(b, n, n) if bias is not None else None, dbias=dbias_like)
     e = v.shape[-1]
     w = window
-    g = triton.cdiv(n, w)
+    g = windows.shape[0] if windows is not None else triton.cdiv(n, w)
     cfgs = {kind: launch_config(kind, w, s, e, q.dtype, dropout_p > 0) for kind in ("dv", "dk", "dq")}
     dq, dk, dv = new_output(q, q.shape), new_output(k, k.shape), new_output(v, v.shape)
     dummy = q.new_empty(0)
@@ -702,12 +709,14 @@ def quad_attn_bwd(
     dt5_part = new_output(q, (b * key_tiles, nb), torch.float32) if need_dt5 else None
     dbias = q.new_zeros(b, n, n, dtype=torch.float32) if need_dbias else None
     common = dict(
-        CAUSAL=causal, LAPLACE=laplace, HAS_MASK=key_mask is not None, HAS_T5=t5_weight is not None,
+        CAUSAL=causal, LAPLACE=laplace, VARLEN=windows is not None, HAS_MASK=key_mask is not None,
+        HAS_T5=t5_weight is not None,
         HAS_BIAS=bias is not None, DROPOUT=dropout_p > 0, DOT_PREC=dot_precision(q.dtype),
     )  # fmt: skip
     tables = (
         mask_u8 if mask_u8 is not None else dummy, t5_weight if t5_weight is not None else dummy,
         lut if lut is not None else dummy, bias if bias is not None else dummy, seed if seed is not None else dummy,
+        windows if windows is not None else dummy,
     )  # fmt: skip
     tail = (
         mask_u8.stride(0) if mask_u8 is not None else 0, *_bias_strides(bias, b, n),

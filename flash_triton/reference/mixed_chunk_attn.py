@@ -74,6 +74,7 @@ def mixed_chunk_attn(
     reduce_group: bool = True,
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
+    cu_seqlens: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """``gate * (quad + lin)`` of FLASH. quad_q, quad_k, lin_q, lin_k (b, n, s); v, gate (b, n, e); key_mask (b, n).
 
@@ -82,10 +83,32 @@ def mixed_chunk_attn(
     keys removed from ``lin_k``. ``initial_state`` / ``output_final_state`` (causal only): as
     :func:`chunk_linear_attn`; with the latter the result is ``(out, final_state)``.
 
+    ``cu_seqlens`` (S + 1,) int: batch 1 holds S packed sequences ``[cu_seqlens[i], cu_seqlens[i + 1])``, each
+    attended as if alone (groups restart at each sequence, linear states start at zero or ``initial_state[i]``;
+    states are then (S, s, e)). Here literally: one call per sequence.
+
     >>> x = torch.randn(2, 10, 8); v = torch.randn(2, 10, 6)
     >>> mixed_chunk_attn(x, x, x, x, v, v, group_size=4, causal=True).shape
     torch.Size([2, 10, 6])
     """
+    if cu_seqlens is not None:
+        if dropout_mask is not None:
+            raise ValueError("dropout_mask is not supported with cu_seqlens")
+        kw = dict(group_size=group_size, causal=causal, t5_weight=t5_weight, t5_scale=t5_scale,
+                  t5_max_distance=t5_max_distance, laplace=laplace, dropout_p=dropout_p, reduce_group=reduce_group,
+                  output_final_state=output_final_state)  # fmt: skip
+        outs, finals = [], []
+        bounds = cu_seqlens.tolist()
+        for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            piece = (t[:, start:end] for t in (quad_q, quad_k, lin_q, lin_k, v, gate))
+            mask_i = key_mask[:, start:end] if key_mask is not None else None
+            init_i = initial_state[i : i + 1] if initial_state is not None else None
+            res = mixed_chunk_attn(*piece, key_mask=mask_i, initial_state=init_i, **kw)
+            out_i, final_i = res if output_final_state else (res, None)
+            outs.append(out_i)
+            finals.append(final_i)
+        out = torch.cat(outs, dim=1)
+        return (out, torch.cat(finals)) if output_final_state else out
     g = group_size
     quad = quad_attn(
         quad_q,
