@@ -118,6 +118,13 @@ def _common_dtype(*ts: Tensor | None) -> torch.dtype:
     return dtype
 
 
+def _dropout_seed(dropout_p: float, seed: Tensor | None, device: torch.device) -> Tensor | None:
+    """The (1,) int64 seed the kernels' dropout uses: the caller's, else a fresh draw from torch's RNG."""
+    if dropout_p <= 0:
+        return None
+    return seed if seed is not None else torch.randint(0, 2**62, (1,), device=device, dtype=torch.int64)
+
+
 def quad_attn(
     q: Tensor,
     k: Tensor,
@@ -149,11 +156,7 @@ def quad_attn(
     dtype = _common_dtype(q, k, v, gate)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     gate = gate.to(dtype) if gate is not None else None
-    seed = None
-    if dropout_p > 0:
-        seed = dropout_seed
-        if seed is None:
-            seed = torch.randint(0, 2**62, (1,), device=q.device, dtype=torch.int64)
+    seed = _dropout_seed(dropout_p, dropout_seed, q.device)
     store_pre = gate is not None and gate.requires_grad and torch.is_grad_enabled()
     out, _ = _quad_attn_fwd(
         q, k, v, gate, key_mask, t5_weight, bias, seed, float(scale), float(t5_scale), int(t5_max_distance),
@@ -429,11 +432,7 @@ def mixed_chunk_attn(
     quad_q, quad_k, lin_q, lin_k, v, gate = (t.to(dtype) for t in (quad_q, quad_k, lin_q, lin_k, v, gate))
     if initial_state is not None:
         initial_state = initial_state.float()
-    seed = None
-    if dropout_p > 0:
-        seed = dropout_seed
-        if seed is None:
-            seed = torch.randint(0, 2**62, (1,), device=v.device, dtype=torch.int64)
+    seed = _dropout_seed(dropout_p, dropout_seed, v.device)
     windows = win_seq = None
     if cu_seqlens is not None:
         windows, win_seq = varlen_windows(cu_seqlens, group_size)

@@ -4,7 +4,7 @@
 has the signature of the reference function of the same name in :mod:`flash_triton.reference`. The entry points
 import triton on first use, so importing flash_triton never imports triton. The dispatcher refuses
 ``backend="triton"`` for an op missing here rather than falling back silently. Landed: the quadratic attention
-(GAU); FLASH runs on the reference until its fused kernels land.
+(GAU) and the mixed chunk attention (FLASH).
 """
 
 from collections.abc import Callable
