@@ -6,6 +6,7 @@
 from ._checks import MAX_SEQ_LEN
 from .autoregressive_wrapper import AutoregressiveWrapper
 from .backend import BACKENDS, BackendUnavailableError
+from .cache import FLASHCache, FLASHLayerCache
 from .embeddings import RotaryEmbedding, ScaledSinuEmbedding, T5RelativePositionBias
 from .layers import FLASH, GAU, LaplacianAttnFn, OffsetScale, ReLUSquared, ScaleNorm
 from .transformer import FLASHTransformer
@@ -19,6 +20,8 @@ __all__ = [
     "MAX_SEQ_LEN",
     "AutoregressiveWrapper",
     "BackendUnavailableError",
+    "FLASHCache",
+    "FLASHLayerCache",
     "FLASHTransformer",
     "LaplacianAttnFn",
     "OffsetScale",

@@ -57,12 +57,18 @@ class AutoregressiveWrapper(nn.Module):
         eos_token: int | None = None,
         temperature: float = 1.0,
         filter_thres: float = 0.9,
+        use_cache: bool | None = None,
         **kwargs,
     ) -> Tensor:
         """Sample ``seq_len`` tokens (top-k filtered, temperature-scaled) after ``start_tokens`` (b, t).
 
         With ``eos_token``, generation stops once every row has produced it, and the tokens after each row's first
         generated ``eos_token`` are replaced by ``pad_value``.
+
+        ``use_cache``: True runs the prompt once and then one token per step through the net's decoding cache
+        (a causal :class:`~flash_triton.FLASHTransformer`; O(group) work per token, same logits); False re-runs
+        the net over the whole sequence for every token, as upstream; None (default) uses the cache when the net
+        supports it. ``kwargs`` go to the net's forward (not with the cache).
         """
         if start_tokens.dim() != 2:
             raise ValueError(f"start_tokens must have shape (batch, seq), got {tuple(start_tokens.shape)}")
@@ -70,10 +76,27 @@ class AutoregressiveWrapper(nn.Module):
             raise ValueError(f"seq_len must be a non-negative int, got {seq_len!r}")
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
+        can_cache = bool(getattr(self.net, "supports_cache", False))
+        if use_cache is None:
+            use_cache = can_cache and not kwargs
+        elif use_cache and not can_cache:
+            what = type(self.net).__name__ + (" with causal=False" if hasattr(self.net, "causal") else "")
+            raise ValueError(f"use_cache=True needs a net with a decoding cache (causal FLASHTransformer), got {what}")
+        elif use_cache and kwargs:
+            raise ValueError(f"use_cache=True takes no extra forward arguments, got {sorted(kwargs)}")
+
         t = start_tokens.shape[1]
         out = start_tokens
+        cache = None
         for _ in range(seq_len):
-            logits = self.net(out, **kwargs)[:, -1, :]
+            if not use_cache:
+                logits = self.net(out, **kwargs)[:, -1, :]
+            elif cache is None:
+                logits, cache = self.net(out, return_cache=True)
+                logits = logits[:, -1, :]
+            else:
+                logits, cache = self.net(out[:, -1:], cache=cache, return_cache=True)
+                logits = logits[:, -1, :]
             probs = F.softmax(top_k(logits, thres=filter_thres) / temperature, dim=-1)
             out = torch.cat((out, torch.multinomial(probs, 1)), dim=-1)
             if eos_token is not None:

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from . import _checks, ops
 from .backend import check_backend
+from .cache import FLASHLayerCache, check_cache, new_owner_id
 from .embeddings import RotaryEmbedding, T5RelativePositionBias
 from .reference.activations import laplace_attn_fn, relu_squared
 from .reference.rope import apply_rotary
@@ -68,6 +69,10 @@ class GAU(nn.Module):
     the scores before the 1/n scale; mask (b, n) bool, False = key ignored. As upstream, the T5 relative-position
     bias is always on (the ``rel_pos_bias`` constructor flag is accepted and ignored) and scores are divided by the
     call's length n. ``backend``: "auto" | "triton" | "reference" | None (= ``$FLASH_TRITON_BACKEND`` or auto).
+
+    No incremental-decoding cache: because every score is divided by the current length n, the outputs at earlier
+    positions change whenever the sequence grows, so a causal GAU's prefix cannot be reused exactly. Use
+    :class:`FLASH` (fixed 1/group_size scale) for cached decoding.
 
     >>> gau = GAU(dim=64, query_key_dim=32, causal=True)
     >>> gau(torch.randn(2, 20, 64)).shape
@@ -142,7 +147,8 @@ class FLASH(nn.Module):
     """FLASH layer: mixed chunk attention (relu² attention inside groups of ``group_size`` tokens plus causal or
     global linear attention across groups), gated, with a residual.
 
-    ``forward(x, *, mask=None)``: x (b, n, dim); mask (b, n) bool, False = key ignored (in both halves).
+    ``forward(x, *, mask=None, cu_seqlens=None, cache=None, return_cache=False)``: x (b, n, dim); mask (b, n) bool,
+    False = key ignored (in both halves); see :meth:`forward` for packed sequences and incremental decoding.
     ``rotary_pos_emb``: a :class:`RotaryEmbedding` (or rotary-embedding-torch's) applied to all four query/key heads
     (may be shared by layers).
     ``backend``: "auto" | "triton" | "reference" | None (= ``$FLASH_TRITON_BACKEND`` or auto).
@@ -194,22 +200,45 @@ class FLASH(nn.Module):
         self.to_qk = nn.Sequential(nn.Linear(dim, query_key_dim), nn.SiLU())
         self.qk_offset_scale = OffsetScale(query_key_dim, heads=4)
         self.to_out = nn.Linear(hidden_dim, dim)
+        self._cache_owner = new_owner_id()
 
-    def forward(self, x: Tensor, *, mask: Tensor | None = None, cu_seqlens: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        mask: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
+        cache: FLASHLayerCache | None = None,
+        return_cache: bool = False,
+    ) -> Tensor | tuple[Tensor, FLASHLayerCache]:
         """x (b, n, dim); mask (b, n) bool. ``cu_seqlens`` (S + 1,) int packs S sequences into one row
-        (b = 1): each is processed as if alone (token shift, rotary positions, groups and linear state restart)."""
+        (b = 1): each is processed as if alone (token shift, rotary positions, groups and linear state restart).
+
+        Incremental decoding (causal layers): ``return_cache=True`` also returns a :class:`FLASHLayerCache` of the
+        sequence so far; ``cache=`` continues from one, x being the next n tokens (any n >= 1). The outputs equal
+        those of one call over the whole sequence. Not with ``mask`` or ``cu_seqlens``, nor with dropout active.
+        """
         b, n = _checks.features("x", x, self.dim)
         mask = _checks.key_mask("mask", mask, b, n, x.device)
         cu_seqlens = _checks.cu_seqlens("cu_seqlens", cu_seqlens, b, n, x.device)
         rope = self.rotary_pos_emb
         if cu_seqlens is not None and rope is not None and not isinstance(rope, RotaryEmbedding):
             raise ValueError("cu_seqlens needs flash_triton.RotaryEmbedding (per-sequence positions)")
+        decoding = cache is not None or return_cache
+        if decoding:
+            self.check_decoding(b, n, x.dtype, x.device, mask, cu_seqlens, cache)
+        position = 0 if cache is None else cache.position
 
         normed_x = self.norm(x)
+        last_shift = None
         if self.shift_tokens:
             # token shift: the first half of the features comes from the previous position (zeros at t = 0)
             x_shift, x_pass = normed_x.chunk(2, dim=-1)
-            x_shift = F.pad(x_shift, (0, 0, 1, -1))
+            last_shift = x_shift[:, -1]
+            if cache is None:
+                x_shift = F.pad(x_shift, (0, 0, 1, -1))
+            else:
+                x_shift = torch.cat((cache.shift[:, None].to(x_shift.dtype), x_shift[:, :-1]), dim=1)
             if cu_seqlens is not None:  # and at the first position of every packed sequence
                 x_shift = x_shift.index_fill(1, cu_seqlens[:-1], 0.0)
             normed_x = torch.cat((x_shift, x_pass), dim=-1)
@@ -217,15 +246,26 @@ class FLASH(nn.Module):
         v, gate = self.to_hidden(normed_x).chunk(2, dim=-1)
         quad_q, lin_q, quad_k, lin_k = self.qk_offset_scale(self.to_qk(normed_x))
         if isinstance(rope, RotaryEmbedding):  # angles computed once for the four heads
-            positions = torch.arange(n, device=x.device)
+            positions = torch.arange(position, position + n, device=x.device)
             if cu_seqlens is not None:
                 positions = positions - sequence_starts(cu_seqlens)
             angles = rope.angles_at(positions)
             quad_q, lin_q, quad_k, lin_k = (apply_rotary(t, angles) for t in (quad_q, lin_q, quad_k, lin_k))
         elif rope is not None:  # another implementation, e.g. rotary-embedding-torch's, used through its API
-            quad_q, lin_q, quad_k, lin_k = map(rope.rotate_queries_or_keys, (quad_q, lin_q, quad_k, lin_k))
+            rotate = rope.rotate_queries_or_keys
+            if position:
+                quad_q, lin_q, quad_k, lin_k = (rotate(t, offset=position) for t in (quad_q, lin_q, quad_k, lin_k))
+            else:
+                quad_q, lin_q, quad_k, lin_k = map(rotate, (quad_q, lin_q, quad_k, lin_k))
 
         t5 = self.rel_pos_bias
+        t5_kw = dict(t5_weight=t5.relative_attention_bias.weight.reshape(-1), t5_scale=t5.scale,
+                     t5_max_distance=t5.max_distance, laplace=self.laplace_attn_fn)  # fmt: skip
+        if decoding:
+            out, new_cache = self._decode(quad_q, lin_q, gate, quad_k, lin_k, v, cache, last_shift, x.dtype, t5_kw)
+            out = self.to_out(out) + x
+            return (out, new_cache) if return_cache else out
+
         out = ops.mixed_chunk_attn(
             quad_q,
             quad_k,
@@ -236,16 +276,62 @@ class FLASH(nn.Module):
             group_size=self.group_size,
             causal=self.causal,
             key_mask=mask,
-            t5_weight=t5.relative_attention_bias.weight.reshape(-1),
-            t5_scale=t5.scale,
-            t5_max_distance=t5.max_distance,
-            laplace=self.laplace_attn_fn,
             dropout_p=self.dropout.p if self.training else 0.0,
             reduce_group=self.reduce_group_non_causal_attn,
             backend=self.backend,
+            **t5_kw,
             **({} if cu_seqlens is None else {"cu_seqlens": cu_seqlens}),
         )
         return self.to_out(out) + x
+
+    def check_decoding(self, batch: int, n: int, dtype: torch.dtype, device: torch.device, mask, cu_seqlens, cache):
+        """Errors for a ``cache`` / ``return_cache`` call that cannot be exact, before any compute."""
+        if not self.causal:
+            raise ValueError(
+                "cache / return_cache need a causal FLASH layer (causal=True): non-causal attention reads the whole "
+                "sequence, so its outputs change as the sequence grows"
+            )
+        if mask is not None:
+            raise ValueError("mask is not supported with cache / return_cache: decode unpadded sequences")
+        if cu_seqlens is not None:
+            raise ValueError("cu_seqlens is not supported with cache / return_cache")
+        if self.training and self.dropout.p > 0:
+            raise ValueError(
+                f"cache / return_cache with attention dropout {self.dropout.p} in training mode: call .eval() first"
+            )
+        if cache is not None:
+            check_cache("cache", cache, FLASHLayerCache, self._cache_owner, batch, dtype, device, n)
+
+    def _decode(self, quad_q, lin_q, gate, quad_k, lin_k, v, cache, last_shift, dtype, t5_kw):
+        """Attention of the new tokens given the cache, and the cache after them."""
+        g = self.group_size
+        state = None
+        if cache is not None:
+            state = cache.state
+            quad_k, lin_k, v = (torch.cat((c.to(t.dtype), t), dim=1)
+                                for c, t in ((cache.quad_k, quad_k), (cache.lin_k, lin_k), (cache.v, v)))  # fmt: skip
+        out = ops.mixed_chunk_attn_step(
+            quad_q, lin_q, gate, quad_k, lin_k, v, state, group_size=g, backend=self.backend, **t5_kw
+        )
+        # fold the groups completed in this window into the running state (Σ over groups of lin_kᵀ v / g)
+        done = quad_k.shape[1] // g * g
+        state_dtype = torch.promote_types(v.dtype, torch.float32)
+        if state is None:
+            state = v.new_zeros(v.shape[0], lin_k.shape[-1], v.shape[-1], dtype=state_dtype)
+        if done:
+            state = state + lin_k[:, :done].to(state_dtype).mT @ v[:, :done].to(state_dtype) / g
+        position = (0 if cache is None else cache.position) + quad_q.shape[1]
+        new_cache = FLASHLayerCache(
+            state=state.detach(),
+            quad_k=quad_k[:, done:].detach().clone(),
+            lin_k=lin_k[:, done:].detach().clone(),
+            v=v[:, done:].detach().clone(),
+            shift=None if last_shift is None else last_shift.detach().clone(),
+            position=position,
+            dtype=dtype,
+            owner=self._cache_owner,
+        )
+        return out, new_cache
 
 
 def sequence_starts(cu_seqlens: Tensor) -> Tensor:

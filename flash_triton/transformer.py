@@ -5,6 +5,7 @@ from torch import Tensor, nn
 
 from . import _checks
 from .backend import check_backend
+from .cache import FLASHCache, check_cache, new_owner_id
 from .embeddings import RotaryEmbedding, ScaledSinuEmbedding
 from .layers import FLASH, ScaleNorm, sequence_starts
 
@@ -15,8 +16,9 @@ class FLASHTransformer(nn.Module):
     """A stack of ``depth`` FLASH layers over token embeddings, returning logits (b, n, num_tokens).
 
     As upstream: one :class:`RotaryEmbedding` of ``min(32, query_key_dim)`` features shared by all layers,
-    token shift on by default, ScaleNorm by default. ``forward(x, *, mask=None)``: x (b, n) integer token ids in
-    ``[0, num_tokens)``, at most ``flash_triton.MAX_SEQ_LEN`` long; mask (b, n) bool.
+    token shift on by default, ScaleNorm by default. ``forward(x, *, mask=None, cu_seqlens=None, cache=None,
+    return_cache=False)``: x (b, n) integer token ids in ``[0, num_tokens)``, at most ``flash_triton.MAX_SEQ_LEN``
+    long; mask (b, n) bool; see :meth:`forward` for packed sequences and incremental decoding.
 
     >>> model = FLASHTransformer(num_tokens=256, dim=64, depth=2, group_size=16, query_key_dim=32, causal=True)
     >>> model(torch.randint(0, 256, (1, 50))).shape
@@ -53,6 +55,8 @@ class FLASHTransformer(nn.Module):
             raise ValueError(f"norm_type must be one of {tuple(NORM_TYPES)}, got {norm_type!r}")
         norm_klass = NORM_TYPES[norm_type]
         self.num_tokens = num_tokens
+        self.causal = causal
+        self._cache_owner = new_owner_id()
         self.backend = check_backend(backend)
 
         self.token_emb = nn.Embedding(num_tokens, dim)
@@ -82,17 +86,57 @@ class FLASHTransformer(nn.Module):
         )
         self.to_logits = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_tokens))
 
-    def forward(self, x: Tensor, *, mask: Tensor | None = None, cu_seqlens: Tensor | None = None) -> Tensor:
+    @property
+    def supports_cache(self) -> bool:
+        """Whether ``forward(..., cache=, return_cache=)`` works: causal models only."""
+        return self.causal
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        mask: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
+        cache: FLASHCache | None = None,
+        return_cache: bool = False,
+    ) -> Tensor | tuple[Tensor, FLASHCache]:
         """x (b, n) token ids; mask (b, n) bool; ``cu_seqlens`` (S + 1,) int packs S sequences into one row (b = 1),
-        each processed as if alone (positions restart at every sequence)."""
+        each processed as if alone (positions restart at every sequence).
+
+        Incremental decoding (causal models): ``return_cache=True`` returns ``(logits, cache)``, a
+        :class:`~flash_triton.FLASHCache` of the tokens so far; ``cache=`` continues from it with x the next tokens
+        (one or more per call). Logits equal those of one call over the whole sequence; the work per token does not
+        grow with the context. Not with ``mask`` / ``cu_seqlens`` or active dropout.
+        """
         b, n = _checks.tokens("x", x, self.num_tokens)
         mask = _checks.key_mask("mask", mask, b, n, x.device)
         cu_seqlens = _checks.cu_seqlens("cu_seqlens", cu_seqlens, b, n, x.device)
+        decoding = cache is not None or return_cache
+        if decoding:
+            dtype = self.token_emb.weight.dtype
+            if cache is not None:
+                check_cache("cache", cache, FLASHCache, self._cache_owner, b, dtype, x.device, n)
+            for i, flash in enumerate(self.layers):
+                layer_cache = None if cache is None else cache.layers[i]
+                flash.check_decoding(b, n, dtype, x.device, mask, cu_seqlens, layer_cache)
+        position = 0 if cache is None else cache.position
+
         x = self.token_emb(x)
-        if cu_seqlens is None:
-            x = self.abs_pos_emb(x) + x
-        else:
+        if cu_seqlens is not None:
             x = self.abs_pos_emb.at(torch.arange(n, device=x.device) - sequence_starts(cu_seqlens)) + x
-        for flash in self.layers:
-            x = flash(x, mask=mask, cu_seqlens=cu_seqlens)
-        return self.to_logits(x)
+        elif position:
+            x = self.abs_pos_emb.at(torch.arange(position, position + n, device=x.device)) + x
+        else:
+            x = self.abs_pos_emb(x) + x
+        if not decoding:
+            for flash in self.layers:
+                x = flash(x, mask=mask, cu_seqlens=cu_seqlens)
+            return self.to_logits(x)
+
+        layer_caches = []
+        for i, flash in enumerate(self.layers):
+            x, layer_cache = flash(x, cache=None if cache is None else cache.layers[i], return_cache=True)
+            layer_caches.append(layer_cache)
+        new_cache = FLASHCache(layers=tuple(layer_caches), position=position + n, dtype=layer_caches[0].dtype,
+                               owner=self._cache_owner)  # fmt: skip
+        return self.to_logits(x), new_cache

@@ -4,7 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .activations import attn_activation
 from .quad_attn import quad_attn
+from .t5_bias import t5_relative_position_bias
 
 
 def chunk_linear_attn(
@@ -135,3 +137,55 @@ def mixed_chunk_attn(
         lin, final_state = lin
         return gate * (quad + lin), final_state
     return gate * (quad + lin)
+
+
+def mixed_chunk_attn_step(
+    quad_q: Tensor,
+    lin_q: Tensor,
+    gate: Tensor,
+    quad_k: Tensor,
+    lin_k: Tensor,
+    v: Tensor,
+    state: Tensor | None,
+    *,
+    group_size: int,
+    t5_weight: Tensor | None = None,
+    t5_scale: float = 1.0,
+    t5_max_distance: int = 128,
+    laplace: bool = False,
+) -> Tensor:
+    """Causal :func:`mixed_chunk_attn` outputs of the LAST m tokens of a window, for incremental decoding.
+
+    The window (quad_k, lin_k (b, L, s); v (b, L, e)) starts on a group boundary and ends with the m new tokens,
+    whose quad_q, lin_q (b, m, s) and gate (b, m, e) are given; ``state`` (b, s, e) is ``Σ lin_kᵀ v / g`` over the
+    groups before the window (None: zero). Equals rows ``L - m ..`` of ``mixed_chunk_attn`` over the window with
+    ``initial_state=state``, computed in float32 for those rows only: O(m · L) scores, so meant for m < g.
+    Returns (b, m, e) in v's dtype.
+
+    >>> k = torch.randn(1, 7, 4); v = torch.randn(1, 7, 3)
+    >>> mixed_chunk_attn_step(k[:, -2:], k[:, -2:], v[:, -2:], k, k, v, None, group_size=4).shape
+    torch.Size([1, 2, 3])
+    """
+    b, m, _ = quad_q.shape
+    L, g = quad_k.shape[1], group_size
+    f32 = torch.promote_types(v.dtype, torch.float32)
+    quad_q, lin_q, gate, quad_k, lin_k, vf = (t.to(f32) for t in (quad_q, lin_q, gate, quad_k, lin_k, v))
+    q_pos = torch.arange(L - m, L, device=v.device)
+    k_pos = torch.arange(L, device=v.device)
+
+    sim = torch.einsum("bis,bjs->bij", quad_q, quad_k) / g
+    if t5_weight is not None:  # in-group positions differ by the window positions' difference (aligned groups)
+        sim = sim + t5_relative_position_bias(
+            t5_weight.to(f32), m, L, causal=True, scale=t5_scale, max_distance=t5_max_distance, q_offset=L - m
+        )
+    attend = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] // g == q_pos[:, None] // g)
+    quad = torch.einsum("bij,bje->bie", attn_activation(sim, laplace).masked_fill(~attend, 0.0), vf)
+
+    pad = -L % g
+    lin_k, vf = (F.pad(t, (0, 0, 0, pad)).unflatten(1, (-1, g)) for t in (lin_k, vf))
+    states = torch.einsum("bgns,bgne->bgse", lin_k, vf) / g
+    prefix = F.pad(states.cumsum(dim=1), (0, 0, 0, 0, 1, -1))  # exclusive, per window group
+    if state is not None:
+        prefix = prefix + state.to(f32)[:, None]
+    lin = torch.einsum("bms,bmse->bme", lin_q, prefix[:, q_pos // g])
+    return (gate * (quad + lin)).to(v.dtype)
