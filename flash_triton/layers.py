@@ -321,11 +321,15 @@ class FLASH(nn.Module):
         if done:
             state = state + lin_k[:, :done].to(state_dtype).mT @ v[:, :done].to(state_dtype) / g
         position = (0 if cache is None else cache.position) + quad_q.shape[1]
+        # the window is a fresh tensor when it was concatenated; a slice of a long prompt is copied so the cache
+        # does not keep the whole prompt's activations alive
+        fresh = cache is not None and not done
+        quad_k, lin_k, v = (t[:, done:].detach() if fresh else t[:, done:].detach().clone() for t in (quad_k, lin_k, v))
         new_cache = FLASHLayerCache(
             state=state.detach(),
-            quad_k=quad_k[:, done:].detach().clone(),
-            lin_k=lin_k[:, done:].detach().clone(),
-            v=v[:, done:].detach().clone(),
+            quad_k=quad_k,
+            lin_k=lin_k,
+            v=v,
             shift=None if last_shift is None else last_shift.detach().clone(),
             position=position,
             dtype=dtype,

@@ -181,11 +181,13 @@ def mixed_chunk_attn_step(
     attend = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] // g == q_pos[:, None] // g)
     quad = torch.einsum("bij,bje->bie", attn_activation(sim, laplace).masked_fill(~attend, 0.0), vf)
 
-    pad = -L % g
-    lin_k, vf = (F.pad(t, (0, 0, 0, pad)).unflatten(1, (-1, g)) for t in (lin_k, vf))
-    states = torch.einsum("bgns,bgne->bgse", lin_k, vf) / g
-    prefix = F.pad(states.cumsum(dim=1), (0, 0, 0, 0, 1, -1))  # exclusive, per window group
-    if state is not None:
-        prefix = prefix + state.to(f32)[:, None]
-    lin = torch.einsum("bms,bmse->bme", lin_q, prefix[:, q_pos // g])
+    # the queries' groups are first .. last; each reads state + the window's complete groups before its own
+    first, last = (L - m) // g, (L - 1) // g
+    prefix = lin_q.new_zeros(b, 1, lin_q.shape[-1], v.shape[-1]) if state is None else state.to(f32)[:, None]
+    if last:
+        k_done, v_done = (t[:, : last * g].unflatten(1, (last, g)) for t in (lin_k, vf))
+        states = torch.einsum("bgns,bgne->bgse", k_done, v_done) / g
+        prefix = torch.cat((prefix, prefix + states.cumsum(dim=1)), dim=1)  # (b, last + 1, s, e), exclusive
+    lin = torch.einsum("bms,bkse->bkme", lin_q, prefix[:, first : last + 1])  # at most 2 groups when m < g
+    lin = lin[:, q_pos // g - first, torch.arange(m, device=v.device)]
     return (gate * (quad + lin)).to(v.dtype)
