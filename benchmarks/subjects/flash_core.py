@@ -1,0 +1,79 @@
+"""FLASH attention core: mixed chunk attention (``flash_triton.ops.mixed_chunk_attn``), causal, groups of
+g = 256, relu² within groups with the T5 bias, causal linear attention across groups, gated; query/key width
+s = 128 (four heads: quad_q, quad_k, lin_q, lin_k), value and gate width e = 1024.
+
+Providers: the kernels, the reference (eager and torch.compile), and Transformer++'s core: SDPA causal softmax
+attention of the same value width (8 heads x 128). FLASH-pytorch has no separate op: compare in ``flash-layer``.
+FLOPs: :func:`benchmarks.formulas.flash_core_flops`; bytes: :func:`benchmarks.formulas.flash_core_bytes`.
+"""
+
+import torch
+
+from flash_triton import ops, reference
+
+from .. import formulas
+from ..baselines import sdpa_backend_note, sdpa_context
+from ._steps import step
+
+NAME = "flash-core"
+TITLE = "FLASH attention core (causal mixed chunk attention, g 256, s 128, e 1024, T5 bias, gate)"
+PROVIDERS = ("triton", "reference", "compile", "transformer++")
+NOT_APPLICABLE = {"upstream": "FLASH-pytorch has no separate attention op; see flash-layer"}
+S, E, G, T5_BUCKETS, HEAD_DIM = 128, 1024, 256, 32, 128
+KW = dict(group_size=G, causal=True, t5_scale=S**0.5)
+
+
+def _core(ctx, provider):
+    if provider == "triton":
+        return lambda *a, **kw: ops.mixed_chunk_attn(*a, backend="triton", **kw)
+    if provider == "compile":
+        return ctx.once("compile", lambda: torch.compile(reference.mixed_chunk_attn))
+    return reference.mixed_chunk_attn
+
+
+def _build(ctx, provider, mode, n, b):
+    grad = mode != "fwd"
+
+    def make(*shape):
+        return torch.randn(*shape, device=ctx.device, dtype=ctx.dtype, requires_grad=grad)
+
+    if provider == "transformer++":
+        q, k, v = (make(b, E // HEAD_DIM, n, HEAD_DIM) for _ in range(3))
+        ctx_fn = lambda: sdpa_context(ctx.device, ctx.dtype)  # noqa: E731
+        return step(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True), mode,
+                    (q, k, v), ctx_fn)  # fmt: skip
+    heads = [make(b, n, S) for _ in range(4)]
+    v, gate, t5 = make(b, n, E), make(b, n, E), make(T5_BUCKETS)
+    fn = _core(ctx, provider)
+    return step(lambda: fn(*heads, v, gate, t5_weight=t5, **KW), mode, (*heads, v, gate, t5))
+
+
+def run(ctx) -> list[dict]:
+    rows = []
+    for n, b in ctx.shapes_for():
+        for mode in ctx.modes:
+            bwd = mode != "fwd"
+            for provider in ctx.providers_for(PROVIDERS):
+                if provider == "transformer++":
+                    flops = b * formulas.sdpa_flops(n, E, True, bwd)
+                    nbytes = b * formulas.sdpa_bytes(n, E, ctx.itemsize, bwd)
+                    note = sdpa_backend_note(ctx.device, ctx.dtype)
+                    shape = {"heads": E // HEAD_DIM, "head_dim": HEAD_DIM}
+                else:
+                    flops = b * formulas.flash_core_flops(n, S, E, G, True, bwd)
+                    nbytes = b * formulas.flash_core_bytes(n, S, E, G, ctx.itemsize, bwd)
+                    shape, note = {"s": S, "e": E, "group": G, "causal": True}, None
+                row = ctx.measure(
+                    subject=NAME,
+                    provider=provider,
+                    mode=mode,
+                    n=n,
+                    batch=b,
+                    shape=shape,
+                    flops=flops,
+                    bytes_moved=nbytes,
+                    note=note,
+                    build=lambda p=provider, m=mode, n=n, b=b: _build(ctx, p, m, n, b),
+                )
+                rows.append(row)
+    return rows
