@@ -8,8 +8,9 @@ top-k filtering (0.9) and a multinomial draw.
   tokens is prefilled once (untimed); one timed call then generates ``group_size`` tokens from that cache, one
   per forward, so every position of a group is covered once (the cost of a step depends on the position in the
   group, through the current group's keys, not on n). The row reports the call's time divided by ``group_size``.
-- ``upstream``: FLASH-pytorch 0.1.9's ``AutoregressiveWrapper.generate(prompt, 1)`` on the same weights: it runs
-  the whole sequence of n tokens through the net for every new token, as its generate does.
+- ``upstream``: FLASH-pytorch 0.1.9's ``AutoregressiveWrapper.generate(prompt, 1)`` on a model of the same
+  configuration (its own random weights; the time does not depend on them): it runs the whole sequence of n tokens
+  through the net for every new token.
 
 FLOPs: :func:`benchmarks.formulas.decode_flops` (cached) and the full forward of n tokens (upstream); bytes: the
 weights plus the cache read per token (cached) or :func:`benchmarks.formulas.model_bytes` (upstream).
