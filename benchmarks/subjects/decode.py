@@ -110,6 +110,10 @@ def run(ctx) -> list[dict]:
             for key in ("ms", "ms_p20", "ms_p80", "floor_ms", "flops", "bytes"):  # per generated token
                 if row.get(key) is not None:
                     row[key] /= tokens_per_call
+            if row.get("ms") and tokens_per_call > 1:
+                per_call = row["ms"] * tokens_per_call
+                ctx.log(f"  {NAME:12s} (that is one call of {tokens_per_call} tokens: {row['ms']:.3f} ms per token; "
+                        f"{per_call:.1f} ms per call)")  # fmt: skip
             row["sweep"] = "context"  # its own sweep (and plot): batch 1, n = context length
             rows.append(row)
     return rows
