@@ -55,3 +55,31 @@ def quadratic_bytes(n: int, batch: int, itemsize: int, mode: str) -> float:
     table."""
     per_row = (4 if mode == "fwd" else 8) * n * n * itemsize
     return batch * per_row + 4.0 * n * n
+
+
+def core_op(ctx, provider: str, op: str) -> Callable:
+    """The attention op ``op`` of flash_triton (a name in both ``ops`` and ``reference``) for ``provider``: the
+    kernels, the reference eager, or torch.compile of the reference (compiled once per subject)."""
+    from flash_triton import ops, reference
+
+    if provider == "triton":
+        return lambda *a, **kw: getattr(ops, op)(*a, backend="triton", **kw)
+    if provider == "compile":
+        return ctx.once("compile", lambda: torch.compile(getattr(reference, op)))
+    return getattr(reference, op)
+
+
+def random_inputs(ctx, mode: str) -> Callable[..., Tensor]:
+    """``make(*shape)``: a random tensor on the run's device and dtype, requiring grad for "fwd+bwd"."""
+    grad = mode != "fwd"
+    return lambda *shape: torch.randn(*shape, device=ctx.device, dtype=ctx.dtype, requires_grad=grad)
+
+
+def sdpa_core_step(ctx, mode: str, n: int, b: int, width: int, head_dim: int) -> Callable[[], None]:
+    """Transformer++'s attention core: SDPA causal softmax attention, ``width // head_dim`` heads for q, k, v."""
+    from ..baselines import sdpa_context
+
+    make = random_inputs(ctx, mode)
+    q, k, v = (make(b, width // head_dim, n, head_dim) for _ in range(3))
+    attend = torch.nn.functional.scaled_dot_product_attention
+    return step(lambda: attend(q, k, v, is_causal=True), mode, (q, k, v), lambda: sdpa_context(ctx.device, ctx.dtype))

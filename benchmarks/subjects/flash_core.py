@@ -7,13 +7,9 @@ attention of the same value width (8 heads x 128). FLASH-pytorch has no separate
 FLOPs: :func:`benchmarks.formulas.flash_core_flops`; bytes: :func:`benchmarks.formulas.flash_core_bytes`.
 """
 
-import torch
-
-from flash_triton import ops, reference
-
 from .. import formulas
-from ..baselines import sdpa_backend_note, sdpa_context
-from ._steps import step
+from ..baselines import sdpa_backend_note
+from ._steps import core_op, random_inputs, sdpa_core_step, step
 
 NAME = "flash-core"
 TITLE = "FLASH attention core (causal mixed chunk attention, g 256, s 128, e 1024, T5 bias, gate)"
@@ -23,28 +19,13 @@ S, E, G, T5_BUCKETS, HEAD_DIM = 128, 1024, 256, 32, 128
 KW = dict(group_size=G, causal=True, t5_scale=S**0.5)
 
 
-def _core(ctx, provider):
-    if provider == "triton":
-        return lambda *a, **kw: ops.mixed_chunk_attn(*a, backend="triton", **kw)
-    if provider == "compile":
-        return ctx.once("compile", lambda: torch.compile(reference.mixed_chunk_attn))
-    return reference.mixed_chunk_attn
-
-
 def _build(ctx, provider, mode, n, b):
-    grad = mode != "fwd"
-
-    def make(*shape):
-        return torch.randn(*shape, device=ctx.device, dtype=ctx.dtype, requires_grad=grad)
-
     if provider == "transformer++":
-        q, k, v = (make(b, E // HEAD_DIM, n, HEAD_DIM) for _ in range(3))
-        ctx_fn = lambda: sdpa_context(ctx.device, ctx.dtype)  # noqa: E731
-        return step(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True), mode,
-                    (q, k, v), ctx_fn)  # fmt: skip
+        return sdpa_core_step(ctx, mode, n, b, E, HEAD_DIM)
+    make = random_inputs(ctx, mode)
     heads = [make(b, n, S) for _ in range(4)]
     v, gate, t5 = make(b, n, E), make(b, n, E), make(T5_BUCKETS)
-    fn = _core(ctx, provider)
+    fn = core_op(ctx, provider, "mixed_chunk_attn")
     return step(lambda: fn(*heads, v, gate, t5_weight=t5, **KW), mode, (*heads, v, gate, t5))
 
 

@@ -7,13 +7,9 @@ attention of the same value width (8 heads x 128 for q, k and v). FLASH-pytorch 
 FLOPs: :func:`benchmarks.formulas.core_flops`; bytes: :func:`benchmarks.formulas.core_bytes`.
 """
 
-import torch
-
-from flash_triton import ops, reference
-
 from .. import formulas
-from ..baselines import sdpa_backend_note, sdpa_context
-from ._steps import quadratic_bytes, step
+from ..baselines import sdpa_backend_note
+from ._steps import core_op, quadratic_bytes, random_inputs, sdpa_core_step, step
 
 NAME = "gau-core"
 TITLE = "GAU attention core (causal relu², s 128, e 1024, T5 bias, gate)"
@@ -25,27 +21,12 @@ S, E, T5_BUCKETS, HEAD_DIM = 128, 1024, 32, 128
 KW = dict(scale=1.0 / 1024, causal=True, t5_scale=512**0.5 / 1024)
 
 
-def _core(ctx, provider):
-    if provider == "triton":
-        return lambda *a, **kw: ops.quad_attn(*a, backend="triton", **kw)
-    if provider == "compile":
-        return ctx.once("compile", lambda: torch.compile(reference.quad_attn))
-    return reference.quad_attn
-
-
 def _build(ctx, provider, mode, n, b):
-    grad = mode != "fwd"
-
-    def make(*shape):
-        return torch.randn(*shape, device=ctx.device, dtype=ctx.dtype, requires_grad=grad)
-
     if provider == "transformer++":
-        q, k, v = (make(b, E // HEAD_DIM, n, HEAD_DIM) for _ in range(3))
-        ctx_fn = lambda: sdpa_context(ctx.device, ctx.dtype)  # noqa: E731
-        return step(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True), mode,
-                    (q, k, v), ctx_fn)  # fmt: skip
+        return sdpa_core_step(ctx, mode, n, b, E, HEAD_DIM)
+    make = random_inputs(ctx, mode)
     q, k, v, gate, t5 = make(b, n, S), make(b, n, S), make(b, n, E), make(b, n, E), make(T5_BUCKETS)
-    fn = _core(ctx, provider)
+    fn = core_op(ctx, provider, "quad_attn")
     return step(lambda: fn(q, k, v, gate, t5_weight=t5, **KW), mode, (q, k, v, gate, t5))
 
 
