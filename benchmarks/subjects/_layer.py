@@ -5,7 +5,7 @@ from collections.abc import Callable
 import torch
 
 from ..baselines import TransformerPP, sdpa_backend_note, sdpa_context
-from ._steps import step
+from ._steps import step, sweep
 
 DIM, S, E = 512, 128, 1024
 HEADS = DIM // 64  # Transformer++: 8 heads x 64, SwiGLU hidden width e
@@ -45,18 +45,16 @@ def run_layers(
         context = (lambda: sdpa_context(ctx.device, ctx.dtype)) if provider == "transformer++" else None
         return step(lambda: layer(x), mode, [x, *params], *([context] if context else []))
 
-    rows = []
-    for n, b in ctx.shapes_for(long):
-        for mode in ctx.modes:
-            for provider in ctx.providers_for(providers):
-                flops, nbytes = cost(provider, n, b, mode != "fwd")
-                is_tpp = provider == "transformer++"
-                note = sdpa_backend_note(ctx.device, ctx.dtype) if is_tpp else None
-                row = ctx.measure(
-                    subject=name, provider=provider, mode=mode, n=n, batch=b, flops=flops, bytes_moved=nbytes,
-                    shape={"dim": DIM, "heads": HEADS, "hidden": E} if is_tpp else shape,
-                    mem_bytes=mem(provider, n, b, mode), note=note,
-                    build=lambda p=provider, m=mode, n=n, b=b: build(p, m, n, b),
-                )  # fmt: skip
-                rows.append(row)
-    return rows
+    def spec(provider, mode, n, b):
+        flops, nbytes = cost(provider, n, b, mode != "fwd")
+        is_tpp = provider == "transformer++"
+        return dict(
+            flops=flops,
+            bytes_moved=nbytes,
+            shape={"dim": DIM, "heads": HEADS, "hidden": E} if is_tpp else shape,
+            mem_bytes=mem(provider, n, b, mode),
+            note=sdpa_backend_note(ctx.device, ctx.dtype) if is_tpp else None,
+            build=lambda: build(provider, mode, n, b),
+        )
+
+    return sweep(ctx, name, providers, spec, long)

@@ -83,3 +83,29 @@ def sdpa_core_step(ctx, mode: str, n: int, b: int, width: int, head_dim: int) ->
     q, k, v = (make(b, width // head_dim, n, head_dim) for _ in range(3))
     attend = torch.nn.functional.scaled_dot_product_attention
     return step(lambda: attend(q, k, v, is_causal=True), mode, (q, k, v), lambda: sdpa_context(ctx.device, ctx.dtype))
+
+
+def sweep(ctx, name: str, providers: tuple[str, ...], spec: Callable[[str, str, int, int], dict],
+          long: bool = False) -> list[dict]:  # fmt: skip
+    """One row per shape (``ctx.shapes_for(long)``), mode and provider, in that order. ``spec(provider, mode, n,
+    batch)`` gives the rest of :meth:`benchmarks.common.Context.measure`'s arguments: ``flops``, ``bytes_moved``,
+    ``shape``, ``build`` and optionally ``mem_bytes`` and ``note``."""
+    rows = []
+    for n, b in ctx.shapes_for(long):
+        for mode in ctx.modes:
+            for provider in ctx.providers_for(providers):
+                kw = spec(provider, mode, n, b)
+                rows.append(ctx.measure(subject=name, provider=provider, mode=mode, n=n, batch=b, **kw))
+    return rows
+
+
+def sdpa_core_row(ctx, mode: str, n: int, b: int, width: int, head_dim: int) -> dict:
+    """The :func:`sweep` arguments of Transformer++'s attention core (:func:`sdpa_core_step`) at (n, b)."""
+    from .. import formulas
+    from ..baselines import sdpa_backend_note
+
+    bwd = mode != "fwd"
+    return dict(flops=b * formulas.sdpa_flops(n, width, True, bwd),
+                bytes_moved=b * formulas.sdpa_bytes(n, width, ctx.itemsize, bwd),
+                shape={"heads": width // head_dim, "head_dim": head_dim}, note=sdpa_backend_note(ctx.device, ctx.dtype),
+                build=lambda: sdpa_core_step(ctx, mode, n, b, width, head_dim))  # fmt: skip

@@ -8,8 +8,7 @@ FLOPs: :func:`benchmarks.formulas.flash_core_flops`; bytes: :func:`benchmarks.fo
 """
 
 from .. import formulas
-from ..baselines import sdpa_backend_note
-from ._steps import core_op, random_inputs, sdpa_core_step, step
+from ._steps import core_op, random_inputs, sdpa_core_row, step, sweep
 
 NAME = "flash-core"
 TITLE = "FLASH attention core (causal mixed chunk attention, g 256, s 128, e 1024, T5 bias, gate)"
@@ -20,8 +19,6 @@ KW = dict(group_size=G, causal=True, t5_scale=S**0.5)
 
 
 def _build(ctx, provider, mode, n, b):
-    if provider == "transformer++":
-        return sdpa_core_step(ctx, mode, n, b, E, HEAD_DIM)
     make = random_inputs(ctx, mode)
     heads = [make(b, n, S) for _ in range(4)]
     v, gate, t5 = make(b, n, E), make(b, n, E), make(T5_BUCKETS)
@@ -30,31 +27,13 @@ def _build(ctx, provider, mode, n, b):
 
 
 def run(ctx) -> list[dict]:
-    rows = []
-    for n, b in ctx.shapes_for():
-        for mode in ctx.modes:
-            bwd = mode != "fwd"
-            for provider in ctx.providers_for(PROVIDERS):
-                if provider == "transformer++":
-                    flops = b * formulas.sdpa_flops(n, E, True, bwd)
-                    nbytes = b * formulas.sdpa_bytes(n, E, ctx.itemsize, bwd)
-                    note = sdpa_backend_note(ctx.device, ctx.dtype)
-                    shape = {"heads": E // HEAD_DIM, "head_dim": HEAD_DIM}
-                else:
-                    flops = b * formulas.flash_core_flops(n, S, E, G, True, bwd)
-                    nbytes = b * formulas.flash_core_bytes(n, S, E, G, ctx.itemsize, bwd)
-                    shape, note = {"s": S, "e": E, "group": G, "causal": True}, None
-                row = ctx.measure(
-                    subject=NAME,
-                    provider=provider,
-                    mode=mode,
-                    n=n,
-                    batch=b,
-                    shape=shape,
-                    flops=flops,
-                    bytes_moved=nbytes,
-                    note=note,
-                    build=lambda p=provider, m=mode, n=n, b=b: _build(ctx, p, m, n, b),
-                )
-                rows.append(row)
-    return rows
+    def spec(provider, mode, n, b):
+        if provider == "transformer++":
+            return sdpa_core_row(ctx, mode, n, b, E, HEAD_DIM)
+        bwd = mode != "fwd"
+        return dict(flops=b * formulas.flash_core_flops(n, S, E, G, True, bwd),
+                    bytes_moved=b * formulas.flash_core_bytes(n, S, E, G, ctx.itemsize, bwd),
+                    shape={"s": S, "e": E, "group": G, "causal": True},
+                    build=lambda: _build(ctx, provider, mode, n, b))  # fmt: skip
+
+    return sweep(ctx, NAME, PROVIDERS, spec)

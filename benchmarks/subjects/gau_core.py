@@ -8,8 +8,7 @@ FLOPs: :func:`benchmarks.formulas.core_flops`; bytes: :func:`benchmarks.formulas
 """
 
 from .. import formulas
-from ..baselines import sdpa_backend_note
-from ._steps import core_op, quadratic_bytes, random_inputs, sdpa_core_step, step
+from ._steps import core_op, quadratic_bytes, random_inputs, sdpa_core_row, step, sweep
 
 NAME = "gau-core"
 TITLE = "GAU attention core (causal relu², s 128, e 1024, T5 bias, gate)"
@@ -22,8 +21,6 @@ KW = dict(scale=1.0 / 1024, causal=True, t5_scale=512**0.5 / 1024)
 
 
 def _build(ctx, provider, mode, n, b):
-    if provider == "transformer++":
-        return sdpa_core_step(ctx, mode, n, b, E, HEAD_DIM)
     make = random_inputs(ctx, mode)
     q, k, v, gate, t5 = make(b, n, S), make(b, n, S), make(b, n, E), make(b, n, E), make(T5_BUCKETS)
     fn = core_op(ctx, provider, "quad_attn")
@@ -31,33 +28,14 @@ def _build(ctx, provider, mode, n, b):
 
 
 def run(ctx) -> list[dict]:
-    rows = []
-    for n, b in ctx.shapes_for():
-        for mode in ctx.modes:
-            bwd = mode != "fwd"
-            for provider in ctx.providers_for(PROVIDERS):
-                if provider == "transformer++":
-                    flops = b * formulas.sdpa_flops(n, E, True, bwd)
-                    nbytes = b * formulas.sdpa_bytes(n, E, ctx.itemsize, bwd)
-                    note = sdpa_backend_note(ctx.device, ctx.dtype)
-                    shape, mem = {"heads": E // HEAD_DIM, "head_dim": HEAD_DIM}, None
-                else:
-                    flops = b * formulas.core_flops(n, S, E, True, bwd)
-                    nbytes = b * formulas.core_bytes(n, S, E, ctx.itemsize, bwd)
-                    shape, note = {"s": S, "e": E, "causal": True}, None
-                    mem = None if provider == "triton" else quadratic_bytes(n, b, ctx.itemsize, mode)
-                row = ctx.measure(
-                    subject=NAME,
-                    provider=provider,
-                    mode=mode,
-                    n=n,
-                    batch=b,
-                    shape=shape,
-                    flops=flops,
-                    bytes_moved=nbytes,
-                    mem_bytes=mem,
-                    note=note,
-                    build=lambda p=provider, m=mode, n=n, b=b: _build(ctx, p, m, n, b),
-                )
-                rows.append(row)
-    return rows
+    def spec(provider, mode, n, b):
+        if provider == "transformer++":
+            return sdpa_core_row(ctx, mode, n, b, E, HEAD_DIM)
+        bwd = mode != "fwd"
+        return dict(flops=b * formulas.core_flops(n, S, E, True, bwd),
+                    bytes_moved=b * formulas.core_bytes(n, S, E, ctx.itemsize, bwd),
+                    shape={"s": S, "e": E, "causal": True},
+                    mem_bytes=None if provider == "triton" else quadratic_bytes(n, b, ctx.itemsize, mode),
+                    build=lambda: _build(ctx, provider, mode, n, b))  # fmt: skip
+
+    return sweep(ctx, NAME, PROVIDERS, spec)

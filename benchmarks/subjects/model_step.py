@@ -18,7 +18,7 @@ import flash_triton as ft
 from .. import formulas
 from ..baselines import TransformerPPLM, sdpa_backend_note, sdpa_context
 from ._layer import DIM, HEADS, E, S
-from ._steps import step, upstream
+from ._steps import step, sweep, upstream
 
 NAME = "model-step"
 TITLE = "Language model step (dim 512, group 256, s 128, e 1024, vocab 256)"
@@ -59,34 +59,21 @@ def _build(ctx, provider, mode, n, b):
 
 def run(ctx) -> list[dict]:
     depth, p = ctx.model_depth, ctx.itemsize
-    rows = []
-    for n, b in ctx.shapes_for():
-        for mode in ctx.modes:
-            bwd = mode != "fwd"
-            for provider in ctx.providers_for(PROVIDERS):
-                if provider == "transformer++":
-                    layer_flops = formulas.transformer_flops(n, DIM, E, True, False)
-                    layer_bytes = formulas.transformer_bytes(n, DIM, E, p, False)
-                    shape = {"dim": DIM, "depth": depth, "heads": HEADS, "hidden": E, "vocab": VOCAB}
-                    note = sdpa_backend_note(ctx.device, ctx.dtype)
-                else:
-                    layer_flops = formulas.flash_flops(n, DIM, S, E, G, True, False)
-                    layer_bytes = formulas.flash_bytes(n, DIM, S, E, G, p, False)
-                    shape = {"dim": DIM, "depth": depth, "s": S, "e": E, "group": G, "vocab": VOCAB, "causal": True}
-                    note = None
-                flops = b * formulas.model_flops(layer_flops, n, DIM, VOCAB, depth, bwd)
-                nbytes = b * formulas.model_bytes(layer_bytes, n, DIM, VOCAB, depth, p, bwd)
-                row = ctx.measure(
-                    subject=NAME,
-                    provider=provider,
-                    mode=mode,
-                    n=n,
-                    batch=b,
-                    shape=shape,
-                    flops=flops,
-                    bytes_moved=nbytes,
-                    note=note,
-                    build=lambda pr=provider, m=mode, n=n, b=b: _build(ctx, pr, m, n, b),
-                )
-                rows.append(row)
-    return rows
+
+    def spec(provider, mode, n, b):
+        bwd = mode != "fwd"
+        if provider == "transformer++":
+            layer_flops = formulas.transformer_flops(n, DIM, E, True, False)
+            layer_bytes = formulas.transformer_bytes(n, DIM, E, p, False)
+            shape = {"dim": DIM, "depth": depth, "heads": HEADS, "hidden": E, "vocab": VOCAB}
+            note = sdpa_backend_note(ctx.device, ctx.dtype)
+        else:
+            layer_flops = formulas.flash_flops(n, DIM, S, E, G, True, False)
+            layer_bytes = formulas.flash_bytes(n, DIM, S, E, G, p, False)
+            shape = {"dim": DIM, "depth": depth, "s": S, "e": E, "group": G, "vocab": VOCAB, "causal": True}
+            note = None
+        return dict(flops=b * formulas.model_flops(layer_flops, n, DIM, VOCAB, depth, bwd),
+                    bytes_moved=b * formulas.model_bytes(layer_bytes, n, DIM, VOCAB, depth, p, bwd),
+                    shape=shape, note=note, build=lambda: _build(ctx, provider, mode, n, b))  # fmt: skip
+
+    return sweep(ctx, NAME, PROVIDERS, spec)
