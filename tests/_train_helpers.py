@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,18 @@ MICRO = train_mod.TrainConfig(
     dim=64, depth=1, group_size=16, query_key_dim=16, seq_len=32, batch_size=8, lr=5e-3, steps=30, eval_every=10,
     eval_windows=8, eval_batch_size=8, log_every=5, sample_prompt_len=16, sample_len=8,
 )  # fmt: skip
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one CPU thread inside the block (bit-for-bit comparable with ``OMP_NUM_THREADS=1`` children, and
+    fast for micro models on a busy machine); the previous count restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def config_flags(cfg: train_mod.TrainConfig = MICRO, **changes: Any) -> list[str]:

@@ -22,6 +22,7 @@ from _train_helpers import (
     assert_same_training_state,
     config_flags,
     load,
+    one_torch_thread,
     snapshot,
     write_text_corpus,
 )
@@ -37,12 +38,8 @@ REQUIRED = ("step", "train_loss", "val_loss", "val_bpb", "tokens_per_s", "elapse
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
     """Micro models gain nothing from more threads, and one thread keeps them fast on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import MICRO, assert_same_training_state, config_flags, load, write_text_corpus
+from _train_helpers import MICRO, assert_same_training_state, config_flags, load, one_torch_thread, write_text_corpus
 
 from flash_triton import checkpoint as ckpt_mod
 from flash_triton import train as train_mod
@@ -39,12 +39,8 @@ def child_env() -> dict[str, str]:
 
 @pytest.fixture
 def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +52,8 @@ def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def straight(tmp_path_factory: pytest.TempPathFactory, data_file: Path) -> Path:
     """The uninterrupted run of ``KILL_FLAGS`` (one thread): its run directory."""
     out = tmp_path_factory.mktemp("straight") / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         assert train_mod.main([*KILL_FLAGS, "--data", str(data_file), "--out", str(out), "--no-progress"]) == 0
-    finally:
-        torch.set_num_threads(threads)
     return out
 
 
