@@ -5,18 +5,22 @@
 #   ./run.sh test  [pytest args] run the test suite
 #   ./run.sh setup               only set up the environment
 #
-# Set-up (once; repeated only when pyproject.toml changes): a virtual environment in .venv that also sees the
-# system's packages (so a GPU machine's preinstalled torch and triton are used as they are), then
+# Set-up (once; repeated only when pyproject.toml or run.sh changes): a virtual environment in .venv that also sees
+# the system's packages (so a GPU machine's preinstalled torch and triton are used as they are, never replaced), then
 #   - torch, when none is importable: the CPU build pinned to 2.13.0 where no NVIDIA GPU is visible (an
 #     unpinned torch pulls a multi-GB CUDA build), the default build where one is;
-#   - triton 3.6.0 on Linux x86_64 when none is importable (the version the GPU machines run);
+#   - triton on Linux x86_64 when none is importable: 3.6.0, the version the GPU machines run (the default stack);
+#   - numpy < 2.4 beside a triton older than 3.7, whose CPU interpreter fails on numpy 2.4 (triton-lang/triton#9171);
 #   - this package in editable mode with its test extra (pytest, FLASH-pytorch 0.1.9 as the oracle).
+# FLASH_TRITON_STACK=newest builds the newest supported stack instead (CI's second environment): triton 3.9.0 and
+# the newest numpy beside the same torch, in $FLASH_TRITON_VENV (e.g. .venv-newest).
 # Without network (a GPU machine with everything preinstalled) the editable install may fail; the package then
 # runs from this checkout, and tests that need FLASH-pytorch are skipped with a reason.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 venv=${FLASH_TRITON_VENV:-.venv}
+stack=${FLASH_TRITON_STACK:-default}
 base_python=${PYTHON:-python3}
 py="$venv/bin/python"
 
@@ -28,7 +32,7 @@ setup() {
         "$base_python" -m venv --system-site-packages "$venv"
     fi
     local stamp="$venv/.flash_triton_setup" want
-    want=$(cat pyproject.toml run.sh | sha256sum | cut -c1-16)
+    want=$( (cat pyproject.toml run.sh; echo "$stack") | sha256sum | cut -c1-16)
     if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
         return 0
     fi
@@ -42,12 +46,29 @@ setup() {
             "${pip[@]}" torch==2.13.0
         fi
     fi
-    if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] && ! "$py" -c 'import triton' 2>/dev/null; then
-        say "installing triton==3.6.0"
-        "${pip[@]}" triton==3.6.0
+    local extra=()
+    case "$stack" in
+        default)
+            if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] && ! "$py" -c 'import triton' 2>/dev/null; then
+                say "installing triton==3.6.0"
+                "${pip[@]}" triton==3.6.0
+            fi
+            ;;
+        newest)
+            say "installing the newest supported stack: triton==3.9.0 and the newest numpy"
+            "${pip[@]}" --upgrade triton==3.9.0 numpy
+            ;;
+        *)
+            say "FLASH_TRITON_STACK must be 'default' or 'newest', not '$stack'"
+            exit 2
+            ;;
+    esac
+    if "$py" -c 'import sys, triton; sys.exit(tuple(map(int, triton.__version__.split(".")[:2])) >= (3, 7))' 2>/dev/null
+    then
+        extra=("numpy<2.4")  # triton < 3.7's CPU interpreter fails on numpy >= 2.4 (triton-lang/triton#9171)
     fi
     say "installing flash_triton (editable) with its test extra"
-    if ! "${pip[@]}" -e ".[test]"; then
+    if ! "${pip[@]}" -e ".[test]" "${extra[@]}"; then
         say "editable install failed (no network?); running from this checkout"
         "$py" - <<'EOF'
 import importlib.util, sys

@@ -5,8 +5,8 @@ Triton for CUDA tensors when triton imports and the op has a kernel, the referen
 for explicitly never falls back: where it cannot run, :class:`BackendUnavailableError` says why.
 """
 
-import functools
 import os
+import re
 
 import torch
 from torch import Tensor
@@ -37,14 +37,81 @@ def requested_backend(backend: str | None) -> str:
     return env
 
 
-@functools.cache
+# The oldest triton the kernels are tested on (the GPU machines' torch 2.11 pins it); see README "Supported versions".
+TRITON_FLOOR = (3, 6)
+# triton < 3.7's CPU interpreter converts 1-element arrays to Python scalars, which numpy 2.4 made a TypeError
+# (triton-lang/triton#9171): every kernel fails at its first loop bound under TRITON_INTERPRET=1.
+INTERPRETER_NUMPY_FIX = (3, 7)
+NUMPY_BREAKS_OLD_INTERPRETER = (2, 4)
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """(3, 6, 0) from "3.6.0", "3.6.0+gitabc" or "2.4.0rc1"."""
+    parts = []
+    for piece in version.split(".")[:3]:
+        digits = re.match(r"\d+", piece)
+        if digits is None:
+            break
+        parts.append(int(digits.group()))
+    return tuple(parts)
+
+
+def triton_stack_error(triton_version: str, numpy_version: str, interpreter: bool) -> str | None:
+    """Why this triton (with this numpy, under the interpreter or not) cannot run the kernels, or None."""
+    triton_release = _release(triton_version)
+    if triton_release < TRITON_FLOOR:
+        return (
+            f"triton {triton_version} is older than {'.'.join(map(str, TRITON_FLOOR))}, the oldest release the kernels "
+            "support: install a torch release that pins a newer triton (torch >= 2.11), or pip install 'triton>=3.6'"
+        )
+    if (
+        interpreter
+        and triton_release < INTERPRETER_NUMPY_FIX
+        and _release(numpy_version) >= NUMPY_BREAKS_OLD_INTERPRETER
+    ):
+        return (
+            f"TRITON_INTERPRET=1 with triton {triton_version} and numpy {numpy_version}: the CPU interpreter of "
+            "triton < 3.7 fails on numpy >= 2.4 (triton-lang/triton#9171); fix: pip install 'numpy<2.4', or use "
+            "triton >= 3.7.1"
+        )
+    return None
+
+
+# filled on first use: [import error or None, version problem or None]. A plain list rather than functools.cache,
+# which torch.compile warns about when it traces a cached function.
+_TRITON_STATUS: list[str | None] = []
+
+
+def _triton_status() -> list[str | None]:
+    if not _TRITON_STATUS:
+        try:
+            import numpy
+            import triton
+        except Exception as exc:  # ImportError, or a broken install raising anything else
+            _TRITON_STATUS.extend((f"{type(exc).__name__}: {exc}", None))
+        else:
+            problem = triton_stack_error(triton.__version__, numpy.__version__, interpreter_enabled())
+            _TRITON_STATUS.extend((None, problem))
+    return _TRITON_STATUS
+
+
 def triton_import_error() -> str | None:
     """None when ``import triton`` works, else the reason it does not."""
-    try:
-        import triton  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install raising anything else
-        return f"{type(exc).__name__}: {exc}"
-    return None
+    return _triton_status()[0]
+
+
+def unsupported_triton() -> str | None:
+    """None when the installed triton (with this numpy, under the interpreter) can run the kernels, else why not."""
+    return _triton_status()[1]
+
+
+def check_triton_stack() -> None:
+    """Raise RuntimeError naming the versions and the fix where the installed triton (and numpy, under the
+    interpreter) cannot run the kernels. The kernel modules call it when they are imported, before any kernel
+    runs."""
+    reason = unsupported_triton()
+    if reason is not None:
+        raise RuntimeError(f"flash_triton's Triton kernels cannot run here: {reason}")
 
 
 def interpreter_enabled() -> bool:
@@ -60,6 +127,9 @@ def triton_unavailable_reason(op: str, x: Tensor) -> str | None:
     err = triton_import_error()
     if err is not None:
         return f"triton cannot be imported ({err})"
+    err = unsupported_triton()
+    if err is not None:
+        return err
     if x.dtype not in KERNEL_DTYPES:
         return f"the kernels take float32, float16 or bfloat16 inputs, not {x.dtype}"
     if x.device.type == "cpu" and not interpreter_enabled():

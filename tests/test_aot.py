@@ -1,28 +1,118 @@
-"""Every kernel, in the launch configurations the launchers choose, compiles for sm_80 and sm_90 without spills
-and within shared memory, on this GPU-less machine (python -m flash_triton.kernels.aot)."""
+"""Every kernel, with the flag combinations the layers launch and in the launch configurations the launchers choose,
+compiles for sm_80 and sm_90 without spills, within shared memory and on the right tensor-core instructions, on this
+GPU-less machine (python -m flash_triton.kernels.aot), with the ptxas triton itself uses, leaving no file behind."""
 
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
 triton = pytest.importorskip("triton")
 
 
-@pytest.mark.slow
-def test_kernels_compile_for_sm80_and_sm90_without_spills():
+def _env(tmp_path) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TMPDIR"] = str(tmp_path)  # where the check's temporary PTX files go: must be empty afterwards
+    return env
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_sm80_and_sm90_without_spills(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "flash_triton.kernels.aot", "--quick"],
         capture_output=True,
         text=True,
-        env=env,
+        env=_env(tmp_path),
         timeout=1200,
     )
     report = proc.stdout + proc.stderr
     assert proc.returncode == 0, report[-4000:]
     assert " 0 failed" in report
     assert "sm_80" in report and "sm_90" in report
-    for kernel in ("quad_attn_fwd", "quad_attn_dv", "quad_attn_dk", "quad_attn_dq"):
+    for kernel in ("quad_attn_fwd", "quad_attn_dv", "quad_attn_dk", "quad_attn_dq", "group_state", "group_apply"):
         assert kernel in report
+    # the production FLASH forward (causal, T5, fused linear half, gate, pre-gate output stored) is among them
+    assert "[CAUSAL,HAS_T5,HAS_LIN,HAS_GATE,STORE_PRE]" in report
+    # bf16 stays on bf16 tensor cores when compiled for a GPU (the interpreter's upcast is not compiled in)
+    assert "sm_90 bf16: mma+wgmma" in report or "sm_90 bf16: wgmma" in report, report[-2000:]
+    assert "sm_80 bf16: mma" in report
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_failing_ptxas_is_reported_and_leaves_no_file(tmp_path):
+    script = textwrap.dedent(
+        """
+        from flash_triton.kernels import aot
+        aot.ptxas_path = lambda arch: "false"  # a ptxas that fails
+        name, fn, dtype, constexprs, options = next(
+            v for v in aot.variants([(16, 16, 16)], ["fp32"], aot.layer_launches(True)) if v[0] == "group_apply"
+        )
+        r = aot.check(name, fn, dtype, constexprs, 80, options)
+        print("ERROR:", r.error, "OK:", r.ok)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ERROR: RuntimeError: ptxas failed (1)" in proc.stdout and "OK: False" in proc.stdout
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_ptxas_is_the_one_triton_uses():
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    from flash_triton.kernels import aot
+
+    for arch in (80, 90):
+        assert aot.ptxas_path(arch) == get_ptxas(arch).path
+
+
+def test_tensor_core_instructions_are_read_from_the_ptx():
+    from flash_triton.kernels.aot import Result, tensor_core_ops
+
+    ptx = """
+        mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%f1, %f2}, {%r1}, {%r2}, {%f3};
+        wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%f4}, %rd1, %rd2, 1, 1, 1, 0, 1;
+        wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%f4}, %rd1, %rd2, 1, 1, 1, 0, 1;
+        fma.rn.f32 %f5, %f6, %f7, %f8;
+    """
+    assert tensor_core_ops(ptx) == {"mma.sync.bf16": 1, "wgmma.mma_async.bf16": 2}
+    half = dict(kernel="k", arch=90, config="", registers=1, spill_bytes=0, shared=0)
+    assert Result(**half, dtype="bf16", mma={"wgmma.mma_async.bf16": 2}).ok
+    assert not Result(**half, dtype="bf16", mma={}).ok  # no tensor cores at all
+    assert not Result(**half, dtype="bf16", mma={"mma.sync.f16": 1}).ok  # the wrong type
+    assert not Result(**half, dtype="fp32", mma={"mma.sync.tf32": 4}).ok  # float32 must not run on TF32
+    assert Result(**half, dtype="fp32").ok
+    assert not Result(**dict(half, spill_bytes=8), dtype="fp32").ok
+
+
+def test_the_checked_launches_are_those_the_layers_make():
+    from flash_triton.kernels.aot import kernel_launches, layer_launches
+
+    full, quick = layer_launches(False), layer_launches(True)
+    assert set(quick) <= set(full)
+    # causal x laplace x mask = 8, times: GAU 3 modes without bias + 5 with (bias grad or not in training) = 64;
+    # FLASH 2 (packed or not) x 3 modes = 48
+    assert len(set(full)) == len(full) == 112
+    # every fwd flag set that GAU / FLASH can produce in training or inference is compiled
+    fwd = {tuple(sorted(kernel_launches(x)[0][2].items())) for x in full}
+    for flash in (False, True):
+        for causal in (False, True):
+            for laplace in (False, True):
+                for mask in (False, True):
+                    for extra in (False, True):
+                        for train, dropout in ((True, False), (True, True), (False, False)):
+                            flags = dict(
+                                CAUSAL=causal,
+                                LAPLACE=laplace,
+                                VARLEN=flash and extra,
+                                HAS_MASK=mask,
+                                HAS_T5=True,
+                                HAS_BIAS=not flash and extra,
+                                DROPOUT=dropout,
+                                HAS_LIN=flash,
+                                HAS_GATE=True,
+                                STORE_PRE=train,
+                            )
+                            assert tuple(sorted(flags.items())) in fwd, flags

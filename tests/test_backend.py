@@ -94,3 +94,46 @@ def test_float64_runs_on_the_reference_under_auto_and_is_refused_by_triton(monke
     with pytest.raises(ft.BackendUnavailableError, match="float32, float16 or bfloat16"):
         bk.resolve_backend("triton", "quad_attn", x)
     assert bk.resolve_backend("auto", "quad_attn", x) == "reference"
+
+
+@pytest.mark.parametrize(
+    "triton_version, numpy_version, interpreter, problem",
+    [
+        ("3.6.0", "2.3.5", True, None),
+        ("3.6.0", "2.4.0", False, None),  # compiled for a GPU, numpy 2.4 is fine
+        ("3.6.0", "2.4.6", True, "numpy<2.4"),
+        ("3.6.0", "2.4.0rc1", True, "numpy<2.4"),
+        ("3.7.1", "2.4.6", True, None),
+        ("3.9.0+git1a2b3c", "2.4.6", True, None),
+        ("3.5.1", "2.3.5", False, "older than 3.6"),
+        ("3.10.0", "2.5.0", True, None),
+    ],
+)
+def test_triton_stack_check_names_the_versions_and_the_fix(triton_version, numpy_version, interpreter, problem):
+    reason = bk.triton_stack_error(triton_version, numpy_version, interpreter)
+    if problem is None:
+        assert reason is None
+    else:
+        assert problem in reason and triton_version in reason
+        if "numpy" in problem:
+            assert numpy_version in reason and "TRITON_INTERPRET=1" in reason
+
+
+def test_an_unsupported_triton_is_refused_before_any_kernel_runs(monkeypatch):
+    import flash_triton.kernels as kernels
+
+    monkeypatch.setattr(kernels, "AVAILABLE_OPS", frozenset({"quad_attn"}))
+    reason = bk.triton_stack_error("3.6.0", "2.4.6", True)
+    monkeypatch.setattr(bk, "_TRITON_STATUS", [None, reason])
+    with pytest.raises(ft.BackendUnavailableError, match=r"triton 3\.6\.0 and numpy 2\.4\.6.*pip install 'numpy<2\.4'"):
+        bk.resolve_backend("triton", "quad_attn", torch.randn(2))
+    assert bk.resolve_backend("auto", "quad_attn", torch.randn(2)) == "reference"
+    with pytest.raises(RuntimeError, match="kernels cannot run here: TRITON_INTERPRET=1 with triton 3.6.0"):
+        bk.check_triton_stack()
+
+
+def test_the_installed_stack_is_supported():
+    """The environment the tests run in is one the stack check accepts (else every kernel test would error)."""
+    pytest.importorskip("triton")
+    assert bk.triton_import_error() is None
+    assert bk.unsupported_triton() is None

@@ -7,7 +7,7 @@ import torch
 
 import flash_triton as ft
 from flash_triton import reference as ref
-from tests.conftest import LaunchCounter, assert_close_scaled, scramble
+from tests.conftest import LaunchCounter, assert_close_scaled, close_to_reference, layer_in_dtypes, scramble
 
 triton = pytest.importorskip("triton")
 qa = pytest.importorskip("flash_triton.kernels.quad_attn")
@@ -47,7 +47,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("b, n, s, e, g, causal, reduce_group, masked, laplace", CASES)
 def test_kernels_match_reference(b, n, s, e, g, causal, reduce_group, masked, laplace, dtype):
     gen = torch.Generator().manual_seed(0)
@@ -58,13 +58,16 @@ def test_kernels_match_reference(b, n, s, e, g, causal, reduce_group, masked, la
     kw = dict(group_size=g, causal=causal, key_mask=mask, t5_scale=1.3, laplace=laplace, reduce_group=reduce_group)
     grad_out = torch.randn(b, n, e, device=DEVICE)
     out, grads = run(triton_ops.mixed_chunk_attn, tensors, grad_out, **kw)
+    out_ref, grads_ref = run(ref.mixed_chunk_attn, tensors, grad_out, **kw)
     out64, grads64 = run(ref.mixed_chunk_attn, [t.double() for t in tensors], grad_out.double(), **kw)
     assert out.dtype == dtype
     assert_close_scaled(out.double(), out64, TOL[dtype], "output")
+    close_to_reference(out, out_ref, out64, dtype, "output")
     names = ["quad_q", "quad_k", "lin_q", "lin_k", "v", "gate", "t5_weight"]
-    for name, g_ours, g_ref in zip(names, grads, grads64, strict=True):
+    for name, g_ours, g_ref, g64 in zip(names, grads, grads_ref, grads64, strict=True):
         assert torch.isfinite(g_ours).all(), name
-        assert_close_scaled(g_ours.double(), g_ref, TOL[dtype], f"grad of {name}")
+        assert_close_scaled(g_ours.double(), g64, TOL[dtype], f"grad of {name}")
+        close_to_reference(g_ours, g_ref, g64, dtype, f"grad of {name}")
 
 
 def test_group_state_and_apply_match_einsum():
@@ -326,3 +329,21 @@ def test_torch_compile_fullgraph_traces_flash():
     x.grad = None
     reference(x).sum().backward()
     assert_close_scaled(grad_compiled, x.grad, 1e-5, "compiled input grad")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize(
+    "kw",
+    [dict(causal=True, shift_tokens=True), dict(causal=False, laplace_attn_fn=True)],
+    ids=["causal-shift", "noncausal-laplace"],
+)
+def test_flash_in_half_precision_on_kernels_matches_reference(kw, dtype):
+    """``FLASH(...).to(dtype)`` on the kernels: output and every gradient within the dtype-scaled bound of the
+    reference in the same dtype (bf16 too under the CPU interpreter)."""
+    x = torch.randn(2, 45, 32, device=DEVICE)
+    results, names = layer_in_dtypes(
+        lambda backend: ft.FLASH(dim=32, group_size=16, query_key_dim=16, **kw, backend=backend), x, dtype, std=0.3
+    )
+    for name, ours, theirs, ref64 in zip(names, *results.values(), strict=True):
+        if ref64 is not None:
+            close_to_reference(ours, theirs, ref64.double(), dtype, name)

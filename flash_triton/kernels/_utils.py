@@ -1,9 +1,15 @@
 """Helpers shared by the kernels and their launchers."""
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from ..backend import check_triton_stack
+
+check_triton_stack()  # a triton (or, under the interpreter, numpy) that cannot run the kernels: say so, and how to fix
 
 
 @triton.jit
@@ -17,6 +23,30 @@ def window_bounds(i_w, W, N, win_ptr, VARLEN: tl.constexpr):
         start = i_w * W
         end = tl.minimum(start + W, N)
     return start, end
+
+
+# Triton's CPU interpreter (TRITON_INTERPRET=1, read when triton.jit decorates a kernel, so when these modules are
+# imported) multiplies the raw bit patterns of bfloat16 operands in tl.dot (triton-lang/triton#11584). Under the
+# interpreter only, `dot` upcasts bfloat16 operands to float32 first: a compile-time branch that is pruned from every
+# GPU compile, so the code for a GPU keeps its bf16 tensor-core instructions (checked by kernels.aot).
+INTERPRETING = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+
+
+@triton.jit
+def dot(a, b, acc, DOT_PREC: tl.constexpr):
+    """``acc + a @ b`` with float32 accumulation (``tl.dot``), correct for bfloat16 under the interpreter too."""
+    if INTERPRETING:
+        if a.dtype == tl.bfloat16:
+            a = a.to(tl.float32)
+        if b.dtype == tl.bfloat16:
+            b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=DOT_PREC)
+
+
+# FMA contraction (a * b + c in one instruction, one rounding instead of two) stays on, as in every triton release
+# so far; passed to every launch explicitly because triton 3.9 warns that its default turns off in 3.10. The
+# accuracy tests' bounds hold either way (the kernels' error is dominated by the input dtype's rounding).
+FP_FUSION = True
 
 
 # Tests set this to fill every kernel-written buffer with NaN (or all-ones bits for integers) before the launch,

@@ -1,12 +1,20 @@
-"""GPU-compile check that needs no GPU: compiles every kernel in the launch configurations the launchers can
-choose, for sm_80 and sm_90, and reports registers, spills and shared memory per kernel and configuration.
+"""GPU-compile check that needs no GPU: compiles every kernel, with every combination of flags that the GAU and
+FLASH layers launch, in the launch configurations the launchers choose, for sm_80 and sm_90, and reports registers,
+spills, shared memory and tensor-core instructions per kernel and configuration.
 
-    python -m flash_triton.kernels.aot [--arch 80 90] [--quick]
+    python -m flash_triton.kernels.aot [--arch 80 90] [--dtype ...] [--quick]
 
-Exit code 1 when a compile fails, a kernel spills, or its shared memory exceeds the architecture's per-block
-limit. Registers and spills come from the triton wheel's own ``ptxas -v`` on the generated PTX; shared memory
-from the compiler's metadata (Triton allocates it dynamically, so ptxas does not see it). Must run without
-``TRITON_INTERPRET=1`` (under the interpreter ``triton.jit`` yields functions that cannot be compiled).
+The full check compiles every flag combination of :func:`layer_launches` at the production shape (the largest tiles)
+and the layers' default launches at three other shapes (smallest tiles to widest query/key), in fp32, fp16 and
+bf16; ``--quick`` the production shape with the default launches, in fp32 and bf16.
+Exit code 1 when a compile fails, a kernel spills, its shared memory exceeds the architecture's per-block limit,
+or a half-precision kernel does not multiply on tensor cores in its own type (a float32 one on them at all). One
+allowance, reported as ``ok*`` with its bytes: at most SPILL_ALLOWANCE spilled bytes whose loads and stores all lie
+outside every loop of the SASS (``nvdisasm``), i.e. touched once per program, never per loop iteration.
+Registers and spills come from ``ptxas -v`` on the generated PTX, run with the ptxas that triton itself uses for
+that architecture; shared memory from the compiler's metadata (Triton allocates it dynamically, so ptxas does not
+see it). Must run without ``TRITON_INTERPRET=1`` (under the interpreter ``triton.jit`` yields functions that
+cannot be compiled).
 """
 
 import argparse
@@ -18,7 +26,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import triton
@@ -27,10 +35,11 @@ from triton.compiler import ASTSource
 
 from . import chunk_state as cs
 from . import quad_attn as qa
+from ._utils import FP_FUSION
 
 # largest dynamic shared memory one block may use, bytes
 SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
-DTYPES = {"fp32": "ieee", "fp16": "tf32", "bf16": "tf32"}  # value: DOT_PREC the launchers pass
+DOT_PRECISION = {"fp32": "ieee", "fp16": "tf32", "bf16": "tf32"}  # the DOT_PREC the launchers pass
 # pointer arguments whose element type does not follow the data dtype
 POINTER_TYPES = {
     "mask_ptr": "*u8",
@@ -50,10 +59,202 @@ KERNEL_POINTER_TYPES = {
     "_dropout_keep_kernel": {"out_ptr": "*u8"},
 }
 FLOAT_ARGS = {"scale", "t5_scale", "bias_scale", "dropout_p"}
-# (window, query_key_dim, value_dim) whose launch configs span what the launchers choose: smallest tiles, the
-# largest tiles, and query/key widths past one feature block
-SHAPES_FULL = [(16, 16, 16), (32, 64, 48), (256, 128, 1024), (8192, 200, 1024)]
-SHAPES_QUICK = [(256, 128, 1024)]
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# (window, query_key_dim, value_dim) whose launch configs span what the launchers choose. The production shape
+# (the layers' defaults: g = 256, s = 128, e = 2 * 512; the largest tiles) is compiled with every flag combination
+# the layers launch; the others (smallest tiles, and query/key widths past one feature block) with the quick set.
+SHAPE_PRODUCTION = (256, 128, 1024)
+SHAPES_OTHER = [(16, 16, 16), (32, 64, 48), (8192, 200, 1024)]
+# bytes of spills allowed where the SASS shows that none of their loads or stores is inside a loop
+SPILL_ALLOWANCE = 32
+DTYPES_QUICK = ["fp32", "bf16"]  # fp16 compiles to the same tiles and instructions as bf16 but for the MMA type
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One way a layer calls the kernels: GAU (quad_attn, optionally with a caller's bias) or FLASH
+    (mixed_chunk_attn, optionally packed); ``train`` = gradients wanted (the gate's pre-activation is stored and the
+    backward runs); ``dropout`` = attention dropout active (training mode); ``bias_grad`` = the caller's bias
+    wants a gradient."""
+
+    flash: bool
+    causal: bool
+    laplace: bool
+    mask: bool
+    packed: bool = False  # FLASH only: cu_seqlens
+    bias: bool = False  # GAU only: rel_pos_bias
+    dropout: bool = False
+    train: bool = True
+    bias_grad: bool = False
+
+
+def layer_launches(quick: bool) -> list[Launch]:
+    """Every combination of kernel flags that GAU and FLASH launch in training and in inference (full), or the
+    layers' defaults in training and inference, causal and not, plus everything on at once (quick). Not covered:
+    a T5 table frozen by the user (dk without its T5 partials) and attention dropout in training mode under
+    ``torch.no_grad`` (the forward with dropout but without the stored pre-gate output)."""
+    if quick:
+        out = []
+        for flash, causal in itertools.product((False, True), (True, False)):
+            out += [
+                Launch(flash, causal, False, False, train=train, dropout=drop)
+                for train, drop in ((True, False), (True, True), (False, False))
+            ]
+        out += [
+            Launch(False, True, True, True, bias=True, bias_grad=True, dropout=True),
+            Launch(True, True, True, True, packed=True, dropout=True),
+        ]
+        return out
+    out = []
+    for flash, causal, laplace, mask, extra, (train, dropout) in itertools.product(
+        (False, True),
+        (True, False),
+        (False, True),
+        (False, True),
+        (False, True),
+        ((True, False), (True, True), (False, False)),  # training (dropout off / on), inference
+    ):
+        base = dict(flash=flash, causal=causal, laplace=laplace, mask=mask, train=train, dropout=dropout)
+        if flash:
+            out.append(Launch(**base, packed=extra))
+        else:
+            out += [Launch(**base, bias=extra, bias_grad=g) for g in ((False, True) if extra and train else (False,))]
+    return out
+
+
+def kernel_launches(launch: Launch) -> list[tuple[str, str, dict]]:
+    """(check name, jit function name, flags) of every kernel that ``launch`` runs, as the launchers set them."""
+    common = dict(
+        CAUSAL=launch.causal,
+        LAPLACE=launch.laplace,
+        VARLEN=launch.packed,
+        HAS_MASK=launch.mask,
+        HAS_T5=True,
+        HAS_BIAS=launch.bias,
+        DROPOUT=launch.dropout,
+    )
+    out = [
+        (
+            "quad_attn_fwd",
+            "_quad_attn_fwd_kernel",
+            dict(common, HAS_LIN=launch.flash, HAS_GATE=True, STORE_PRE=launch.train),
+        )
+    ]
+    if launch.flash:  # the forward's states lin_kᵀ v (masked keys dropped)
+        out.append(("group_state", "_group_state_kernel", dict(HAS_MASK=launch.mask, VARLEN=launch.packed)))
+    if not launch.train:
+        return out
+    out += [
+        ("quad_attn_dv", "_quad_attn_bwd_dv_kernel", common),
+        ("quad_attn_dk", "_quad_attn_bwd_dqk_kernel", dict(common, KEY_TILES=True, DT5=True, DBIAS=False, NB=32)),
+        (
+            "quad_attn_dq",
+            "_quad_attn_bwd_dqk_kernel",
+            dict(common, KEY_TILES=False, DT5=False, DBIAS=launch.bias and launch.bias_grad, NB=32),
+        ),
+    ]
+    if launch.flash:  # states again (masked), dP = lin_qᵀ dY (unmasked); dY Pᵀ (unmasked), v dSᵀ and lin_k dS
+        varlen = dict(VARLEN=launch.packed)
+        out += [
+            ("group_state", "_group_state_kernel", dict(HAS_MASK=False, **varlen)),
+            ("group_apply", "_group_apply_kernel", dict(HAS_MASK=False, **varlen)),
+            ("group_apply", "_group_apply_kernel", dict(HAS_MASK=launch.mask, **varlen)),
+        ]
+    return out
+
+
+def _tiles(name: str, w: int, s: int, e: int, dtype: torch.dtype, dropout: bool) -> list[dict]:
+    """The launch configs (tiles and options) that the launchers pick for kernel ``name`` at this shape."""
+    if name.startswith("quad_attn_"):
+        return [qa.launch_config(name.removeprefix("quad_attn_"), w, s, e, dtype, dropout)]
+    if name == "group_state":  # lin_kᵀ v and lin_qᵀ dY: both (s, e)
+        return [cs.state_config(w, s, e, dtype)]
+    return [cs.apply_config(w, s, e, dtype), cs.apply_config(w, e, s, dtype)]  # lin_k dS / lin_q P; dY Pᵀ, v dSᵀ
+
+
+def variants(shapes: list, dtypes: list[str], launches: list[Launch]) -> list[tuple[str, str, str, dict, dict]]:
+    """(check name, jit function name, dtype, constexprs, options) of every distinct compile: each kernel of each
+    launch, at each shape and dtype, in the config its launcher picks."""
+    seen, out = set(), []
+    for (w, s, e), dtype, launch in itertools.product(shapes, dtypes, launches):
+        for name, fn, flags in kernel_launches(launch):
+            for cfg in _tiles(name, w, s, e, TORCH_DTYPES[dtype], launch.dropout and name.startswith("quad")):
+                cfg = dict(cfg)
+                options = {k: cfg.pop(k) for k in ("num_warps", "num_stages")}
+                options["enable_fp_fusion"] = FP_FUSION
+                constexprs = dict(flags, DOT_PREC=DOT_PRECISION[dtype], **cfg)
+                key = (name, dtype, tuple(sorted(constexprs.items())), tuple(sorted(options.items())))
+                if key not in seen:
+                    seen.add(key)
+                    out.append((name, fn, dtype, constexprs, options))
+    return out
+
+
+def ptxas_path(arch: int) -> str:
+    """The ptxas that triton itself uses for ``arch`` (triton >= 3.9 brings a newer one for sm_90 and up, whose PTX
+    version the older bundled ptxas cannot read)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    return get_ptxas(arch).path
+
+
+def nvdisasm_path() -> str:
+    from triton import knobs
+
+    return knobs.nvidia.nvdisasm.path
+
+
+_SASS_ADDRESS = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*)")
+_SASS_LABEL = re.compile(r"^(\.L_x_\d+):")
+_SASS_BRANCH = re.compile(r"\bBRA\b[^`]*`\((\.L_x_\d+)\)")
+
+
+def spills_in_loops(sass: str) -> int:
+    """How many local-memory spill instructions (STL/LDL) of ``nvdisasm -c`` output lie inside a loop: between the
+    target of a backward branch and the branch."""
+    labels, branches, spills, pending = {}, [], [], []
+    for line in sass.splitlines():
+        label = _SASS_LABEL.match(line.strip())
+        if label:
+            pending.append(label.group(1))
+            continue
+        m = _SASS_ADDRESS.search(line)
+        if not m:
+            continue
+        address, instruction = int(m.group(1), 16), m.group(2)
+        for name in pending:
+            labels[name] = address
+        pending = []
+        target = _SASS_BRANCH.search(instruction)
+        if target:
+            branches.append((address, target.group(1)))
+        if re.search(r"\b(STL|LDL)(\.|\s)", instruction):
+            spills.append(address)
+    loops = [(labels[t], a) for a, t in branches if t in labels and labels[t] <= a]
+    return sum(any(start <= x <= end for start, end in loops) for x in spills)
+
+
+def alignment_attrs(fn, constexprs: dict) -> dict:
+    """What Triton's launcher specialises for 16-byte-aligned tensors and strides divisible by 16 (the usual case:
+    any feature width that is a multiple of 8 in half precision): tt.divisibility=16 on pointers and strides."""
+    return {
+        (i,): [["tt.divisibility", 16]]
+        for i, name in enumerate(fn.arg_names)
+        if name not in constexprs and (name.endswith("_ptr") or name.startswith("stride_"))
+    }
+
+
+# tensor-core instructions in PTX: wgmma (sm_90) and mma.sync (sm_80, and sm_90 tiles wgmma cannot take)
+_MMA = re.compile(r"^\s*(wgmma\.mma_async|mma\.sync)\S*?\.(bf16|f16|tf32)\b", re.MULTILINE)
+_PTX_TYPE = {"bf16": "bf16", "fp16": "f16"}
+
+
+def tensor_core_ops(ptx: str) -> dict[str, int]:
+    """{"wgmma.mma_async.bf16": count, "mma.sync.bf16": count, ...} of the tensor-core instructions in ``ptx``."""
+    counts: dict[str, int] = {}
+    for op, kind in _MMA.findall(ptx):
+        counts[f"{op}.{kind}"] = counts.get(f"{op}.{kind}", 0) + 1
+    return counts
 
 
 @dataclass
@@ -61,15 +262,33 @@ class Result:
     kernel: str
     arch: int
     config: str
+    dtype: str = ""
     registers: int = -1
     spill_bytes: int = -1
     shared: int = -1
+    mma: dict = field(default_factory=dict)  # tensor-core instructions in the PTX, by kind
+    spills_in_loops: int = -1  # spill loads/stores (STL/LDL) inside a loop of the SASS; -1: not looked at
     seconds: float = 0.0
     error: str = ""
 
     @property
+    def spill_allowed(self) -> bool:
+        """A few spilled bytes that no loop touches (each program stores and reloads them once, e.g. a saved
+        predicate mask around the key loop): measured harmless, allowed and reported as such."""
+        return 0 < self.spill_bytes <= SPILL_ALLOWANCE and self.spills_in_loops == 0
+
+    @property
+    def tensor_cores_ok(self) -> bool:
+        """Half-precision kernels multiply on tensor cores in their own type (bf16 stays bf16: the interpreter's
+        upcast is not compiled in); float32 ones use exact FMA products, no tensor cores."""
+        if self.dtype in _PTX_TYPE:
+            return bool(self.mma) and all(kind.endswith("." + _PTX_TYPE[self.dtype]) for kind in self.mma)
+        return not self.mma
+
+    @property
     def ok(self) -> bool:
-        return not self.error and self.spill_bytes == 0 and self.shared <= SMEM_LIMIT[self.arch]
+        fits = (self.spill_bytes == 0 or self.spill_allowed) and self.shared <= SMEM_LIMIT[self.arch]
+        return not self.error and fits and self.tensor_cores_ok
 
 
 def signature(fn, dtype: str, constexprs: dict) -> dict:
@@ -85,71 +304,13 @@ def signature(fn, dtype: str, constexprs: dict) -> dict:
     return sig
 
 
-def variants(shapes: list, dtypes: list[str]) -> list[tuple[str, str, str, dict, dict]]:
-    """(kernel name, jit function's name in quad_attn, dtype, constexprs, options) for every configuration to
-    compile: per shape and dtype, every feature on with and without dropout (the heaviest code), and all off."""
-    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    out = []
-    for (w, s, e), dtype, (on, dropout) in itertools.product(
-        shapes, dtypes, ((True, True), (True, False), (False, False))
-    ):
-        flags = dict(
-            CAUSAL=on,
-            LAPLACE=on,
-            VARLEN=on,
-            HAS_MASK=on,
-            HAS_T5=on,
-            HAS_BIAS=on,
-            DROPOUT=dropout,
-            DOT_PREC=DTYPES[dtype],
-        )
-        for kind in ("fwd", "dv", "dk", "dq"):
-            cfg = qa.launch_config(kind, w, s, e, torch_dtype[dtype], dropout)
-            tiles = {k: cfg[k] for k in ("BM", "BN", "BS", "S_BLOCKS", "BE")}
-            options = {k: cfg[k] for k in ("num_warps", "num_stages")}
-            if kind == "fwd":
-                fn, constexprs = "_quad_attn_fwd_kernel", dict(flags, HAS_LIN=on, HAS_GATE=on, STORE_PRE=on, **tiles)
-            elif kind == "dv":
-                fn, constexprs = "_quad_attn_bwd_dv_kernel", dict(flags, **tiles)
-            else:
-                key = kind == "dk"
-                extra = dict(KEY_TILES=key, DT5=on and key, DBIAS=on and not key, NB=32)
-                fn, constexprs = "_quad_attn_bwd_dqk_kernel", dict(flags, **extra, **tiles)
-            out.append((f"quad_attn_{kind}", fn, dtype, constexprs, options))
-    for (w, s, e), dtype, on in itertools.product(shapes, dtypes, (True, False)):
-        flags = dict(HAS_MASK=on, VARLEN=on, DOT_PREC=DTYPES[dtype])
-        # states lin_kᵀ v (and dP = lin_qᵀ dY: the same shapes)
-        for name, fn, cfg in (
-            ("group_state", "_group_state_kernel", cs.state_config(w, s, e, torch_dtype[dtype])),
-            ("group_apply", "_group_apply_kernel", cs.apply_config(w, s, e, torch_dtype[dtype])),  # lin_q P, lin_k dS
-            ("group_apply", "_group_apply_kernel", cs.apply_config(w, e, s, torch_dtype[dtype])),  # dY Pᵀ, v dSᵀ
-        ):
-            options = {k: cfg.pop(k) for k in ("num_warps", "num_stages")}
-            out.append((name, fn, dtype, dict(flags, **cfg), options))
-    return out
-
-
-def ptxas_path() -> str:
-    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-
-
-def alignment_attrs(fn, constexprs: dict) -> dict:
-    """What Triton's launcher specialises for 16-byte-aligned tensors and strides divisible by 16 (the usual case:
-    any feature width that is a multiple of 8 in half precision): tt.divisibility=16 on pointers and strides."""
-    return {
-        (i,): [["tt.divisibility", 16]]
-        for i, name in enumerate(fn.arg_names)
-        if name not in constexprs and (name.endswith("_ptr") or name.startswith("stride_"))
-    }
-
-
 def check(
     name: str, fn_name: str, dtype: str, constexprs: dict, arch: int, options: dict, aligned: bool = True
 ) -> Result:
     flags = ",".join(k for k, v in constexprs.items() if v is True)
     tiles = "x".join(f"{k}{v}" for k, v in constexprs.items() if k.startswith("B") and isinstance(v, int))
     warps = options["num_warps"]
-    res = Result(name, arch, f"{dtype} {tiles} S_BLOCKS={constexprs.get('S_BLOCKS', 1)} w{warps} [{flags}]")
+    res = Result(name, arch, f"{dtype} {tiles} S_BLOCKS={constexprs.get('S_BLOCKS', 1)} w{warps} [{flags}]", dtype)
     t0 = time.perf_counter()
     fn = getattr(cs if hasattr(cs, fn_name) else qa, fn_name)
     try:
@@ -157,17 +318,25 @@ def check(
         src = ASTSource(fn=fn, signature=signature(fn, dtype, constexprs), constexprs=constexprs, attrs=attrs)
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(options))
         res.shared = compiled.metadata.shared
-        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-            f.write(compiled.asm["ptx"])
+        res.mma = tensor_core_ops(compiled.asm["ptx"])
         sm = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
-        log = subprocess.run(
-            [ptxas_path(), f"-arch={sm}", "-v", f.name, "-o", os.devnull], capture_output=True, text=True, check=True
-        ).stderr
-        os.unlink(f.name)
-        res.registers = int(re.search(r"Used (\d+) registers", log).group(1))
-        stores = re.search(r"(\d+) bytes spill stores", log)
-        loads = re.search(r"(\d+) bytes spill loads", log)
-        res.spill_bytes = (int(stores.group(1)) if stores else 0) + (int(loads.group(1)) if loads else 0)
+        with tempfile.TemporaryDirectory(prefix="flash_triton_aot_") as tmp:  # removed whatever ptxas does
+            ptx, cubin = os.path.join(tmp, "kernel.ptx"), os.path.join(tmp, "kernel.cubin")
+            with open(ptx, "w") as f:
+                f.write(compiled.asm["ptx"])
+            proc = subprocess.run(
+                [ptxas_path(arch), f"-arch={sm}", "-v", ptx, "-o", cubin], capture_output=True, text=True
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"ptxas failed ({proc.returncode}): {proc.stderr.strip()}")
+            log = proc.stderr
+            res.registers = int(re.search(r"Used (\d+) registers", log).group(1))
+            stores = re.search(r"(\d+) bytes spill stores", log)
+            loads = re.search(r"(\d+) bytes spill loads", log)
+            res.spill_bytes = (int(stores.group(1)) if stores else 0) + (int(loads.group(1)) if loads else 0)
+            if res.spill_bytes:
+                sass = subprocess.run([nvdisasm_path(), "-c", cubin], capture_output=True, text=True, check=True).stdout
+                res.spills_in_loops = spills_in_loops(sass)
     except Exception as exc:  # a compile or ptxas failure is a finding, reported per configuration
         res.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"[:300]
     res.seconds = time.perf_counter() - t0
@@ -181,24 +350,74 @@ def _check(job: tuple) -> Result:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], choices=sorted(SMEM_LIMIT))
-    parser.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=list(DTYPES))
-    parser.add_argument("--quick", action="store_true", help="only the largest tiles (smaller ones use less)")
+    parser.add_argument(
+        "--dtype",
+        nargs="+",
+        default=None,
+        choices=list(DOT_PRECISION),
+        help="default: all three (fp32 and bf16 with --quick)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="the production shape, the layers' default launches, fp32 and bf16"
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("unset TRITON_INTERPRET: the interpreter's functions cannot be compiled for a GPU", file=sys.stderr)
         return 2
-    shapes = SHAPES_QUICK if args.quick else SHAPES_FULL
-    jobs = [(n, fn, d, c, arch, opts) for arch in args.arch for n, fn, d, c, opts in variants(shapes, args.dtype)]
-    failed = 0
+    dtypes = args.dtype or (DTYPES_QUICK if args.quick else list(DOT_PRECISION))
+    configs = variants([SHAPE_PRODUCTION], dtypes, layer_launches(args.quick))
+    if not args.quick:
+        configs += [c for c in variants(SHAPES_OTHER, dtypes, layer_launches(True)) if c not in configs]
+    jobs = [(n, fn, d, c, arch, opts) for arch in args.arch for n, fn, d, c, opts in configs]
+    print(f"triton {triton.__version__}; ptxas: " + ", ".join(f"sm_{a} {ptxas_path(a)}" for a in args.arch))
+    t0 = time.perf_counter()
+    results = []
     with ProcessPoolExecutor(max(1, args.jobs)) as pool:
         for r in pool.map(_check, jobs):
-            failed += not r.ok
+            results.append(r)
             detail = r.error or f"regs={r.registers} spill={r.spill_bytes}B smem={r.shared}B"
-            status = "ok" if r.ok else "FAIL"
+            if r.spill_bytes > 0:
+                detail += f" ({r.spills_in_loops} spill instructions inside loops)"
+            if not r.error and not r.tensor_cores_ok:
+                detail += f" tensor cores: {r.mma or 'none'}"
+            status = ("ok*" if r.spill_allowed else "ok") if r.ok else "FAIL"
             print(f"{status:4} sm_{r.arch} {r.kernel:18} {r.config:80} {detail} ({r.seconds:.1f}s)", flush=True)
-    print(f"{len(jobs) - failed} passed, {failed} failed")
+    print(summary(results))
+    failed = sum(not r.ok for r in results)
+    allowed = sum(r.ok and r.spill_allowed for r in results)
+    if allowed:
+        print(f"ok*: {allowed} configurations spill at most {SPILL_ALLOWANCE} bytes, none inside a loop (allowed)")
+    print(f"{len(jobs) - failed} passed, {failed} failed in {time.perf_counter() - t0:.0f} s")
     return 1 if failed else 0
+
+
+def summary(results: list[Result]) -> str:
+    """A Markdown table per (arch, kernel, dtype): configurations, worst registers, shared memory and spills, and
+    the tensor-core instructions used; then the tensor-core line per (arch, dtype)."""
+    rows, mma = {}, {}
+    for r in results:
+        row = rows.setdefault((r.arch, r.kernel, r.dtype), [0, 0, 0, 0, 0, set()])
+        row[0] += 1
+        row[1] = max(row[1], r.registers)
+        row[2] = max(row[2], r.shared)
+        row[3] = max(row[3], r.spill_bytes)
+        row[4] += r.spill_allowed
+        for kind in r.mma:
+            row[5].add(kind.split(".")[0])
+            mma.setdefault((r.arch, r.dtype), set()).add(kind.split(".")[0])
+    lines = [
+        "| arch | kernel | dtype | configurations | max registers | max shared memory (KiB) | max spill bytes | "
+        "of which outside loops (ok*) | tensor cores |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (arch, kernel, dtype), (n, regs, smem, spill, allowed, kinds) in sorted(rows.items()):
+        lines.append(
+            f"| sm_{arch} | {kernel} | {dtype} | {n} | {regs} | {smem / 1024:.0f} | {spill} | {allowed} | "
+            f"{'+'.join(sorted(kinds)) or 'none (FMA)'} |"
+        )
+    kinds = "; ".join(f"sm_{a} {d}: {'+'.join(sorted(k))}" for (a, d), k in sorted(mma.items()))
+    return "\n".join(lines) + f"\ntensor-core instructions: {kinds or 'none'}"
 
 
 if __name__ == "__main__":

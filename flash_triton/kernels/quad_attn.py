@@ -21,7 +21,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..reference.t5_bias import t5_relative_position_bucket
-from ._utils import check_row_offsets, dot_precision, new_output, window_bounds
+from ._utils import FP_FUSION, check_row_offsets, dot, dot_precision, new_output, window_bounds
 
 # laplace(s) = 0.5 * (1 + erf((s - mu) * c)), mu = sqrt(1/2), c = 1 / (sigma * sqrt 2) = sqrt(2 pi);
 # d/ds = sqrt(2) * exp(-((s - mu) * c)^2)
@@ -85,7 +85,7 @@ def _scores(
         m_s = o_s < S
         b_q = tl.load(q_base + o_m[:, None] * stride_qn + o_s[None, :], mask=m_m[:, None] & m_s[None, :], other=0.0)
         b_kt = tl.load(k_base + o_s[:, None] + o_n[None, :] * stride_kn, mask=m_s[:, None] & m_n[None, :], other=0.0)
-        acc = tl.dot(b_q, b_kt, acc, input_precision=DOT_PREC)
+        acc = dot(b_q, b_kt, acc, DOT_PREC)
     s = acc * scale
     if HAS_T5:
         rel = tl.minimum(tl.maximum(o_n[None, :] - o_m[:, None], -max_dist), max_dist) + max_dist
@@ -223,7 +223,7 @@ def _quad_attn_fwd_kernel(
             a = a * _dropout_scale(seed, i_b * G * W, o_m, o_n, win_start, dropout_p, BM, BN)
         a = tl.where(_keep(o_m, o_n, m_m, m_n, mask_base, CAUSAL, HAS_MASK), a, 0.0)
         b_v = tl.load(v_base + o_n[:, None] * stride_vn + o_e[None, :], mask=m_n[:, None] & m_e[None, :], other=0.0)
-        acc = tl.dot(a.to(b_v.dtype), b_v, acc, input_precision=DOT_PREC)
+        acc = dot(a.to(b_v.dtype), b_v, acc, DOT_PREC)
     if HAS_LIN:
         # FLASH's linear half in the same output tile: acc += lin_q P[window] (the window's state, fp32)
         lq_base = lq_ptr + i_b64 * stride_lqb
@@ -234,7 +234,7 @@ def _quad_attn_fwd_kernel(
             b_lq = tl.load(lq_base + o_m[:, None] * stride_lqn + o_s[None, :], mask=m_m[:, None] & m_s[None, :],
                            other=0.0)  # fmt: skip
             b_p = tl.load(p_base + o_s[:, None] * stride_ps + o_e[None, :], mask=m_s[:, None] & m_e[None, :], other=0.0)
-            acc = tl.dot(b_lq, b_p.to(b_lq.dtype), acc, input_precision=DOT_PREC)
+            acc = dot(b_lq, b_p.to(b_lq.dtype), acc, DOT_PREC)
     m_out = m_m[:, None] & m_e[None, :]
     o_off = i_b64 * stride_ob + o_m[:, None] * stride_on + o_e[None, :]
     if STORE_PRE:
@@ -296,7 +296,7 @@ def _dscores(
         m_e = o_e < E
         b_dy = tl.load(dy_base + o_m[:, None] * stride_dyn + o_e[None, :], mask=m_m[:, None] & m_e[None, :], other=0.0)
         b_vt = tl.load(v_base + o_e[:, None] + o_n[None, :] * stride_vn, mask=m_e[:, None] & m_n[None, :], other=0.0)
-        da = tl.dot(b_dy, b_vt, da, input_precision=DOT_PREC)
+        da = dot(b_dy, b_vt, da, DOT_PREC)
     s = _scores(
         q_base, k_base, stride_qn, stride_kn, o_m, o_n, m_m, m_n, S, scale, t5_ptr, lut_ptr, t5_scale, max_dist,
         bias_base, stride_bm, stride_bn, bias_scale, HAS_T5, HAS_BIAS, BM, BN, BS, S_BLOCKS, DOT_PREC,
@@ -389,7 +389,7 @@ def _quad_attn_bwd_dv_kernel(
             a = a * _dropout_scale(seed, i_b * G * W, o_m, o_n, win_start, dropout_p, BM, BN)
         a = tl.where(_keep(o_m, o_n, m_m, m_n, mask_base, CAUSAL, HAS_MASK), a, 0.0)
         b_dy = tl.load(dy_base + o_m[:, None] * stride_dyn + o_e[None, :], mask=m_m[:, None] & m_e[None, :], other=0.0)
-        acc = tl.dot(tl.trans(a).to(b_dy.dtype), b_dy, acc, input_precision=DOT_PREC)
+        acc = dot(tl.trans(a).to(b_dy.dtype), b_dy, acc, DOT_PREC)
     p_dv = dv_ptr + i_b64 * stride_dvb + o_n[:, None] * stride_dvn + o_e[None, :]
     tl.store(p_dv, acc.to(dv_ptr.dtype.element_ty), mask=m_n[:, None] & m_e[None, :])
 
@@ -501,7 +501,7 @@ def _quad_attn_bwd_dqk_kernel(
         )  # fmt: skip
         if KEY_TILES:
             b_q = tl.load(q_base + o_m[:, None] * stride_qn + o_f[None, :], mask=m_m[:, None] & m_f[None, :], other=0.0)
-            acc = tl.dot(tl.trans(ds).to(b_q.dtype), b_q, acc, input_precision=DOT_PREC)
+            acc = dot(tl.trans(ds).to(b_q.dtype), b_q, acc, DOT_PREC)
             if DT5:
                 if i_s == 0:
                     rel = tl.minimum(tl.maximum(o_n[None, :] - o_m[:, None], -max_dist), max_dist) + max_dist
@@ -512,7 +512,7 @@ def _quad_attn_bwd_dqk_kernel(
                         acc_t5 += tl.where(o_nb == nb, part, 0.0)
         else:
             b_k = tl.load(k_base + o_n[:, None] * stride_kn + o_f[None, :], mask=m_n[:, None] & m_f[None, :], other=0.0)
-            acc = tl.dot(ds.to(b_k.dtype), b_k, acc, input_precision=DOT_PREC)
+            acc = dot(ds.to(b_k.dtype), b_k, acc, DOT_PREC)
             if DBIAS:
                 if i_s == 0:
                     p_db = dbias_ptr + i_b64 * N * N + o_m[:, None] * N + o_n[None, :]
@@ -551,19 +551,25 @@ def _dropout_keep_kernel(
 
 
 # (kind, precision, dropout) -> (BM query tile, BN key tile, max BS, max BE, num_warps). Chosen so that every
-# configuration compiles without register spills on sm_80 and sm_90 (``python -m flash_triton.kernels.aot``).
-# float32 keeps exact (non-TF32) products, which run on FMA units with operands held in registers: small tiles.
-# Not yet tuned on a GPU.
+# configuration, with every flag combination the layers launch, compiles without register spills on sm_80 and
+# sm_90 under triton 3.6 and 3.9 (``python -m flash_triton.kernels.aot``). float32 keeps exact (non-TF32) products,
+# which run on FMA units with operands held in registers: small tiles. Not yet tuned on a GPU.
+# Retuned for triton 3.9 and the layers' flag sets: the half forward was 64 x 64 at 4 warps without dropout (22 of
+# its 64 layer flag sets spilled on sm_80 under 3.6, the production FLASH forward among them; 4 under 3.9) and
+# 32 x 32 at 4 warps with dropout (spilled on sm_90 under 3.9, and ran on mma.sync there); 64 x 32 at 8 warps spills
+# in neither and multiplies on wgmma on sm_90. The float32 forward was 16 x 16 with 16-wide query/key steps (6 of
+# 96 flag sets spilled a saved predicate mask on sm_90, once per program); 32 x 16 with 32-wide steps spills in none
+# (<= 139 registers).
 TILES = {
-    ("fwd", "half", False): (64, 64, 64, 64, 4),
-    ("fwd", "half", True): (32, 32, 128, 64, 4),
+    **{("fwd", "half", drop): (64, 32, 64, 64, 8) for drop in (False, True)},
     ("dv", "half", False): (32, 64, 128, 64, 4),
     ("dv", "half", True): (32, 32, 128, 64, 4),
     **{(kind, "half", drop): (32, 32, 128, 64, 8) for kind in ("dk", "dq") for drop in (False, True)},
-    **{("fwd", "fp32", drop): (16, 16, 16, 16, 4) for drop in (False, True)},
+    **{("fwd", "fp32", drop): (32, 16, 32, 16, 4) for drop in (False, True)},
     **{("dk", "fp32", drop): (32, 32, 32, 32, 8) for drop in (False, True)},
     **{("dv", "fp32", drop): (32, 32, 32, 32, 4) for drop in (False, True)},
-    **{("dq", "fp32", drop): (32, 16, 16, 32, 4) for drop in (False, True)},
+    ("dq", "fp32", False): (32, 16, 16, 32, 4),
+    ("dq", "fp32", True): (32, 16, 16, 32, 8),  # at 4 warps it spilled inside the key loop on sm_80 (triton 3.9)
 }
 
 
@@ -575,6 +581,8 @@ def launch_config(kind: str, window: int, qk_dim: int, v_dim: int, dtype: torch.
     fit = max(16, triton.next_power_of_2(window))
     bs = min(bs, max(16, triton.next_power_of_2(qk_dim)))
     be = min(be, max(16, triton.next_power_of_2(v_dim)))
+    if fit <= 16:  # 16 x 16 score tiles do not need 8 warps (float32 dk spilled there on sm_90 with dropout)
+        warps = min(warps, 4)
     return dict(BM=min(bm, fit), BN=min(bn, fit), BS=bs, S_BLOCKS=triton.cdiv(qk_dim, bs), BE=be, num_warps=warps,
                 num_stages=2)  # fmt: skip
 
@@ -657,7 +665,7 @@ def quad_attn_fwd(
         HAS_GATE=gate is not None,
         HAS_MASK=key_mask is not None, HAS_T5=t5_weight is not None, HAS_BIAS=bias is not None,
         DROPOUT=dropout_p > 0, STORE_PRE=store_pre,
-        DOT_PREC=dot_precision(q.dtype), **cfg,
+        DOT_PREC=dot_precision(q.dtype), enable_fp_fusion=FP_FUSION, **cfg,
     )  # fmt: skip
     return out, o_pre
 
@@ -726,7 +734,7 @@ def quad_attn_bwd(
     _quad_attn_bwd_dv_kernel[(g * triton.cdiv(w, cfg["BN"]), triton.cdiv(e, cfg["BE"]), b)](
         q, k, dy, dv, *tables, n, w, g, s, e,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), dy.stride(0), dy.stride(1), dv.stride(0), dv.stride(1),
-        *tail, **common, **cfg,
+        *tail, enable_fp_fusion=FP_FUSION, **common, **cfg,
     )  # fmt: skip
     for key, tiles, dx in ((True, key_tiles, dk), (False, query_tiles, dq)):
         cfg = cfgs["dk" if key else "dq"]
@@ -735,7 +743,8 @@ def quad_attn_bwd(
             *tables, n, w, g, s, e,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), dy.stride(0), dy.stride(1),
             dx.stride(0), dx.stride(1), *tail,
-            KEY_TILES=key, DT5=need_dt5 and key, DBIAS=need_dbias and not key, NB=nb, **common, **cfg,
+            KEY_TILES=key, DT5=need_dt5 and key, DBIAS=need_dbias and not key, NB=nb, enable_fp_fusion=FP_FUSION,
+            **common, **cfg,
         )  # fmt: skip
     dt5 = dt5_part.sum(0)[: t5_weight.numel()] if dt5_part is not None else None
     return dq, dk, dv, dt5, dbias
@@ -748,5 +757,5 @@ def dropout_keep_mask(seed: Tensor, batch: int, n: int, window: int, dropout_p: 
     out = new_output(seed, (batch, g, w, w), torch.uint8)
     blk = min(64, max(16, triton.next_power_of_2(w)))
     grid = (triton.cdiv(w, blk), triton.cdiv(w, blk), batch * g)
-    _dropout_keep_kernel[grid](seed, out, w, g, dropout_p, BM=blk, BN=blk)
+    _dropout_keep_kernel[grid](seed, out, w, g, dropout_p, BM=blk, BN=blk, enable_fp_fusion=FP_FUSION)
     return out.bool()
