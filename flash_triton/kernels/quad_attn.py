@@ -581,8 +581,14 @@ def launch_config(kind: str, window: int, qk_dim: int, v_dim: int, dtype: torch.
     fit = max(16, triton.next_power_of_2(window))
     bs = min(bs, max(16, triton.next_power_of_2(qk_dim)))
     be = min(be, max(16, triton.next_power_of_2(v_dim)))
-    if fit <= 16:  # 16 x 16 score tiles do not need 8 warps (float32 dk spilled there on sm_90 with dropout)
+    # 16 x 16 score tiles (windows of <= 16 tokens): 4 warps where 8 spilled inside the loop (float32 dk on sm_90,
+    # half-precision dk with dropout on sm_80; a half dk without dropout spills at 4 instead)
+    if fit <= 16 and (precision == "fp32" or (kind == "dk" and dropout)):
         warps = min(warps, 4)
+    if kind == "dq" and precision == "half" and qk_dim <= 64:  # 8 warps spilled in the key loop on sm_80 (triton
+        warps = 4  # 3.6) at query/key width 64; 4 spill nowhere there, but do at width 128 on sm_90
+    if kind == "dq" and precision == "half" and dropout and qk_dim > bs:  # two 128-wide blocks with dropout spilled
+        bs = 64  # inside the loop on sm_90 (triton 3.6); 64-wide blocks spill nowhere
     return dict(BM=min(bm, fit), BN=min(bn, fit), BS=bs, S_BLOCKS=triton.cdiv(qk_dim, bs), BE=be, num_warps=warps,
                 num_stages=2)  # fmt: skip
 
