@@ -35,11 +35,10 @@ from triton.compiler import ASTSource
 
 from . import chunk_state as cs
 from . import quad_attn as qa
-from ._utils import FP_FUSION
+from ._utils import FP_FUSION, dot_precision
 
 # largest dynamic shared memory one block may use, bytes
 SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
-DOT_PRECISION = {"fp32": "ieee", "fp16": "tf32", "bf16": "tf32"}  # the DOT_PREC the launchers pass
 # pointer arguments whose element type does not follow the data dtype
 POINTER_TYPES = {
     "mask_ptr": "*u8",
@@ -182,7 +181,7 @@ def variants(shapes: list, dtypes: list[str], launches: list[Launch]) -> list[tu
                 cfg = dict(cfg)
                 options = {k: cfg.pop(k) for k in ("num_warps", "num_stages")}
                 options["enable_fp_fusion"] = FP_FUSION
-                constexprs = dict(flags, DOT_PREC=DOT_PRECISION[dtype], **cfg)
+                constexprs = dict(flags, DOT_PREC=dot_precision(TORCH_DTYPES[dtype]), **cfg)
                 key = (name, dtype, tuple(sorted(constexprs.items())), tuple(sorted(options.items())))
                 if key not in seen:
                     seen.add(key)
@@ -354,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         "--dtype",
         nargs="+",
         default=None,
-        choices=list(DOT_PRECISION),
+        choices=list(TORCH_DTYPES),
         help="default: all three (fp32 and bf16 with --quick)",
     )
     parser.add_argument(
@@ -365,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("unset TRITON_INTERPRET: the interpreter's functions cannot be compiled for a GPU", file=sys.stderr)
         return 2
-    dtypes = args.dtype or (DTYPES_QUICK if args.quick else list(DOT_PRECISION))
+    dtypes = args.dtype or (DTYPES_QUICK if args.quick else list(TORCH_DTYPES))
     configs = variants([SHAPE_PRODUCTION], dtypes, layer_launches(args.quick))
     if not args.quick:
         configs += [c for c in variants(SHAPES_OTHER, dtypes, layer_launches(True)) if c not in configs]
