@@ -3,6 +3,7 @@
 #
 #   ./run.sh train [flags]      train the default tiny FLASH language model (python -m flash_triton.train)
 #   ./run.sh test  [pytest args] run the test suite
+#   ./run.sh lint                ruff check + ruff format --check on the whole tree (what CI enforces)
 #   ./run.sh setup               only set up the environment
 #
 # Set-up (once; repeated only when pyproject.toml or run.sh changes): a virtual environment in .venv that also sees
@@ -11,7 +12,7 @@
 #     unpinned torch pulls a multi-GB CUDA build), the default build where one is;
 #   - triton on Linux x86_64 when none is importable: 3.6.0, the version the GPU machines run (the default stack);
 #   - numpy < 2.4 beside a triton older than 3.7, whose CPU interpreter fails on numpy 2.4 (triton-lang/triton#9171);
-#   - this package in editable mode with its test extra (pytest, FLASH-pytorch 0.1.9 as the oracle).
+#   - this package in editable mode with its test extra (pytest, ruff, FLASH-pytorch 0.1.9 as the oracle).
 # FLASH_TRITON_STACK=newest builds the newest supported stack instead (CI's second environment): triton 3.9.0 and
 # the newest numpy beside the same torch, in $FLASH_TRITON_VENV (e.g. .venv-newest).
 # Without network (a GPU machine with everything preinstalled) the editable install may fail; the package then
@@ -86,8 +87,16 @@ case "$cmd" in
     setup) setup ;;
     train) setup; exec "$py" -m flash_triton.train "$@" ;;
     test) setup; exec "$py" -m pytest "$@" ;;
+    lint)
+        setup
+        if ! "$py" -m ruff --version >/dev/null 2>&1; then
+            say "ruff is not installed in $venv (the test extra brings it): pip install -e '.[test]'"
+            exit 2
+        fi
+        "$py" -m ruff check . && "$py" -m ruff format --check .
+        ;;
     *)
-        echo "usage: ./run.sh {train|test|setup} [args...]" >&2
+        echo "usage: ./run.sh {train|test|lint|setup} [args...]" >&2
         exit 2
         ;;
 esac

@@ -349,8 +349,13 @@ class Context:
         """Time ``fn``; ``estimate_s``: the wall time of a call just made (``fn`` is warm: no warm-up on CPU)."""
         if self.device == "cuda":
             return cuda_bench(fn, warmup_ms=25 if self.quick else 50, rep_ms=60 if self.quick else 200)
-        return cpu_bench(fn, target_s=0.05 if self.quick else 0.5, min_reps=3 if self.quick else 5, warmup_s=0.0,
-                         estimate_s=estimate_s)  # fmt: skip
+        return cpu_bench(
+            fn,
+            target_s=0.05 if self.quick else 0.5,
+            min_reps=3 if self.quick else 5,
+            warmup_s=0.0,
+            estimate_s=estimate_s,
+        )
 
     def sync(self) -> None:
         if self.device == "cuda":
@@ -405,8 +410,18 @@ class Context:
         Any exception becomes the row's ``error``; the sweep goes on."""
         row = dict(self.meta)
         row.update(self.ceilings)
-        row.update(subject=subject, provider=provider, mode=mode, dtype=self.dtype_name, n=n, batch=batch,
-                   tokens=n * batch, shape=dict(shape), flops=flops, bytes=bytes_moved)  # fmt: skip
+        row.update(
+            subject=subject,
+            provider=provider,
+            mode=mode,
+            dtype=self.dtype_name,
+            n=n,
+            batch=batch,
+            tokens=n * batch,
+            shape=dict(shape),
+            flops=flops,
+            bytes=bytes_moved,
+        )
         if note:
             row["note"] = note
         key = (subject, provider, mode)

@@ -41,12 +41,12 @@ def linear_flops(n: int, s: int, e: int) -> float:
     return 4.0 * n * s * e
 
 
-def core_flops(n: int, s: int, e: int, causal: bool, backward: bool) -> float:
+def quad_attn_flops(n: int, s: int, e: int, causal: bool, backward: bool) -> float:
     """GAU attention core (window = the whole sequence): 2 n² (s + e), halved when causal; x3 for fwd+bwd."""
     return _train(quad_flops(n, n, s, e, causal), backward)
 
 
-def flash_core_flops(n: int, s: int, e: int, g: int, causal: bool, backward: bool) -> float:
+def mixed_chunk_attn_flops(n: int, s: int, e: int, g: int, causal: bool, backward: bool) -> float:
     """FLASH attention core: quadratic within groups of g, 2 n g (s + e) (halved when causal), plus linear
     attention 4 n s e; x3 for fwd+bwd."""
     return _train(quad_flops(n, g, s, e, causal) + linear_flops(n, s, e), backward)
@@ -99,7 +99,7 @@ def decode_flops(dim: int, s: int, e: int, g: int, vocab: int, depth: int) -> fl
 # bytes
 
 
-def core_bytes(n: int, s: int, e: int, p: int, backward: bool) -> float:
+def quad_attn_bytes(n: int, s: int, e: int, p: int, backward: bool) -> float:
     """GAU core: forward reads q, k (s each), v, gate (e each) and writes out (e); backward reads the four inputs
     and dY, writes dq, dk, dv, dgate. Nothing n x n."""
     fwd = n * p * (2 * s + 3 * e)
@@ -107,7 +107,7 @@ def core_bytes(n: int, s: int, e: int, p: int, backward: bool) -> float:
     return fwd + (bwd if backward else 0.0)
 
 
-def flash_core_bytes(n: int, s: int, e: int, g: int, p: int, backward: bool) -> float:
+def mixed_chunk_attn_bytes(n: int, s: int, e: int, g: int, p: int, backward: bool) -> float:
     """FLASH core: forward reads quad_q, quad_k, lin_q, lin_k (s each), v, gate (e each), writes out (e), and
     writes then reads one fp32 s x e state per group; backward reads the six inputs and dY, writes their six
     gradients, recomputes the states (written and read) and writes then reads their gradients."""

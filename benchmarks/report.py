@@ -9,8 +9,13 @@ from pathlib import Path
 from .common import PROVIDER_INFO, PROVIDERS
 
 GROUP_KEY = ("subject", "dtype", "mode", "n", "batch")
-COLORS = {"triton": "tab:red", "reference": "tab:blue", "compile": "tab:orange", "upstream": "tab:green",
-          "transformer++": "tab:gray"}  # fmt: skip
+COLORS = {
+    "triton": "tab:red",
+    "reference": "tab:blue",
+    "compile": "tab:orange",
+    "upstream": "tab:green",
+    "transformer++": "tab:gray",
+}
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -125,15 +130,24 @@ def markdown(rows: list[dict], run: dict, subjects: dict) -> str:
         if na:
             out.append("Not in this table: " + "; ".join(f"{p} ({why})" for p, why in na.items()) + ".")
             out.append("")
-        out.append(f"| n | batch | sweep | provider | ms [p20, p80] | TFLOP/s | GB/s | roofline | {mem_col} | "
-                   "speed-up over the others | note |")  # fmt: skip
+        out.append(
+            f"| n | batch | sweep | provider | ms [p20, p80] | TFLOP/s | GB/s | roofline | {mem_col} | "
+            "speed-up over the others | note |"
+        )
         out.append("| " + " | ".join(["---"] * 11) + " |")
         for r in _order(group):
             if r.get("ms"):
                 t = f"{_fmt(r['ms'])} [{_fmt(r['ms_p20'])}, {_fmt(r['ms_p80'])}]"
                 ratios = ", ".join(f"{p} {v:.2f}x" for p, v in sorted(r["speedup_over"].items()))
-                cells = [t, _fmt(r["tflops"], 2), _fmt(r["gbps"], 1), f"{100 * r['roofline_fraction']:.0f}%",
-                         _fmt(r.get("peak_mib"), 1), ratios or "—", r.get("note", "")]  # fmt: skip
+                cells = [
+                    t,
+                    _fmt(r["tflops"], 2),
+                    _fmt(r["gbps"], 1),
+                    f"{100 * r['roofline_fraction']:.0f}%",
+                    _fmt(r.get("peak_mib"), 1),
+                    ratios or "—",
+                    r.get("note", ""),
+                ]
             else:
                 cells = ["—", "—", "—", "—", "—", "—", r.get("error", "")]
             out.append(f"| {r['n']} | {r['batch']} | {_sweep_label(r)} | {r['provider']} | " + " | ".join(cells) + " |")
@@ -250,8 +264,9 @@ def plots(rows: list[dict], out_dir: Path) -> list[Path] | str:
                 _log_axes(ax, sorted({r["n"] for r in group}), ticker)
                 if ax.get_legend_handles_labels()[0]:
                     ax.legend(fontsize=8)
-        fig.subplots_adjust(left=0.06, right=0.99, bottom=0.13 / len(modes), top=1 - 0.08 / len(modes),
-                            wspace=0.25, hspace=0.35)  # fmt: skip
+        fig.subplots_adjust(
+            left=0.06, right=0.99, bottom=0.13 / len(modes), top=1 - 0.08 / len(modes), wspace=0.25, hspace=0.35
+        )
         path = out_dir / f"{subject}-{dtype}-{sweep}.png"
         fig.savefig(path, dpi=80)
         plt.close(fig)

@@ -74,14 +74,17 @@ from .subjects import SUBJECTS, load
 POW2 = [2**k for k in range(10, 18)]  # 1k .. 128k
 DEFAULTS = {
     # device, quick -> sizes and limits
-    ("cuda", False): dict(n=POW2, tokens=131072, batch1_n=POW2, long_n=[2**18, 2**19, 2**20], row_limit_s=20.0,
-                          budget_s=None),
-    ("cuda", True): dict(n=[2048, 8192, 16384], tokens=32768, batch1_n=[8192, 131072], long_n=[], row_limit_s=10.0,
-                         budget_s=200.0),
-    ("cpu", False): dict(n=[1024, 2048, 4096], tokens=4096, batch1_n=[1024, 4096], long_n=[16384], row_limit_s=60.0,
-                         budget_s=None),
+    ("cuda", False): dict(
+        n=POW2, tokens=131072, batch1_n=POW2, long_n=[2**18, 2**19, 2**20], row_limit_s=20.0, budget_s=None
+    ),
+    ("cuda", True): dict(
+        n=[2048, 8192, 16384], tokens=32768, batch1_n=[8192, 131072], long_n=[], row_limit_s=10.0, budget_s=200.0
+    ),
+    ("cpu", False): dict(
+        n=[1024, 2048, 4096], tokens=4096, batch1_n=[1024, 4096], long_n=[16384], row_limit_s=60.0, budget_s=None
+    ),
     ("cpu", True): dict(n=[256, 1024], tokens=1024, batch1_n=[2048], long_n=[], row_limit_s=20.0, budget_s=None),
-}  # fmt: skip
+}
 QUICK_COMPILE_SUBJECTS = ("flash-layer",)  # --quick: torch.compile (minutes of compiling) only where a target needs it
 
 
@@ -113,13 +116,29 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="default: cuda when available")
     p.add_argument("--quick", action="store_true", help="the core table only: fewer sizes, a time budget")
-    p.add_argument("--subjects", nargs="+", choices=[*SUBJECTS, "all"], default=["all"], metavar="SUBJECT",
-                   help=f"of {', '.join(SUBJECTS)} (default: all)")  # fmt: skip
-    p.add_argument("--providers", nargs="+", choices=PROVIDERS, metavar="PROVIDER",
-                   help=f"of {', '.join(PROVIDERS)} (default: all that run on the device)")  # fmt: skip
+    p.add_argument(
+        "--subjects",
+        nargs="+",
+        choices=[*SUBJECTS, "all"],
+        default=["all"],
+        metavar="SUBJECT",
+        help=f"of {', '.join(SUBJECTS)} (default: all)",
+    )
+    p.add_argument(
+        "--providers",
+        nargs="+",
+        choices=PROVIDERS,
+        metavar="PROVIDER",
+        help=f"of {', '.join(PROVIDERS)} (default: all that run on the device)",
+    )
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="default: both")
-    p.add_argument("--dtypes", nargs="+", choices=DTYPES, metavar="DTYPE",
-                   help="of bf16, fp16, fp32 (default: bf16 on CUDA, fp32 on CPU)")  # fmt: skip
+    p.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=DTYPES,
+        metavar="DTYPE",
+        help="of bf16, fp16, fp32 (default: bf16 on CUDA, fp32 on CPU)",
+    )
     p.add_argument("--n", nargs="+", type=positive_int, help="lengths of the constant-tokens sweep")
     p.add_argument("--tokens", type=positive_int, help="tokens per batch of that sweep (batch = tokens // n)")
     p.add_argument("--batch1-n", nargs="*", type=positive_int, help="lengths of the batch-1 sweep")
@@ -131,9 +150,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output directory (default: runs/bench-<device>)")
     p.add_argument("--no-plots", action="store_true", help="write no PNG")
     p.add_argument("--list", action="store_true", help="list subjects and providers and exit")
-    p.add_argument("--render", type=Path, metavar="RESULTS_JSON",
-                   help="measure nothing: write the tables and plots of an earlier run's results.json (into --out, "
-                        "default: its folder), e.g. where the GPU machine had no matplotlib")  # fmt: skip
+    p.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="measure nothing: write the tables and plots of an earlier run's results.json (into --out, "
+        "default: its folder), e.g. where the GPU machine had no matplotlib",
+    )
     return p
 
 
@@ -207,21 +230,41 @@ def main(argv: list[str] | None = None) -> int:
         kernels = "triton: the CPU interpreter, not a speed" if "triton" in providers else "no kernels"
         print(f"[bench] CPU figures: the reference path, FLASH-pytorch, torch.compile, Transformer++ ({kernels})")
     print(f"[bench] shapes (n, batch): {shapes}" + (f"; long subjects also {long_shapes}" if long_shapes else ""))
-    run_meta = dict(meta, command=command, config=cfg, subjects=subjects, providers=list(providers),
-                    providers_skipped=skipped_providers, ceilings={})  # fmt: skip
+    run_meta = dict(
+        meta,
+        command=command,
+        config=cfg,
+        subjects=subjects,
+        providers=list(providers),
+        providers_skipped=skipped_providers,
+        ceilings={},
+    )
     rows: list[dict] = []
     gc.freeze()  # what exists now lives to the end: keep it out of the per-row collections (each ~0.1 s otherwise)
     depth = args.model_depth or (8 if device == "cuda" else 2)
     for dtype_name in dtypes:
-        ctx = Context(device=device, dtype_name=dtype_name, modes=tuple(args.modes), providers=providers,
-                      shapes=shapes, long_shapes=long_shapes, meta=meta, ceilings={}, quick=args.quick,
-                      model_depth=depth, row_limit_s=cfg["row_limit_s"], budget_s=cfg["budget_s"],
-                      deadline=start + cfg["budget_s"] if cfg["budget_s"] else math.inf)  # fmt: skip
+        ctx = Context(
+            device=device,
+            dtype_name=dtype_name,
+            modes=tuple(args.modes),
+            providers=providers,
+            shapes=shapes,
+            long_shapes=long_shapes,
+            meta=meta,
+            ceilings={},
+            quick=args.quick,
+            model_depth=depth,
+            row_limit_s=cfg["row_limit_s"],
+            budget_s=cfg["budget_s"],
+            deadline=start + cfg["budget_s"] if cfg["budget_s"] else math.inf,
+        )
         ceilings = measure_ceilings(device, ctx.dtype, ctx.bench, args.quick)
         run_meta["ceilings"][dtype_name] = ceilings
         ctx.ceilings = ceilings
-        print(f"[bench] {dtype_name} ceilings: matmul {ceilings['matmul_tflops']:.2f} TFLOP/s, "
-              f"copy {ceilings['copy_gbps']:.1f} GB/s")  # fmt: skip
+        print(
+            f"[bench] {dtype_name} ceilings: matmul {ceilings['matmul_tflops']:.2f} TFLOP/s, "
+            f"copy {ceilings['copy_gbps']:.1f} GB/s"
+        )
         for name in subjects:
             module = load(name)
             ctx.providers = providers

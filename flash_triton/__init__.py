@@ -3,6 +3,7 @@
 >>> from flash_triton import FLASHTransformer
 """
 
+from . import ops, reference
 from ._checks import MAX_SEQ_LEN
 from .autoregressive_wrapper import AutoregressiveWrapper
 from .backend import BACKENDS, BackendUnavailableError
@@ -30,4 +31,6 @@ __all__ = [
     "ScaleNorm",
     "ScaledSinuEmbedding",
     "T5RelativePositionBias",
+    "ops",
+    "reference",
 ]

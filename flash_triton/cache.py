@@ -119,8 +119,9 @@ def check_cache(name: str, cache: object, kind: type, owner: int, batch: int, dt
     from ._checks import MAX_SEQ_LEN
 
     if not isinstance(cache, kind):
-        raise TypeError(f"{name} must be a {kind.__name__} (from this module's return_cache=True), got "
-                        f"{type(cache).__name__}")  # fmt: skip
+        raise TypeError(
+            f"{name} must be a {kind.__name__} (from this module's return_cache=True), got {type(cache).__name__}"
+        )
     if cache.owner != owner:
         raise ValueError(f"{name} was made by another module; a cache is only valid for the module that returned it")
     if cache.batch_size != batch:

@@ -100,8 +100,10 @@ def step_checkpoints(out: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def _one_line(err: BaseException, limit: int = 200) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """The error's message on one line (whitespace collapsed; its type's name when empty), cut at ``limit``
+    characters: for one-line error reports."""
+    text = " ".join(str(err).split()) or type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -119,7 +121,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, pickle that needs code (refused by weights_only), I/O error, ...
-        raise CheckpointError(f"cannot load checkpoint {str(path)!r}: {type(err).__name__}: {_one_line(err)}") from err
+        raise CheckpointError(
+            f"cannot load checkpoint {str(path)!r}: {type(err).__name__}: {one_line(err, 200)}"
+        ) from err
     if not isinstance(obj, dict) or any(k not in obj for k in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if not isinstance(obj, dict) or k not in obj]
         raise CheckpointError(

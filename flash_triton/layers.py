@@ -1,14 +1,17 @@
 """GAU and FLASH layers with FLASH-pytorch 0.1.9's constructor arguments, forward signatures, attribute and
-state_dict names. The attention cores run through :mod:`flash_triton.ops` (Triton kernels or the reference)."""
+state_dict names. The attention cores are the ops :func:`flash_triton.quad_attn.quad_attn` (GAU) and
+:func:`flash_triton.mixed_chunk_attn.mixed_chunk_attn` (FLASH): Triton kernels or the reference."""
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import _checks, ops
+from . import _checks
 from .backend import check_backend
 from .cache import FLASHLayerCache, check_cache, new_owner_id
 from .embeddings import RotaryEmbedding, T5RelativePositionBias
+from .mixed_chunk_attn import mixed_chunk_attn, mixed_chunk_attn_step
+from .quad_attn import quad_attn
 from .reference.activations import laplace_attn_fn, relu_squared
 from .reference.rope import apply_rotary
 
@@ -122,7 +125,7 @@ class GAU(nn.Module):
         v, gate = self.to_hidden(normed_x).chunk(2, dim=-1)
         q, k = self.offsetscale(self.to_qk(normed_x))
         t5 = self.rel_pos_bias
-        out = ops.quad_attn(
+        out = quad_attn(
             q,
             k,
             v,
@@ -259,14 +262,18 @@ class FLASH(nn.Module):
                 quad_q, lin_q, quad_k, lin_k = map(rotate, (quad_q, lin_q, quad_k, lin_k))
 
         t5 = self.rel_pos_bias
-        t5_kw = dict(t5_weight=t5.relative_attention_bias.weight.reshape(-1), t5_scale=t5.scale,
-                     t5_max_distance=t5.max_distance, laplace=self.laplace_attn_fn)  # fmt: skip
+        t5_kw = dict(
+            t5_weight=t5.relative_attention_bias.weight.reshape(-1),
+            t5_scale=t5.scale,
+            t5_max_distance=t5.max_distance,
+            laplace=self.laplace_attn_fn,
+        )
         if decoding:
             out, new_cache = self._decode(quad_q, lin_q, gate, quad_k, lin_k, v, cache, last_shift, x.dtype, t5_kw)
             out = self.to_out(out) + x
             return (out, new_cache) if return_cache else out
 
-        out = ops.mixed_chunk_attn(
+        out = mixed_chunk_attn(
             quad_q,
             quad_k,
             lin_q,
@@ -308,9 +315,11 @@ class FLASH(nn.Module):
         state = None
         if cache is not None:
             state = cache.state
-            quad_k, lin_k, v = (torch.cat((c.to(t.dtype), t), dim=1)
-                                for c, t in ((cache.quad_k, quad_k), (cache.lin_k, lin_k), (cache.v, v)))  # fmt: skip
-        out = ops.mixed_chunk_attn_step(
+            quad_k, lin_k, v = (
+                torch.cat((c.to(t.dtype), t), dim=1)
+                for c, t in ((cache.quad_k, quad_k), (cache.lin_k, lin_k), (cache.v, v))
+            )
+        out = mixed_chunk_attn_step(
             quad_q, lin_q, gate, quad_k, lin_k, v, state, group_size=g, backend=self.backend, **t5_kw
         )
         # fold the groups completed in this window into the running state (Σ over groups of lin_kᵀ v / g)

@@ -137,6 +137,7 @@ class FLASHTransformer(nn.Module):
         for i, flash in enumerate(self.layers):
             x, layer_cache = flash(x, cache=None if cache is None else cache.layers[i], return_cache=True)
             layer_caches.append(layer_cache)
-        new_cache = FLASHCache(layers=tuple(layer_caches), position=position + n, dtype=layer_caches[0].dtype,
-                               owner=self._cache_owner)  # fmt: skip
+        new_cache = FLASHCache(
+            layers=tuple(layer_caches), position=position + n, dtype=layer_caches[0].dtype, owner=self._cache_owner
+        )
         return self.to_logits(x), new_cache

@@ -1,6 +1,6 @@
 """Every kernel, with the flag combinations the layers launch and in the launch configurations the launchers choose,
 compiles for sm_80 and sm_90 without spills, within shared memory and on the right tensor-core instructions, on this
-GPU-less machine (python -m flash_triton.kernels.aot), with the ptxas triton itself uses, leaving no file behind."""
+GPU-less machine (python -m flash_triton.aot), with the ptxas triton itself uses, leaving no file behind."""
 
 import os
 import subprocess
@@ -21,7 +21,7 @@ def _env(tmp_path) -> dict:
 @pytest.mark.slow
 def test_kernels_compile_for_sm80_and_sm90_without_spills(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "flash_triton.kernels.aot", "--quick"],
+        [sys.executable, "-m", "flash_triton.aot", "--quick"],
         capture_output=True,
         text=True,
         env=_env(tmp_path),
@@ -44,7 +44,7 @@ def test_kernels_compile_for_sm80_and_sm90_without_spills(tmp_path):
 def test_a_failing_ptxas_is_reported_and_leaves_no_file(tmp_path):
     script = textwrap.dedent(
         """
-        from flash_triton.kernels import aot
+        from flash_triton import aot
         aot.ptxas_path = lambda arch: "false"  # a ptxas that fails
         name, fn, dtype, constexprs, options = next(
             v for v in aot.variants([(16, 16, 16)], ["fp32"], aot.layer_launches(True)) if v[0] == "group_apply"
@@ -62,14 +62,14 @@ def test_a_failing_ptxas_is_reported_and_leaves_no_file(tmp_path):
 def test_the_ptxas_is_the_one_triton_uses():
     from triton.backends.nvidia.compiler import get_ptxas
 
-    from flash_triton.kernels import aot
+    from flash_triton import aot
 
     for arch in (80, 90):
         assert aot.ptxas_path(arch) == get_ptxas(arch).path
 
 
 def test_tensor_core_instructions_are_read_from_the_ptx():
-    from flash_triton.kernels.aot import Result, tensor_core_ops
+    from flash_triton.aot import Result, tensor_core_ops
 
     ptx = """
         mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%f1, %f2}, {%r1}, {%r2}, {%f3};
@@ -88,7 +88,7 @@ def test_tensor_core_instructions_are_read_from_the_ptx():
 
 
 def test_the_checked_launches_are_those_the_layers_make():
-    from flash_triton.kernels.aot import kernel_launches, layer_launches
+    from flash_triton.aot import kernel_launches, layer_launches
 
     full, quick = layer_launches(False), layer_launches(True)
     assert set(quick) <= set(full)

@@ -5,7 +5,6 @@ import torch
 
 import flash_triton as ft
 from flash_triton import backend as bk
-from flash_triton.kernels import AVAILABLE_OPS
 
 
 def small_gau(**kw):
@@ -23,10 +22,8 @@ def test_unknown_backend_is_a_value_error(make):
 
 
 def test_triton_without_a_kernel_raises_instead_of_falling_back(monkeypatch):
-    import flash_triton.kernels as kernels
-
-    assert {"quad_attn", "mixed_chunk_attn"} <= AVAILABLE_OPS
-    monkeypatch.setattr(kernels, "AVAILABLE_OPS", frozenset({"quad_attn"}))
+    assert {"quad_attn", "mixed_chunk_attn"} <= bk.KERNEL_OPS
+    monkeypatch.setattr(bk, "KERNEL_OPS", frozenset({"quad_attn"}))
     with pytest.raises(ft.BackendUnavailableError, match="no Triton kernel for 'mixed_chunk_attn'"):
         small_flash(backend="triton")(torch.randn(1, 5, 8))
     assert small_flash(backend="auto")(torch.randn(1, 5, 8)).shape == (1, 5, 8)  # auto may use the reference
@@ -63,9 +60,7 @@ def test_auto_uses_the_reference_on_cpu_tensors(monkeypatch):
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.setattr(bk, "triton_import_error", lambda: None)
     monkeypatch.setitem(bk.__dict__, "interpreter_enabled", lambda: False)
-    import flash_triton.kernels as kernels
-
-    monkeypatch.setattr(kernels, "AVAILABLE_OPS", frozenset({"quad_attn"}))
+    monkeypatch.setattr(bk, "KERNEL_OPS", frozenset({"quad_attn"}))
     with pytest.raises(ft.BackendUnavailableError, match="TRITON_INTERPRET=1"):
         bk.resolve_backend("triton", "quad_attn", torch.randn(2))
     monkeypatch.setitem(bk.__dict__, "interpreter_enabled", lambda: True)
@@ -74,9 +69,7 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
 
 
 def test_triton_that_cannot_import_is_reported(monkeypatch):
-    import flash_triton.kernels as kernels
-
-    monkeypatch.setattr(kernels, "AVAILABLE_OPS", frozenset({"quad_attn"}))
+    monkeypatch.setattr(bk, "KERNEL_OPS", frozenset({"quad_attn"}))
     monkeypatch.setattr(bk, "triton_import_error", lambda: "ImportError: no module named triton")
     with pytest.raises(ft.BackendUnavailableError, match="cannot be imported"):
         bk.resolve_backend("triton", "quad_attn", torch.randn(2))
@@ -120,9 +113,7 @@ def test_triton_stack_check_names_the_versions_and_the_fix(triton_version, numpy
 
 
 def test_an_unsupported_triton_is_refused_before_any_kernel_runs(monkeypatch):
-    import flash_triton.kernels as kernels
-
-    monkeypatch.setattr(kernels, "AVAILABLE_OPS", frozenset({"quad_attn"}))
+    monkeypatch.setattr(bk, "KERNEL_OPS", frozenset({"quad_attn"}))
     reason = bk.triton_stack_error("3.6.0", "2.4.6", True)
     monkeypatch.setattr(bk, "_TRITON_STATUS", [None, reason])
     with pytest.raises(ft.BackendUnavailableError, match=r"triton 3\.6\.0 and numpy 2\.4\.6.*pip install 'numpy<2\.4'"):

@@ -75,7 +75,7 @@ def test_cpu_run_writes_rows_with_provenance(cpu_suite):
         for mode in ("fwd", "fwd+bwd"):
             got = {r["provider"] for r in rows if r["subject"] == subject and r["mode"] == mode and r.get("ms")}
             assert {"reference", "transformer++"} <= got, (subject, mode, got)
-    assert not any(r["provider"] == "upstream" for r in rows if r["subject"] in ("gau-core", "flash-core"))
+    assert not any(r["provider"] == "upstream" for r in rows if r["subject"] in ("quad-attn", "mixed-chunk-attn"))
     # the sweeps: constant tokens (128 x 2, 256 x 1) and batch 1 (256), the shared shape measured once
     shapes = {(r["n"], r["batch"]): r["sweeps"] for r in rows if r["subject"] != "decode"}
     assert shapes == {(128, 2): ["tokens"], (256, 1): ["tokens", "batch1"]}
@@ -154,7 +154,7 @@ def test_render_rewrites_the_tables_from_the_json(cpu_suite, tmp_path, capsys):
 @pytest.mark.slow
 def test_render_labels_a_partial_run(cpu_suite, tmp_path, capsys):
     data = cpu_suite[2]
-    partial = {"run": dict(data["run"], partial=True), "rows": [r for r in data["rows"] if r["subject"] == "gau-core"]}
+    partial = {"run": dict(data["run"], partial=True), "rows": [r for r in data["rows"] if r["subject"] == "quad-attn"]}
     (tmp_path / "results.json").write_text(json.dumps(partial))
     assert main(["--render", str(tmp_path / "results.json"), "--no-plots"]) == 0
     assert "**Partial run**" in (tmp_path / "results.md").read_text()
@@ -171,7 +171,7 @@ def test_plots_without_matplotlib_say_so(monkeypatch, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_run_times_the_kernels(tmp_path):
     args = ["--device", "cuda", "--quick", "--n", "512", "1024", "--tokens", "1024", "--batch1-n", "--dtypes", "bf16"]
-    args += ["--subjects", "gau-core", "flash-core", "flash-layer", "--providers", "triton", "reference"]
+    args += ["--subjects", "quad-attn", "mixed-chunk-attn", "flash-layer", "--providers", "triton", "reference"]
     _run_suite(tmp_path, *args, "--no-plots")
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     for r in rows:
@@ -241,15 +241,34 @@ def test_subjects_follow_the_interface():
 
 
 def _ctx(**kw) -> Context:
-    base = dict(device="cpu", dtype_name="fp32", modes=("fwd",), providers=("reference",), shapes=[(8, 1)],
-                long_shapes=[], meta={"device": "test"}, ceilings={"matmul_tflops": 1.0, "copy_gbps": 10.0},
-                quick=True, log=lambda _: None)  # fmt: skip
+    base = dict(
+        device="cpu",
+        dtype_name="fp32",
+        modes=("fwd",),
+        providers=("reference",),
+        shapes=[(8, 1)],
+        long_shapes=[],
+        meta={"device": "test"},
+        ceilings={"matmul_tflops": 1.0, "copy_gbps": 10.0},
+        quick=True,
+        log=lambda _: None,
+    )
     return Context(**(base | kw))
 
 
 def _measure(ctx, build, n=8, flops=1e6, **kw):
-    return ctx.measure(subject="s", provider="reference", mode="fwd", n=n, batch=1, shape={}, flops=flops,
-                       bytes_moved=1e6, build=build, **kw)  # fmt: skip
+    return ctx.measure(
+        subject="s",
+        provider="reference",
+        mode="fwd",
+        n=n,
+        batch=1,
+        shape={},
+        flops=flops,
+        bytes_moved=1e6,
+        build=build,
+        **kw,
+    )
 
 
 def test_cpu_timer_reports_ordered_quantiles():
@@ -346,38 +365,37 @@ def _leaves(*shapes):
     return [torch.randn(*s, requires_grad=True) for s in shapes]
 
 
-def test_core_flops_match_a_brute_force_count():
+def test_quad_attn_flops_match_a_brute_force_count():
     n, s, e = 12, 3, 5
     q, k, v, gate = _leaves((1, n, s), (1, n, s), (1, n, e), (1, n, e))
     fwd, bwd = _count(lambda: ref.quad_attn(q, k, v, gate, scale=0.1, causal=True), q, k, v, gate)
     # the reference computes every pair and masks afterwards: the non-causal count
-    assert fwd == formulas.core_flops(n, s, e, causal=False, backward=False)
-    assert fwd + bwd == formulas.core_flops(n, s, e, causal=False, backward=True)
+    assert fwd == formulas.quad_attn_flops(n, s, e, causal=False, backward=False)
+    assert fwd + bwd == formulas.quad_attn_flops(n, s, e, causal=False, backward=True)
     pairs = sum(1 for i in range(n) for j in range(n) if j <= i)  # the pairs a causal query attends to
     exact = pairs * (2 * s + 2 * e)
-    assert abs(formulas.core_flops(n, s, e, causal=True, backward=False) - exact) <= n * (2 * s + 2 * e)
+    assert abs(formulas.quad_attn_flops(n, s, e, causal=True, backward=False) - exact) <= n * (2 * s + 2 * e)
 
 
-def test_flash_core_flops_match_a_brute_force_count():
+def test_mixed_chunk_attn_flops_match_a_brute_force_count():
     n, s, e, g = 16, 3, 5, 4
     heads = _leaves(*[(1, n, s)] * 4)
     v, gate = _leaves((1, n, e), (1, n, e))
     fwd, bwd = _count(lambda: ref.mixed_chunk_attn(*heads, v, gate, group_size=g, causal=True), *heads, v, gate)
     full_quad = formulas.quad_flops(n, g, s, e, causal=False)
     assert fwd == full_quad + formulas.linear_flops(n, s, e)
-    assert fwd == formulas.flash_core_flops(n, s, e, g, causal=False, backward=False)
-    assert fwd + bwd == formulas.flash_core_flops(n, s, e, g, causal=False, backward=True)
+    assert fwd == formulas.mixed_chunk_attn_flops(n, s, e, g, causal=False, backward=False)
+    assert fwd + bwd == formulas.mixed_chunk_attn_flops(n, s, e, g, causal=False, backward=True)
     pairs = sum(1 for i in range(n) for j in range(n) if i // g == j // g and j <= i)
     lin = sum(2 * s * e + 2 * s * e for _ in range(n))  # each token: lin_kᵀ v into a state, lin_q · state out
     exact = pairs * 2 * (s + e) + lin
-    approx = formulas.flash_core_flops(n, s, e, g, causal=True, backward=False)
+    approx = formulas.mixed_chunk_attn_flops(n, s, e, g, causal=True, backward=False)
     assert abs(approx - exact) <= n * 2 * (s + e)  # the formula halves g² where the count has g (g + 1) / 2
 
 
 def test_layer_flops_match_a_brute_force_count():
     n, dim, s, e, g = 16, 8, 4, 12, 4
-    flash = ft.FLASH(dim=dim, group_size=g, query_key_dim=s, expansion_factor=e / dim, causal=True,
-                     backend="reference")  # fmt: skip
+    flash = ft.FLASH(dim=dim, group_size=g, query_key_dim=s, expansion_factor=e / dim, causal=True, backend="reference")
     x = torch.randn(1, n, dim, requires_grad=True)
     params = list(flash.parameters())
     fwd, bwd = _count(lambda: flash(x), x, *params)
@@ -413,8 +431,16 @@ def test_model_flops_match_a_brute_force_count():
 
     n, dim, s, e, g, vocab, depth = 16, 8, 4, 16, 4, 11, 2
     tokens = torch.randint(0, vocab, (1, n))
-    model = ft.FLASHTransformer(num_tokens=vocab, dim=dim, depth=depth, group_size=g, query_key_dim=s,
-                                expansion_factor=e / dim, causal=True, backend="reference")  # fmt: skip
+    model = ft.FLASHTransformer(
+        num_tokens=vocab,
+        dim=dim,
+        depth=depth,
+        group_size=g,
+        query_key_dim=s,
+        expansion_factor=e / dim,
+        causal=True,
+        backend="reference",
+    )
     fwd, bwd = _count(lambda: model(tokens), *model.parameters())
     layer = formulas.flash_flops(n, dim, s, e, g, causal=False, backward=False)
     assert fwd == formulas.model_flops(layer, n, dim, vocab, depth, backward=False)
@@ -429,8 +455,16 @@ def test_model_flops_match_a_brute_force_count():
 def test_decode_flops_match_a_brute_force_count():
     """A whole group of cached steps (every in-group position once) executes exactly g x decode_flops."""
     dim, s, e, g, vocab, depth = 8, 4, 12, 4, 11, 2
-    model = ft.FLASHTransformer(num_tokens=vocab, dim=dim, depth=depth, group_size=g, query_key_dim=s,
-                                expansion_factor=e / dim, causal=True, backend="reference").eval()  # fmt: skip
+    model = ft.FLASHTransformer(
+        num_tokens=vocab,
+        dim=dim,
+        depth=depth,
+        group_size=g,
+        query_key_dim=s,
+        expansion_factor=e / dim,
+        causal=True,
+        backend="reference",
+    ).eval()
     tokens = torch.randint(0, vocab, (1, 3 * g))
     with torch.no_grad():
         _, cache = model(tokens[:, : g + 1], return_cache=True)  # mid-group: the cycle crosses a group boundary
@@ -442,16 +476,16 @@ def test_decode_flops_match_a_brute_force_count():
     assert g * formulas.decode_flops(dim, s, e, g, vocab, depth) - counter.get_total_flops() == depth * 2 * e
 
 
-def test_core_bytes_count_every_tensor_in_and_out():
+def test_quad_attn_bytes_count_every_tensor_in_and_out():
     n, s, e, g, p = 40, 3, 5, 8, 4
     q, k, v, gate = _leaves((1, n, s), (1, n, s), (1, n, e), (1, n, e))
     out = ref.quad_attn(q, k, v, gate, scale=0.1, causal=True)
     io = sum(t.nbytes for t in (q, k, v, gate, out))
-    assert formulas.core_bytes(n, s, e, p, backward=False) == io
+    assert formulas.quad_attn_bytes(n, s, e, p, backward=False) == io
     grads = sum(t.nbytes for t in (q, k, v, gate))
-    assert formulas.core_bytes(n, s, e, p, backward=True) == io + (io - out.nbytes) + out.nbytes + grads
+    assert formulas.quad_attn_bytes(n, s, e, p, backward=True) == io + (io - out.nbytes) + out.nbytes + grads
     heads = [torch.randn(1, n, s) for _ in range(4)]
     states = 2 * 4 * (n // g) * s * e  # one fp32 s x e state per group, written and read
     io = sum(t.nbytes for t in heads) + 3 * v.nbytes
-    assert formulas.flash_core_bytes(n, s, e, g, p, backward=False) == io + states
+    assert formulas.mixed_chunk_attn_bytes(n, s, e, g, p, backward=False) == io + states
     assert formulas.sdpa_bytes(n, 2 * s, p, backward=False) == 4 * n * 2 * s * p

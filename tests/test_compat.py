@@ -5,13 +5,11 @@ import pytest
 import torch
 
 import flash_triton as ft
-from tests.conftest import assert_close_scaled, scramble
+from tests._helpers import UPSTREAM_TOL, assert_close_scaled, scramble
 
 up = pytest.importorskip("flash_pytorch", reason="FLASH-pytorch 0.1.9 (the test extra) is not installed")
 up_wrapper = pytest.importorskip("flash_pytorch.autoregressive_wrapper")
 rotary_up = pytest.importorskip("rotary_embedding_torch")
-
-TOL = 2e-5  # float32, relative to the largest reference magnitude
 
 
 def twin(up_cls, our_cls, **kw):
@@ -27,13 +25,13 @@ def twin(up_cls, our_cls, **kw):
 def compare_forward_backward(theirs, ours, make_inputs, **fwd_kw):
     inputs_t, inputs_o = make_inputs(), make_inputs()
     out_t, out_o = theirs(*inputs_t, **fwd_kw), ours(*inputs_o, **fwd_kw)
-    assert_close_scaled(out_o, out_t, TOL, "output")
+    assert_close_scaled(out_o, out_t, UPSTREAM_TOL, "output")
     grad = torch.randn_like(out_t)
     (out_t * grad).sum().backward()
     (out_o * grad).sum().backward()
     for x_t, x_o in zip(inputs_t, inputs_o, strict=True):
         if x_t.requires_grad:
-            assert_close_scaled(x_o.grad, x_t.grad, TOL, "input grad")
+            assert_close_scaled(x_o.grad, x_t.grad, UPSTREAM_TOL, "input grad")
     params_o = dict(ours.named_parameters())
     checked = 0
     for name, p_t in theirs.named_parameters():
@@ -41,7 +39,7 @@ def compare_forward_backward(theirs, ours, make_inputs, **fwd_kw):
         if p_t.grad is None:
             assert p_o.grad is None, name
             continue
-        assert_close_scaled(p_o.grad, p_t.grad, TOL, f"grad of {name}")
+        assert_close_scaled(p_o.grad, p_t.grad, UPSTREAM_TOL, f"grad of {name}")
         checked += 1
     assert checked > 0
 
@@ -149,7 +147,7 @@ def test_upstream_checkpoint_round_trip(tmp_path):
     ours = ft.FLASHTransformer(**kw)
     ours.load_state_dict(torch.load(tmp_path / "upstream.pt", weights_only=True), strict=True)
     x = torch.randint(0, 256, (1, 70))
-    assert_close_scaled(ours(x), theirs(x), TOL, "logits")
+    assert_close_scaled(ours(x), theirs(x), UPSTREAM_TOL, "logits")
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -161,13 +159,13 @@ def test_dropout_masks_match_upstream_under_the_same_seed(causal):
     a = theirs(x)
     torch.manual_seed(7)
     b = ours(x)
-    assert_close_scaled(b, a, TOL, "GAU with dropout")
+    assert_close_scaled(b, a, UPSTREAM_TOL, "GAU with dropout")
     theirs, ours = twin(up.FLASH, ft.FLASH, dim=16, group_size=8, query_key_dim=8, causal=causal, dropout=0.3)
     torch.manual_seed(7)
     a = theirs(x)
     torch.manual_seed(7)
     b = ours(x)
-    assert_close_scaled(b, a, TOL, "FLASH with dropout")
+    assert_close_scaled(b, a, UPSTREAM_TOL, "FLASH with dropout")
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -184,7 +182,7 @@ def test_rotary_matches_rotary_embedding_torch(dim):
     theirs, ours = rotary_up.RotaryEmbedding(dim=dim), ft.RotaryEmbedding(dim=dim)
     ours.load_state_dict(theirs.state_dict(), strict=True)
     t = torch.randn(2, 300, 40)
-    assert_close_scaled(ours.rotate_queries_or_keys(t), theirs.rotate_queries_or_keys(t), TOL, "rotated")
+    assert_close_scaled(ours.rotate_queries_or_keys(t), theirs.rotate_queries_or_keys(t), UPSTREAM_TOL, "rotated")
 
 
 def test_autoregressive_wrapper_loss_matches_upstream():
@@ -193,7 +191,7 @@ def test_autoregressive_wrapper_loss_matches_upstream():
     x = torch.randint(0, 64, (3, 30))
     loss_t = up_wrapper.AutoregressiveWrapper(theirs)(x)
     loss_o = ft.AutoregressiveWrapper(ours)(x)
-    assert_close_scaled(loss_o, loss_t, TOL, "loss")
+    assert_close_scaled(loss_o, loss_t, UPSTREAM_TOL, "loss")
 
 
 def test_flash_accepts_rotary_embedding_torch_module():

@@ -90,8 +90,15 @@ def test_flash_layer_cache_with_rotary_embedding_torch():
     """The layer API on its own, with rotary-embedding-torch's module (positions continue through ``offset``)."""
     rotary_embedding_torch = pytest.importorskip("rotary_embedding_torch")
     torch.manual_seed(4)
-    layer = ft.FLASH(dim=24, group_size=G, query_key_dim=16, causal=True, shift_tokens=True, backend="reference",
-                     rotary_pos_emb=rotary_embedding_torch.RotaryEmbedding(dim=8)).eval()  # fmt: skip
+    layer = ft.FLASH(
+        dim=24,
+        group_size=G,
+        query_key_dim=16,
+        causal=True,
+        shift_tokens=True,
+        backend="reference",
+        rotary_pos_emb=rotary_embedding_torch.RotaryEmbedding(dim=8),
+    ).eval()
     x = torch.randn(2, 3 * G + 2, 24)
     with torch.no_grad():
         full = layer(x)

@@ -7,28 +7,32 @@ import torch
 
 import flash_triton as ft
 from flash_triton import reference as ref
-from tests.conftest import LaunchCounter, assert_close_scaled, close_to_reference, layer_in_dtypes, scramble
+from tests._helpers import (
+    DEVICE,
+    UPSTREAM_TOL,
+    LaunchCounter,
+    assert_close_scaled,
+    close_to_reference,
+    layer_in_dtypes,
+    output_and_grads,
+    scramble,
+)
 
 triton = pytest.importorskip("triton")
-qa = pytest.importorskip("flash_triton.kernels.quad_attn")
-kernel_utils = pytest.importorskip("flash_triton.kernels._utils")
-chunk_state = pytest.importorskip("flash_triton.kernels.chunk_state")
-triton_ops = pytest.importorskip("flash_triton.triton_ops")
+qa = pytest.importorskip("flash_triton.quad_attn.kernels")
+mca_kernels = pytest.importorskip("flash_triton.mixed_chunk_attn.kernels")
+op = pytest.importorskip("flash_triton.mixed_chunk_attn.op")
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.usefixtures("poison_outputs")
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 
 
-@pytest.fixture(autouse=True)
-def _poison(monkeypatch):
-    monkeypatch.setattr(kernel_utils, "POISON_OUTPUTS", True)
+INPUTS = ["quad_q", "quad_k", "lin_q", "lin_k", "v", "gate", "t5_weight"]
 
 
 def run(fn, tensors, grad_out, **kw):
-    leaves = [t.detach().clone().requires_grad_() for t in tensors]
-    out = fn(*leaves[:6], t5_weight=leaves[6], **kw)
-    out.backward(grad_out.to(out.dtype))
-    return out.detach(), [t.grad for t in leaves]
+    """Output and the gradient of each of the seven tensor inputs (in the order of ``INPUTS``), by name."""
+    return output_and_grads(fn, dict(zip(INPUTS, tensors, strict=True)), grad_out, positional=6, **kw)
 
 
 CASES = [
@@ -57,14 +61,15 @@ def test_kernels_match_reference(b, n, s, e, g, causal, reduce_group, masked, la
     mask = (torch.rand(b, n, generator=gen) > 0.3).to(DEVICE) if masked else None
     kw = dict(group_size=g, causal=causal, key_mask=mask, t5_scale=1.3, laplace=laplace, reduce_group=reduce_group)
     grad_out = torch.randn(b, n, e, device=DEVICE)
-    out, grads = run(triton_ops.mixed_chunk_attn, tensors, grad_out, **kw)
+    out, grads = run(op.mixed_chunk_attn_triton, tensors, grad_out, **kw)
     out_ref, grads_ref = run(ref.mixed_chunk_attn, tensors, grad_out, **kw)
     out64, grads64 = run(ref.mixed_chunk_attn, [t.double() for t in tensors], grad_out.double(), **kw)
     assert out.dtype == dtype
     assert_close_scaled(out.double(), out64, TOL[dtype], "output")
     close_to_reference(out, out_ref, out64, dtype, "output")
-    names = ["quad_q", "quad_k", "lin_q", "lin_k", "v", "gate", "t5_weight"]
-    for name, g_ours, g_ref, g64 in zip(names, grads, grads_ref, grads64, strict=True):
+    assert grads.keys() == grads_ref.keys() == grads64.keys() == set(INPUTS)
+    for name in INPUTS:
+        g_ours, g_ref, g64 = grads[name], grads_ref[name], grads64[name]
         assert torch.isfinite(g_ours).all(), name
         assert_close_scaled(g_ours.double(), g64, TOL[dtype], f"grad of {name}")
         close_to_reference(g_ours, g_ref, g64, dtype, f"grad of {name}")
@@ -75,14 +80,17 @@ def test_group_state_and_apply_match_einsum():
     a, b_ = torch.randn(2, 37, 24, generator=gen), torch.randn(2, 37, 20, generator=gen)
     mask = torch.rand(2, 37, generator=gen) > 0.4
     a, b_, mask = a.to(DEVICE), b_.to(DEVICE), mask.to(DEVICE)
-    states = chunk_state.group_state(a, b_, 16, row_mask=mask)
+    states = mca_kernels.group_state(a, b_, 16, row_mask=mask)
     pad = torch.nn.functional.pad
     a_masked = a.masked_fill(~mask[..., None], 0)
-    expected = torch.einsum("bgtd,bgte->bgde", pad(a_masked, (0, 0, 0, 11)).unflatten(1, (3, 16)),
-                            pad(b_, (0, 0, 0, 11)).unflatten(1, (3, 16)))  # fmt: skip
+    expected = torch.einsum(
+        "bgtd,bgte->bgde",
+        pad(a_masked, (0, 0, 0, 11)).unflatten(1, (3, 16)),
+        pad(b_, (0, 0, 0, 11)).unflatten(1, (3, 16)),
+    )
     assert_close_scaled(states, expected, 1e-5, "group_state")
     m = torch.randn(2, 3, 20, 24, device=DEVICE)
-    y = chunk_state.group_apply(b_, m, 16, 0.5, row_mask=mask)
+    y = mca_kernels.group_apply(b_, m, 16, 0.5, row_mask=mask)
     expected = torch.einsum("bgte,bged->bgtd", pad(b_, (0, 0, 0, 11)).unflatten(1, (3, 16)), m).flatten(1, 2)[:, :37]
     expected = expected.masked_fill(~mask[..., None], 0) * 0.5
     assert_close_scaled(y, expected, 1e-5, "group_apply")
@@ -96,12 +104,13 @@ def test_dropout_forward_and_backward_use_the_same_mask():
     seed = torch.tensor([99], dtype=torch.int64, device=DEVICE)
     kw = dict(group_size=g, causal=True, t5_scale=1.0, dropout_p=p)
     grad_out = torch.randn(b, n, e, device=DEVICE)
-    out, grads = run(triton_ops.mixed_chunk_attn, tensors, grad_out, dropout_seed=seed, **kw)
+    out, grads = run(op.mixed_chunk_attn_triton, tensors, grad_out, dropout_seed=seed, **kw)
     keep = qa.dropout_keep_mask(seed, b, n, g, p)
     out_ref, grads_ref = run(ref.mixed_chunk_attn, tensors, grad_out, dropout_mask=keep, **kw)
     assert_close_scaled(out, out_ref, 1e-5, "output with dropout")
-    for g_ours, g_ref in zip(grads, grads_ref, strict=True):
-        assert_close_scaled(g_ours, g_ref, 1e-5, "grad with dropout")
+    assert grads.keys() == grads_ref.keys() == set(INPUTS)
+    for name in INPUTS:
+        assert_close_scaled(grads[name], grads_ref[name], 1e-5, "grad with dropout")
 
 
 @pytest.mark.parametrize(
@@ -117,9 +126,9 @@ def test_flash_layer_on_kernels_matches_upstream_and_runs_them(monkeypatch, kw, 
     counters = {
         name: LaunchCounter(getattr(qa, name)) for name in ("_quad_attn_fwd_kernel", "_quad_attn_bwd_dqk_kernel")
     }
-    counters["_group_state_kernel"] = LaunchCounter(chunk_state._group_state_kernel)
+    counters["_group_state_kernel"] = LaunchCounter(mca_kernels._group_state_kernel)
     for name, counter in counters.items():
-        monkeypatch.setattr(chunk_state if name == "_group_state_kernel" else qa, name, counter)
+        monkeypatch.setattr(mca_kernels if name == "_group_state_kernel" else qa, name, counter)
     kw = dict(kw, dim=24, group_size=16, query_key_dim=16)
     theirs = up.FLASH(**kw)
     scramble(theirs)
@@ -130,13 +139,13 @@ def test_flash_layer_on_kernels_matches_upstream_and_runs_them(monkeypatch, kw, 
     mask = torch.rand(2, n, device=DEVICE) > 0.25
     x_t, x_o = x.clone().requires_grad_(), x.clone().requires_grad_()
     out_t, out_o = theirs(x_t, mask=mask), ours(x_o, mask=mask)
-    assert_close_scaled(out_o, out_t, 2e-5, "output")
+    assert_close_scaled(out_o, out_t, UPSTREAM_TOL, "output")
     grad = torch.randn_like(out_t)
     out_t.backward(grad)
     out_o.backward(grad)
-    assert_close_scaled(x_o.grad, x_t.grad, 2e-5, "input grad")
+    assert_close_scaled(x_o.grad, x_t.grad, UPSTREAM_TOL, "input grad")
     for (name, p_t), p_o in zip(theirs.named_parameters(), ours.parameters(), strict=True):
-        assert_close_scaled(p_o.grad, p_t.grad, 2e-5, f"grad of {name}")
+        assert_close_scaled(p_o.grad, p_t.grad, UPSTREAM_TOL, f"grad of {name}")
     assert counters["_quad_attn_fwd_kernel"].launches == 1
     assert counters["_quad_attn_bwd_dqk_kernel"].launches == 2
     assert counters["_group_state_kernel"].launches == 3  # forward states; backward: states again, dP
@@ -152,12 +161,12 @@ def test_flash_transformer_on_kernels_matches_upstream():
     theirs, ours = theirs.to(DEVICE), ours.to(DEVICE)
     tokens = torch.randint(0, 40, (2, 37), device=DEVICE)
     out_t, out_o = theirs(tokens), ours(tokens)
-    assert_close_scaled(out_o, out_t, 2e-5, "logits")
+    assert_close_scaled(out_o, out_t, UPSTREAM_TOL, "logits")
     out_t.logsumexp(-1).sum().backward()
     out_o.logsumexp(-1).sum().backward()
     for (name, p_t), p_o in zip(theirs.named_parameters(), ours.parameters(), strict=True):
         if p_t.grad is not None:
-            assert_close_scaled(p_o.grad, p_t.grad, 2e-5, f"grad of {name}")
+            assert_close_scaled(p_o.grad, p_t.grad, UPSTREAM_TOL, f"grad of {name}")
 
 
 def test_autograd_keeps_no_per_group_quadratic_tensor():
@@ -182,7 +191,7 @@ def test_autograd_keeps_no_per_group_quadratic_tensor():
 def test_state_passing_at_a_group_boundary_equals_the_whole(impl):
     """Running n tokens at once equals running the first 2 groups, then the rest from their final state; gradients
     (through the handed-over state) agree too."""
-    fn = triton_ops.mixed_chunk_attn if impl == "triton" else ref.mixed_chunk_attn
+    fn = op.mixed_chunk_attn_triton if impl == "triton" else ref.mixed_chunk_attn
     b, n, s, e, g, cut = 2, 45, 16, 24, 16, 32
     gen = torch.Generator().manual_seed(5)
     base = [torch.randn(b, n, s, generator=gen) for _ in range(4)] + [torch.randn(b, n, e, generator=gen)]
@@ -200,8 +209,9 @@ def test_state_passing_at_a_group_boundary_equals_the_whole(impl):
     first = [t[:, :cut] for t in split[:6]]
     second = [t[:, cut:] for t in split[:6]]
     out1, state = fn(*first, t5_weight=split[6], key_mask=mask[:, :cut], output_final_state=True, **kw)
-    out2, final2 = fn(*second, t5_weight=split[6], key_mask=mask[:, cut:], initial_state=state,
-                      output_final_state=True, **kw)  # fmt: skip
+    out2, final2 = fn(
+        *second, t5_weight=split[6], key_mask=mask[:, cut:], initial_state=state, output_final_state=True, **kw
+    )
     assert_close_scaled(torch.cat((out1, out2), 1), out, 1e-5, "output")
     assert_close_scaled(final2, final, 1e-5, "final state")
     ((torch.cat((out1, out2), 1) * grad_out).sum() + final2.sum()).backward()
@@ -216,10 +226,16 @@ def test_initial_and_final_state_match_the_reference():
     base += [torch.randn(b, n, e, generator=gen), torch.randn(32, generator=gen), torch.randn(b, s, e, generator=gen)]
     base = [t.to(DEVICE) for t in base]
     grads, outs = [], []
-    for fn in (triton_ops.mixed_chunk_attn, ref.mixed_chunk_attn):
+    for fn in (op.mixed_chunk_attn_triton, ref.mixed_chunk_attn):
         leaves = [t.clone().requires_grad_() for t in base]
-        out, final = fn(*leaves[:6], t5_weight=leaves[6], initial_state=leaves[7], output_final_state=True,
-                        group_size=g, causal=True)  # fmt: skip
+        out, final = fn(
+            *leaves[:6],
+            t5_weight=leaves[6],
+            initial_state=leaves[7],
+            output_final_state=True,
+            group_size=g,
+            causal=True,
+        )
         (out.square().sum() + (final * 0.5).sum()).backward()
         outs.append((out, final))
         grads.append([t.grad for t in leaves])
@@ -232,7 +248,7 @@ def test_initial_and_final_state_match_the_reference():
 
 def test_state_is_for_causal_attention_only():
     t = torch.randn(1, 8, 16, device=DEVICE)
-    for fn in (triton_ops.mixed_chunk_attn, ref.mixed_chunk_attn):
+    for fn in (op.mixed_chunk_attn_triton, ref.mixed_chunk_attn):
         with pytest.raises(ValueError, match="causal attention only"):
             fn(t, t, t, t, t, t, group_size=4, causal=False, output_final_state=True)
 
@@ -254,10 +270,17 @@ def test_varlen_packed_batch_matches_a_per_sequence_loop(causal, reduce_group, w
     base += [torch.randn(len(lengths), s, e, generator=gen)] if with_state else []
     base = [t.to(DEVICE) for t in base]
     mask = (torch.rand(1, n, generator=gen) > 0.2).to(DEVICE)
-    kw = dict(group_size=g, causal=causal, reduce_group=reduce_group, key_mask=mask, t5_scale=0.9,
-              cu_seqlens=cu_seqlens, output_final_state=with_state)  # fmt: skip
+    kw = dict(
+        group_size=g,
+        causal=causal,
+        reduce_group=reduce_group,
+        key_mask=mask,
+        t5_scale=0.9,
+        cu_seqlens=cu_seqlens,
+        output_final_state=with_state,
+    )
     results = []
-    for fn in (triton_ops.mixed_chunk_attn, ref.mixed_chunk_attn):
+    for fn in (op.mixed_chunk_attn_triton, ref.mixed_chunk_attn):
         leaves = [t.clone().requires_grad_() for t in base]
         state = dict(initial_state=leaves[7]) if with_state else {}
         res = fn(*leaves[:6], t5_weight=leaves[6], **state, **kw)
@@ -285,7 +308,7 @@ def test_flash_transformer_varlen_equals_running_each_sequence_alone(backend, ca
     cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=DEVICE)
     packed = model(torch.cat(tokens, dim=1), cu_seqlens=cu_seqlens)
     alone = torch.cat([model(t) for t in tokens], dim=1)
-    assert_close_scaled(packed, alone, 2e-5, "packed logits")
+    assert_close_scaled(packed, alone, UPSTREAM_TOL, "packed logits")
     layer = model.layers[0]
     x = torch.randn(1, sum(lengths), 32, device=DEVICE, requires_grad=True)
     packed = layer(x, cu_seqlens=cu_seqlens)
@@ -294,8 +317,8 @@ def test_flash_transformer_varlen_equals_running_each_sequence_alone(backend, ca
     x.grad = None
     alone = torch.cat([layer(part) for part in x.split(lengths, dim=1)], dim=1)
     alone.square().sum().backward()
-    assert_close_scaled(packed, alone, 2e-5, "packed layer output")
-    assert_close_scaled(grad_packed, x.grad, 2e-5, "packed layer input grad")
+    assert_close_scaled(packed, alone, UPSTREAM_TOL, "packed layer output")
+    assert_close_scaled(grad_packed, x.grad, UPSTREAM_TOL, "packed layer input grad")
 
 
 def test_flash_under_autocast_fp16():

@@ -10,21 +10,24 @@ import torch
 
 import flash_triton as ft
 from flash_triton import reference as ref
-from tests.conftest import LaunchCounter, assert_close_scaled, close_to_reference, layer_in_dtypes, scramble
+from tests._helpers import (
+    DEVICE,
+    DTYPE_IDS,
+    UPSTREAM_TOL,
+    LaunchCounter,
+    assert_close_scaled,
+    close_to_reference,
+    layer_in_dtypes,
+    output_and_grads,
+    scramble,
+)
 
 triton = pytest.importorskip("triton")
-qa = pytest.importorskip("flash_triton.kernels.quad_attn")
-kernel_utils = pytest.importorskip("flash_triton.kernels._utils")
-triton_ops = pytest.importorskip("flash_triton.triton_ops")
+qa = pytest.importorskip("flash_triton.quad_attn.kernels")
+op = pytest.importorskip("flash_triton.quad_attn.op")
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-DTYPE_IDS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
-@pytest.fixture(autouse=True)
-def _poison(monkeypatch):
-    monkeypatch.setattr(kernel_utils, "POISON_OUTPUTS", True)
+pytestmark = pytest.mark.usefixtures("poison_outputs")
 
 
 def make_inputs(b, n, s, e, dtype, *, mask, bias, seed=0):
@@ -42,15 +45,7 @@ def make_inputs(b, n, s, e, dtype, *, mask, bias, seed=0):
 
 def run(fn, tensors, dtype, grad_out, **kw):
     """Output and the gradients of every tensor input, all inputs cast to ``dtype`` (as ``model.to(dtype)`` would)."""
-    leaves = {}
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        leaves[name] = t.detach().to(dtype).clone().requires_grad_()
-    args = {name: leaves.get(name) for name in tensors}
-    out = fn(args["q"], args["k"], args["v"], args["gate"], t5_weight=args["t5_weight"], bias=args["bias"], **kw)
-    out.backward(grad_out.to(out.dtype))
-    return out.detach(), {name: t.grad for name, t in leaves.items()}
+    return output_and_grads(fn, tensors, grad_out, positional=4, dtype=dtype, **kw)
 
 
 CASES = [
@@ -73,11 +68,16 @@ def test_kernel_matches_reference(b, n, s, e, window, causal, laplace, mask, bia
     tensors, key_mask = make_inputs(b, n, s, e, dtype, mask=mask, bias=bias)
     w = window or n
     kw = dict(
-        scale=1.0 / w, window=window, causal=causal, key_mask=key_mask, t5_scale=0.7, bias_scale=1.0 / n,
+        scale=1.0 / w,
+        window=window,
+        causal=causal,
+        key_mask=key_mask,
+        t5_scale=0.7,
+        bias_scale=1.0 / n,
         laplace=laplace,
-    )  # fmt: skip
+    )
     grad_out = torch.randn(b, n, e, device=DEVICE)
-    out, grads = run(triton_ops.quad_attn, tensors, dtype, grad_out, **kw)
+    out, grads = run(op.quad_attn_triton, tensors, dtype, grad_out, **kw)
     out_ref, grads_ref = run(ref.quad_attn, tensors, dtype, grad_out, **kw)
     out64, grads64 = run(ref.quad_attn, tensors, torch.float64, grad_out, **kw)
     close_to_reference(out, out_ref, out64, dtype, "output")
@@ -111,13 +111,13 @@ def test_dropout_forward_and_backward_use_the_same_mask(window, causal):
     w = window or n
     kw = dict(scale=1.0 / w, window=window, causal=causal, key_mask=key_mask, t5_scale=0.7, dropout_p=p)
     grad_out = torch.randn(b, n, e, device=DEVICE)
-    out, grads = run(triton_ops.quad_attn, tensors, torch.float32, grad_out, dropout_seed=seed, **kw)
+    out, grads = run(op.quad_attn_triton, tensors, torch.float32, grad_out, dropout_seed=seed, **kw)
     keep = qa.dropout_keep_mask(seed, b, n, w, p)
     out_ref, grads_ref = run(ref.quad_attn, tensors, torch.float32, grad_out, dropout_mask=keep, **kw)
     assert_close_scaled(out, out_ref, 1e-5, "output with dropout")
     for name in grads:
         assert_close_scaled(grads[name], grads_ref[name], 1e-5, f"grad of {name} with dropout")
-    no_drop, _ = run(triton_ops.quad_attn, tensors, torch.float32, grad_out, **dict(kw, dropout_p=0.0))
+    no_drop, _ = run(op.quad_attn_triton, tensors, torch.float32, grad_out, **dict(kw, dropout_p=0.0))
     assert not torch.allclose(out, no_drop)  # dropout did something
 
 
@@ -174,11 +174,11 @@ def test_gau_on_triton_matches_upstream():
     x = torch.randn(2, 41, 32, device=DEVICE)
     mask = torch.rand(2, 41, device=DEVICE) > 0.2
     out_t, out_o = theirs(x, mask=mask), ours(x, mask=mask)
-    assert_close_scaled(out_o, out_t, 2e-5, "output")
+    assert_close_scaled(out_o, out_t, UPSTREAM_TOL, "output")
     out_t.square().sum().backward()
     out_o.square().sum().backward()
     for (name, p_t), p_o in zip(theirs.named_parameters(), ours.parameters(), strict=True):
-        assert_close_scaled(p_o.grad, p_t.grad, 2e-5, f"grad of {name}")
+        assert_close_scaled(p_o.grad, p_t.grad, UPSTREAM_TOL, f"grad of {name}")
 
 
 def test_autograd_keeps_nothing_quadratic():
@@ -212,7 +212,7 @@ def test_gau_under_autocast_fp16():
 def test_explicit_bias_needs_the_whole_sequence_window():
     t = torch.randn(1, 8, 16, device=DEVICE)
     with pytest.raises(ValueError, match="only supported with window=None"):
-        triton_ops.quad_attn(t, t, t, scale=1.0, window=4, bias=torch.randn(8, 8, device=DEVICE))
+        op.quad_attn_triton(t, t, t, scale=1.0, window=4, bias=torch.randn(8, 8, device=DEVICE))
 
 
 @pytest.mark.slow
@@ -234,9 +234,25 @@ def test_rows_past_32_bit_offsets_are_refused_with_the_numbers():
     big = torch.empty(1, 2**24, 256, device="meta")
     small = torch.empty(1, 2**24, 16, device="meta")
     with pytest.raises(ValueError, match="32-bit limit"):
-        qa.quad_attn_fwd(small, small, big, None, None, None, None, None, scale=1.0, t5_scale=1.0,
-                         t5_max_distance=128, bias_scale=1.0, window=64, causal=True, laplace=False,
-                         dropout_p=0.0, store_pre=False)  # fmt: skip
+        qa.quad_attn_fwd(
+            small,
+            small,
+            big,
+            None,
+            None,
+            None,
+            None,
+            None,
+            scale=1.0,
+            t5_scale=1.0,
+            t5_max_distance=128,
+            bias_scale=1.0,
+            window=64,
+            causal=True,
+            laplace=False,
+            dropout_p=0.0,
+            store_pre=False,
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from flash_triton import reference as ref
-from tests.conftest import assert_close_scaled
+from tests._helpers import assert_close_scaled
 
 
 def act(x, laplace):

@@ -10,36 +10,32 @@ import math
 import os
 import random
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from _train_helpers import (
-    MICRO,
-    assert_one_error_line,
-    assert_same_training_state,
-    config_flags,
-    load,
-    one_torch_thread,
-    snapshot,
-    write_text_corpus,
-)
 
 from flash_triton import AutoregressiveWrapper
 from flash_triton import checkpoint as ckpt_mod
 from flash_triton import data as data_mod
 from flash_triton import train as train_mod
+from flash_triton.train import runtime as train_runtime
+from tests._helpers import (
+    MICRO,
+    assert_one_error_line,
+    assert_same_training_state,
+    config_flags,
+    load,
+    read_metrics,
+    snapshot,
+    write_text_corpus,
+)
 
 REQUIRED = ("step", "train_loss", "val_loss", "val_bpb", "tokens_per_s", "elapsed_s", "lr", "tokens")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Micro models gain nothing from more threads, and one thread keeps them fast on a busy machine."""
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
@@ -53,10 +49,6 @@ def micro(monkeypatch: pytest.MonkeyPatch) -> str:
 def text_file(tmp_path: Path) -> Path:
     """About 40 kB of seeded, repetitive English-like text: easy to learn quickly."""
     return write_text_corpus(tmp_path / "corpus.txt")
-
-
-def read_metrics(out: Path) -> list[dict[str, float]]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_training_smoke(micro: str, text_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -138,8 +130,10 @@ def test_enwik8_split_logic(tmp_path: Path, name: str) -> None:
     # Too short for the enwik8 split (or not named enwik8): the last 5% validates.
     other = tmp_path / "other.txt"
     other.write_bytes(raw)
-    for short in (data_mod.load_corpus(path, enwik8_train_bytes=900, enwik8_val_bytes=200),
-                  data_mod.load_corpus(other, enwik8_train_bytes=600, enwik8_val_bytes=300)):  # fmt: skip
+    for short in (
+        data_mod.load_corpus(path, enwik8_train_bytes=900, enwik8_val_bytes=200),
+        data_mod.load_corpus(other, enwik8_train_bytes=600, enwik8_val_bytes=300),
+    ):
         assert (len(short.train), len(short.val)) == (950, 50)
         assert bytes(short.train.tolist()) + bytes(short.val.tolist()) == raw
 
@@ -243,8 +237,18 @@ def test_helpers() -> None:
     assert train_mod.lr_at(dataclasses.replace(cfg, cosine_decay=False), 100) == 1.0
     assert set(train_mod.PRESETS) >= {"tiny", "enwik8"}
     enwik8 = dataclasses.asdict(train_mod.PRESETS["enwik8"])
-    upstream = {"dim": 512, "depth": 8, "group_size": 256, "query_key_dim": 128, "seq_len": 1024, "batch_size": 4,
-                "grad_accum": 4, "lr": 2e-4, "grad_clip": 0.5, "shift_tokens": True}  # fmt: skip
+    upstream = {
+        "dim": 512,
+        "depth": 8,
+        "group_size": 256,
+        "query_key_dim": 128,
+        "seq_len": 1024,
+        "batch_size": 4,
+        "grad_accum": 4,
+        "lr": 2e-4,
+        "grad_clip": 0.5,
+        "shift_tokens": True,
+    }
     assert {k: enwik8[k] for k in upstream} == upstream
 
 
@@ -255,10 +259,21 @@ def test_every_config_field_has_a_flag() -> None:
     parser = train_mod.build_parser()
     # Every field set by a flag, each to a value different from the tiny preset's: all of them arrive.
     target = dataclasses.replace(
-        MICRO, shift_tokens=False, laplace_attn_fn=True, norm_type="layernorm", cosine_decay=False, attn_dropout=0.25,
-        expansion_factor=1.5, grad_accum=3, warmup_steps=7, grad_clip=0.0, checkpoint_every=9, keep_checkpoints=5,
-        sample_every=11, seed=-4,
-    )  # fmt: skip
+        MICRO,
+        shift_tokens=False,
+        laplace_attn_fn=True,
+        norm_type="layernorm",
+        cosine_decay=False,
+        attn_dropout=0.25,
+        expansion_factor=1.5,
+        grad_accum=3,
+        warmup_steps=7,
+        grad_clip=0.0,
+        checkpoint_every=9,
+        keep_checkpoints=5,
+        sample_every=11,
+        seed=-4,
+    )
     args = parser.parse_args(config_flags(target))
     assert dataclasses.replace(train_mod.PRESETS["tiny"], **train_mod.overrides_from_args(args)) == target
     assert train_mod.overrides_from_args(parser.parse_args(["--keep", "4"])) == {"keep_checkpoints": 4}
@@ -269,11 +284,18 @@ def test_every_config_field_has_a_flag() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("dim", 0, "dim must be > 0"), ("lr", -1.0, "lr must be > 0"), ("attn_dropout", 1.0, "attn_dropout must be in"),
-     ("norm_type", "batchnorm", "norm_type must be one of"), ("steps", 2.5, "steps must be an int"),
-     ("shift_tokens", 1, "shift_tokens must be a bool"), ("grad_clip", float("nan"), "grad_clip must be finite"),
-     ("warmup_steps", -1, "warmup_steps must be >= 0"), ("batch_size", True, "batch_size must be an int")],
-)  # fmt: skip
+    [
+        ("dim", 0, "dim must be > 0"),
+        ("lr", -1.0, "lr must be > 0"),
+        ("attn_dropout", 1.0, "attn_dropout must be in"),
+        ("norm_type", "batchnorm", "norm_type must be one of"),
+        ("steps", 2.5, "steps must be an int"),
+        ("shift_tokens", 1, "shift_tokens must be a bool"),
+        ("grad_clip", float("nan"), "grad_clip must be finite"),
+        ("warmup_steps", -1, "warmup_steps must be >= 0"),
+        ("batch_size", True, "batch_size must be an int"),
+    ],
+)
 def test_config_validation(field: str, value: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(MICRO, **{field: value})
@@ -296,8 +318,16 @@ def test_enwik8_preset_and_config_saved(text_file: Path, tmp_path: Path) -> None
 def test_resume_is_exact(text_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """20 steps straight == 7 steps, stop, resume 6, stop, resume to 20: bit-identical parameters, optimizer state,
     metrics and sample; with dropout (random state), gradient accumulation (data position) and a cosine lr."""
-    cfg = dataclasses.replace(MICRO, steps=20, eval_every=5, checkpoint_every=3, keep_checkpoints=2, grad_accum=2,
-                              attn_dropout=0.1, warmup_steps=4)  # fmt: skip
+    cfg = dataclasses.replace(
+        MICRO,
+        steps=20,
+        eval_every=5,
+        checkpoint_every=3,
+        keep_checkpoints=2,
+        grad_accum=2,
+        attn_dropout=0.1,
+        warmup_steps=4,
+    )
     flags = [*config_flags(cfg), "--data", str(text_file), "--device", "cpu"]
     straight, pieces = tmp_path / "straight", tmp_path / "pieces"
     assert train_mod.main([*flags, "--out", str(straight)]) == 0
@@ -384,10 +414,22 @@ class _Evil:
 
 @pytest.mark.parametrize(
     "case",
-    ["missing-data", "unreadable-data", "data-is-directory", "corrupt-gzip", "short-corpus", "unknown-preset",
-     "bad-value", "resume-other-shape", "resume-other-data", "eval-other-shape", "eval-garbage", "eval-code",
-     "eval-missing"],
-)  # fmt: skip
+    [
+        "missing-data",
+        "unreadable-data",
+        "data-is-directory",
+        "corrupt-gzip",
+        "short-corpus",
+        "unknown-preset",
+        "bad-value",
+        "resume-other-shape",
+        "resume-other-data",
+        "eval-other-shape",
+        "eval-garbage",
+        "eval-code",
+        "eval-missing",
+    ],
+)
 def test_bad_input_exits_2_and_writes_nothing(
     case: str,
     finished_run: tuple[Path, Path],
@@ -411,14 +453,16 @@ def test_bad_input_exits_2_and_writes_nothing(
         "short-corpus": (["--data", str(tmp_path / "short.txt"), *config_flags()], ["too short", "33"]),
         "unknown-preset": (["--preset", "no-such-preset"], ["invalid choice: 'no-such-preset'"]),
         "bad-value": (["--eval-every", "-3"], ["--eval-every", "must be > 0"]),
-        "resume-other-shape": (["--resume", "--dim", "32", "--depth", "2"],
-                               ["another model configuration", "dim 64 (checkpoint) != 32", "depth 1 (ch"]),
+        "resume-other-shape": (
+            ["--resume", "--dim", "32", "--depth", "2"],
+            ["another model configuration", "dim 64 (checkpoint) != 32", "depth 1 (ch"],
+        ),
         "resume-other-data": (["--resume", "--data", str(other)], ["differs from the checkpoint's"]),
         "eval-other-shape": (["--eval-only", str(ckpt), "--query-key-dim", "8"], ["query_key_dim 16 (checkpoint)"]),
         "eval-garbage": (["--eval-only", str(tmp_path / "garbage.pt")], ["cannot load checkpoint", "garbage.pt"]),
         "eval-code": (["--eval-only", str(tmp_path / "evil.pt")], ["cannot load checkpoint", "evil.pt"]),
         "eval-missing": (["--eval-only", str(tmp_path / "none.pt")], ["checkpoint not found"]),
-    }[case]  # fmt: skip
+    }[case]
     before, cwd_before = snapshot(out), sorted(os.listdir(tmp_path))
     if case == "unreadable-data":  # chmod cannot make a file unreadable to root: fail the read itself
         real_read_bytes = Path.read_bytes
@@ -430,8 +474,12 @@ def test_bad_input_exits_2_and_writes_nothing(
 
         monkeypatch.setattr(Path, "read_bytes", read_bytes)
     capsys.readouterr()
-    assert train_mod.main([*argv, "--out", str(out), "--data", str(data)] if "--data" not in argv else
-                          [*argv, "--out", str(out)]) == 2  # fmt: skip
+    assert (
+        train_mod.main(
+            [*argv, "--out", str(out), "--data", str(data)] if "--data" not in argv else [*argv, "--out", str(out)]
+        )
+        == 2
+    )
     assert_one_error_line(capsys.readouterr().err, *fragments)
     assert snapshot(out) == before
     assert sorted(os.listdir(tmp_path)) == cwd_before
@@ -477,8 +525,9 @@ def test_eval_only_reports_the_recorded_bpb_and_writes_nothing(
 def test_checkpoint_files_rotation_and_latest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run"
     for step in range(1, 5):
-        ckpt_mod.save_checkpoint(out, {"model": {"w": torch.full((3,), float(step))}, "step": step, "config": {}},
-                                 step, keep=2)  # fmt: skip
+        ckpt_mod.save_checkpoint(
+            out, {"model": {"w": torch.full((3,), float(step))}, "step": step, "config": {}}, step, keep=2
+        )
     assert [s for s, _ in ckpt_mod.step_checkpoints(out)] == [4, 3]
     assert os.path.samefile(out / "checkpoint.pt", out / "checkpoints" / "step_0000004.pt")
     found = ckpt_mod.latest_checkpoint(out)
@@ -538,9 +587,9 @@ def test_dist_env_and_precision(monkeypatch: pytest.MonkeyPatch) -> None:
             train_mod.DistEnv.from_environ(bad)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert train_mod.resolve_precision("auto", cpu) == "fp32"
-    monkeypatch.setattr(train_mod, "_bf16_supported", lambda: True)
+    monkeypatch.setattr(train_runtime, "_bf16_supported", lambda: True)
     assert train_mod.resolve_precision("auto", cuda) == "bf16"
-    monkeypatch.setattr(train_mod, "_bf16_supported", lambda: False)
+    monkeypatch.setattr(train_runtime, "_bf16_supported", lambda: False)
     assert train_mod.resolve_precision("auto", cuda) == "fp16"
     with pytest.raises(ValueError, match="no native bfloat16"):
         train_mod.resolve_precision("bf16", cuda)

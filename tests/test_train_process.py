@@ -7,40 +7,41 @@ in-process runs they are compared with), so that results are bit-for-bit compara
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import MICRO, assert_same_training_state, config_flags, load, one_torch_thread, write_text_corpus
 
 from flash_triton import checkpoint as ckpt_mod
 from flash_triton import train as train_mod
+from tests._helpers import (
+    MICRO,
+    assert_same_training_state,
+    config_flags,
+    load,
+    one_torch_thread,
+    read_metrics,
+    write_text_corpus,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 #: 32 steps, a checkpoint every 4 (the newest one kept), evaluations every 6 (so a kill often leaves a metrics record
 #: newer than the newest checkpoint, which a resume must drop), dropout so that the random state matters.
-KILL_FLAGS = config_flags(MICRO, steps=32, eval_every=6, checkpoint_every=4, keep_checkpoints=1, attn_dropout=0.1,
-                          sample_len=8)  # fmt: skip
+KILL_FLAGS = config_flags(
+    MICRO, steps=32, eval_every=6, checkpoint_every=4, keep_checkpoints=1, attn_dropout=0.1, sample_len=8
+)
 
 
 def child_env() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("WORLD_SIZE", None)
     return env
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +80,6 @@ def newest_step(out: Path) -> int:
     return steps[0][0] if steps else 0
 
 
-def read_metrics(out: Path) -> list[dict[str, float]]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 def assert_matches_straight(out: Path, straight: Path) -> None:
     assert_same_training_state(load(straight / "checkpoint.pt"), load(out / "checkpoint.pt"))
     keys = ("step", "train_loss", "val_loss", "lr", "tokens")
@@ -93,11 +90,18 @@ def assert_matches_straight(out: Path, straight: Path) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_a_checkpoint_and_exits(signum: int, tmp_path: Path, data_file: Path) -> None:
     out = tmp_path / "run"
-    flags = [*config_flags(MICRO, steps=100_000, eval_every=5, checkpoint_every=0, sample_len=0), "--data",
-             str(data_file), "--out", str(out), "--no-progress"]  # fmt: skip
+    flags = [
+        *config_flags(MICRO, steps=100_000, eval_every=5, checkpoint_every=0, sample_len=0),
+        "--data",
+        str(data_file),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     proc = start(flags, tmp_path / "log")
-    wait_for(lambda: (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size > 0, proc,
-             tmp_path / "log")  # fmt: skip
+    wait_for(
+        lambda: (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size > 0, proc, tmp_path / "log"
+    )
     assert newest_step(out) == 0  # checkpoint_every 0: nothing saved yet
     proc.send_signal(signum)
     assert proc.wait(timeout=60) == 128 + signum
@@ -200,12 +204,27 @@ def test_sigkill_during_checkpoint_write(
 
 def test_torchrun_two_gloo_processes(tmp_path: Path, data_file: Path, one_thread: None) -> None:
     out, single = tmp_path / "ddp", tmp_path / "single"
-    flags = [*config_flags(MICRO, steps=6, eval_every=3, checkpoint_every=3, sample_len=8), "--data", str(data_file),
-             "--device", "cpu", "--no-progress"]  # fmt: skip
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m",
-                "flash_triton.train"]  # fmt: skip
-    proc = subprocess.run([*torchrun, *flags, "--out", str(out)], cwd=ROOT, env=child_env(), capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    flags = [
+        *config_flags(MICRO, steps=6, eval_every=3, checkpoint_every=3, sample_len=8),
+        "--data",
+        str(data_file),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        "-m",
+        "flash_triton.train",
+    ]
+    proc = subprocess.run(
+        [*torchrun, *flags, "--out", str(out)], cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log
     assert "2 processes (DistributedDataParallel)" in log

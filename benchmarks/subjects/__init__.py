@@ -6,8 +6,8 @@ from types import ModuleType
 # name -> module in this package, in running order
 SUBJECTS: dict[str, str] = {
     "flash-layer": "flash_layer",
-    "flash-core": "flash_core",
-    "gau-core": "gau_core",
+    "mixed-chunk-attn": "mixed_chunk_attn",
+    "quad-attn": "quad_attn",
     "gau-layer": "gau_layer",
     "model-step": "model_step",
     "decode": "decode",

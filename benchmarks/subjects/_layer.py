@@ -4,8 +4,11 @@ from collections.abc import Callable
 
 import torch
 
+import flash_triton as ft
+
+from .. import formulas
 from ..baselines import TransformerPP, sdpa_backend_note, sdpa_context
-from ._steps import step, sweep
+from ._steps import step, sweep, upstream
 
 DIM, S, E = 512, 128, 1024
 HEADS = DIM // 64  # Transformer++: 8 heads x 64, SwiGLU hidden width e
@@ -20,15 +23,24 @@ def run_layers(
     *,
     name: str,
     providers: tuple[str, ...],
-    model: Callable[[str], torch.nn.Module],
-    cost: Callable[[str, int, int, bool], tuple[float, float]],
+    layer: str,
+    kw: dict,
+    cost: Callable[[int, int, bool], tuple[float, float]],
     shape: dict,
-    mem: Callable[[str, int, int, str], float | None],
+    mem: Callable[[str, int, int, str], float | None] = lambda *_: None,
     long: bool = False,
 ) -> list[dict]:
-    """``model(provider)`` builds a provider's layer (eager; "compile" wraps the reference's in torch.compile);
-    ``cost(provider, n, batch, backward)`` gives (FLOPs, bytes); ``mem(provider, n, batch, mode)`` an optional
-    memory estimate in bytes."""
+    """``layer`` names the class (``"GAU"`` or ``"FLASH"``) built with ``kw`` by flash_triton (per backend) and by
+    FLASH-pytorch ("upstream"); "compile" wraps the reference's in torch.compile, "transformer++" is the same-width
+    Transformer++ layer. ``cost(n, batch, backward)`` gives the layer's (FLOPs, bytes); ``mem(provider, n, batch,
+    mode)`` an optional memory estimate in bytes."""
+
+    def model(provider):
+        if provider == "upstream":
+            return getattr(upstream(), layer)(**kw)
+        if provider == "transformer++":
+            return transformer_pp()
+        return getattr(ft, layer)(**kw, backend=provider)
 
     def get(provider):
         def make():
@@ -46,8 +58,13 @@ def run_layers(
         return step(lambda: layer(x), mode, [x, *params], *([context] if context else []))
 
     def spec(provider, mode, n, b):
-        flops, nbytes = cost(provider, n, b, mode != "fwd")
-        is_tpp = provider == "transformer++"
+        bwd, is_tpp = mode != "fwd", provider == "transformer++"
+        if is_tpp:
+            p = ctx.itemsize
+            flops = b * formulas.transformer_flops(n, DIM, E, True, bwd)
+            nbytes = b * formulas.transformer_bytes(n, DIM, E, p, bwd)
+        else:
+            flops, nbytes = cost(n, b, bwd)
         return dict(
             flops=flops,
             bytes_moved=nbytes,

@@ -85,8 +85,9 @@ def sdpa_core_step(ctx, mode: str, n: int, b: int, width: int, head_dim: int) ->
     return step(lambda: attend(q, k, v, is_causal=True), mode, (q, k, v), lambda: sdpa_context(ctx.device, ctx.dtype))
 
 
-def sweep(ctx, name: str, providers: tuple[str, ...], spec: Callable[[str, str, int, int], dict],
-          long: bool = False) -> list[dict]:  # fmt: skip
+def sweep(
+    ctx, name: str, providers: tuple[str, ...], spec: Callable[[str, str, int, int], dict], long: bool = False
+) -> list[dict]:
     """One row per shape (``ctx.shapes_for(long)``), mode and provider, in that order. ``spec(provider, mode, n,
     batch)`` gives the rest of :meth:`benchmarks.common.Context.measure`'s arguments: ``flops``, ``bytes_moved``,
     ``shape``, ``build`` and optionally ``mem_bytes`` and ``note``."""
@@ -105,7 +106,10 @@ def sdpa_core_row(ctx, mode: str, n: int, b: int, width: int, head_dim: int) -> 
     from ..baselines import sdpa_backend_note
 
     bwd = mode != "fwd"
-    return dict(flops=b * formulas.sdpa_flops(n, width, True, bwd),
-                bytes_moved=b * formulas.sdpa_bytes(n, width, ctx.itemsize, bwd),
-                shape={"heads": width // head_dim, "head_dim": head_dim}, note=sdpa_backend_note(ctx.device, ctx.dtype),
-                build=lambda: sdpa_core_step(ctx, mode, n, b, width, head_dim))  # fmt: skip
+    return dict(
+        flops=b * formulas.sdpa_flops(n, width, True, bwd),
+        bytes_moved=b * formulas.sdpa_bytes(n, width, ctx.itemsize, bwd),
+        shape={"heads": width // head_dim, "head_dim": head_dim},
+        note=sdpa_backend_note(ctx.device, ctx.dtype),
+        build=lambda: sdpa_core_step(ctx, mode, n, b, width, head_dim),
+    )

@@ -36,8 +36,9 @@ G, VOCAB, THRES = 256, 256, 0.9
 
 
 def _config() -> dict:
-    return dict(num_tokens=VOCAB, dim=DIM, depth=1, group_size=G, query_key_dim=S, expansion_factor=E / DIM,
-                causal=True)  # fmt: skip
+    return dict(
+        num_tokens=VOCAB, dim=DIM, depth=1, group_size=G, query_key_dim=S, expansion_factor=E / DIM, causal=True
+    )
 
 
 def _sample(logits: torch.Tensor) -> torch.Tensor:
@@ -91,8 +92,17 @@ def run(ctx) -> list[dict]:
         for provider in ctx.providers_for(PROVIDERS):
             cached = provider != "upstream"
             tokens_per_call = G if cached else 1
-            shape = {"dim": DIM, "depth": depth, "s": S, "e": E, "group": G, "vocab": VOCAB, "causal": True,
-                     "context": n, "tokens_per_call": tokens_per_call}  # fmt: skip
+            shape = {
+                "dim": DIM,
+                "depth": depth,
+                "s": S,
+                "e": E,
+                "group": G,
+                "vocab": VOCAB,
+                "causal": True,
+                "context": n,
+                "tokens_per_call": tokens_per_call,
+            }
             if cached:
                 flops = G * formulas.decode_flops(DIM, S, E, G, VOCAB, depth)
                 nbytes = G * formulas.decode_bytes(DIM, S, E, G, VOCAB, depth, p)
@@ -105,15 +115,27 @@ def run(ctx) -> list[dict]:
                 nbytes = formulas.model_bytes(layer_bytes, n, DIM, VOCAB, depth, p, False)
                 build = lambda n=n: _upstream_step(ctx, n)  # noqa: E731
                 note = "its generate: the whole n-token sequence through the net for each new token"
-            row = ctx.measure(subject=NAME, provider=provider, mode="fwd", n=n, batch=1, shape=shape, flops=flops,
-                              bytes_moved=nbytes, build=build, note=note)  # fmt: skip
+            row = ctx.measure(
+                subject=NAME,
+                provider=provider,
+                mode="fwd",
+                n=n,
+                batch=1,
+                shape=shape,
+                flops=flops,
+                bytes_moved=nbytes,
+                build=build,
+                note=note,
+            )
             for key in ("ms", "ms_p20", "ms_p80", "floor_ms", "flops", "bytes"):  # per generated token
                 if row.get(key) is not None:
                     row[key] /= tokens_per_call
             if row.get("ms") and tokens_per_call > 1:
                 per_call = row["ms"] * tokens_per_call
-                ctx.log(f"  {NAME:12s} (that is one call of {tokens_per_call} tokens: {row['ms']:.3f} ms per token; "
-                        f"{per_call:.1f} ms per call)")  # fmt: skip
+                ctx.log(
+                    f"  {NAME:12s} (that is one call of {tokens_per_call} tokens: {row['ms']:.3f} ms per token; "
+                    f"{per_call:.1f} ms per call)"
+                )
             row["sweep"] = "context"  # its own sweep (and plot): batch 1, n = context length
             rows.append(row)
     return rows

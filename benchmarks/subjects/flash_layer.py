@@ -8,11 +8,8 @@ FLOPs: :func:`benchmarks.formulas.flash_flops` / ``transformer_flops``; bytes: `
 ``transformer_bytes``.
 """
 
-import flash_triton as ft
-
 from .. import formulas
-from ._layer import DIM, E, S, run_layers, transformer_pp
-from ._steps import upstream
+from ._layer import DIM, E, S, run_layers
 
 NAME = "flash-layer"
 TITLE = "FLASH layer (dim 512, s 128, e 1024, group 256, causal)"
@@ -23,24 +20,18 @@ G = 256
 KW = dict(dim=DIM, group_size=G, query_key_dim=S, expansion_factor=E / DIM, causal=True)
 
 
-def model(provider):
-    if provider == "upstream":
-        return upstream().FLASH(**KW)
-    if provider == "transformer++":
-        return transformer_pp()
-    return ft.FLASH(**KW, backend=provider)
-
-
 def run(ctx) -> list[dict]:
-    def costs(provider, n, b, bwd):
+    def costs(n, b, bwd):
         p = ctx.itemsize
-        if provider == "transformer++":
-            return (b * formulas.transformer_flops(n, DIM, E, True, bwd),
-                    b * formulas.transformer_bytes(n, DIM, E, p, bwd))  # fmt: skip
         return b * formulas.flash_flops(n, DIM, S, E, G, True, bwd), b * formulas.flash_bytes(n, DIM, S, E, G, p, bwd)
 
     return run_layers(
-        ctx, name=NAME, providers=PROVIDERS, model=model, cost=costs, long=LONG,
+        ctx,
+        name=NAME,
+        providers=PROVIDERS,
+        layer="FLASH",
+        kw=KW,
+        cost=costs,
+        long=LONG,
         shape={"dim": DIM, "s": S, "e": E, "group": G, "causal": True},
-        mem=lambda provider, n, b, mode: None,
-    )  # fmt: skip
+    )

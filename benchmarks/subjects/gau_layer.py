@@ -7,11 +7,9 @@ estimate exceeds the memory available are skipped and say so.
 FLOPs: :func:`benchmarks.formulas.gau_flops` / ``transformer_flops``; bytes: ``gau_bytes`` / ``transformer_bytes``.
 """
 
-import flash_triton as ft
-
 from .. import formulas
-from ._layer import DIM, E, S, run_layers, transformer_pp
-from ._steps import quadratic_bytes, upstream
+from ._layer import DIM, E, S, run_layers
+from ._steps import quadratic_bytes
 
 NAME = "gau-layer"
 TITLE = "GAU layer (dim 512, s 128, e 1024, causal)"
@@ -20,20 +18,9 @@ NOT_APPLICABLE: dict[str, str] = {}
 KW = dict(dim=DIM, query_key_dim=S, expansion_factor=E / DIM, causal=True)
 
 
-def model(provider):
-    if provider == "upstream":
-        return upstream().GAU(**KW)
-    if provider == "transformer++":
-        return transformer_pp()
-    return ft.GAU(**KW, backend=provider)
-
-
 def run(ctx) -> list[dict]:
-    def costs(provider, n, b, bwd):
+    def costs(n, b, bwd):
         p = ctx.itemsize
-        if provider == "transformer++":
-            return (b * formulas.transformer_flops(n, DIM, E, True, bwd),
-                    b * formulas.transformer_bytes(n, DIM, E, p, bwd))  # fmt: skip
         return b * formulas.gau_flops(n, DIM, S, E, True, bwd), b * formulas.gau_bytes(n, DIM, S, E, p, bwd)
 
     def mem(provider, n, b, mode):
@@ -41,6 +28,12 @@ def run(ctx) -> list[dict]:
         return quadratic_bytes(n, b, ctx.itemsize, mode) if quadratic else None
 
     return run_layers(
-        ctx, name=NAME, providers=PROVIDERS, model=model, cost=costs, mem=mem,
+        ctx,
+        name=NAME,
+        providers=PROVIDERS,
+        layer="GAU",
+        kw=KW,
+        cost=costs,
+        mem=mem,
         shape={"dim": DIM, "s": S, "e": E, "causal": True},
-    )  # fmt: skip
+    )

@@ -28,8 +28,9 @@ G, VOCAB = 256, 256
 
 
 def _model(provider, depth):
-    kw = dict(num_tokens=VOCAB, dim=DIM, depth=depth, group_size=G, query_key_dim=S, expansion_factor=E / DIM,
-              causal=True)  # fmt: skip
+    kw = dict(
+        num_tokens=VOCAB, dim=DIM, depth=depth, group_size=G, query_key_dim=S, expansion_factor=E / DIM, causal=True
+    )
     if provider == "upstream":
         return upstream().FLASHTransformer(**kw)
     if provider == "transformer++":
@@ -72,8 +73,12 @@ def run(ctx) -> list[dict]:
             layer_bytes = formulas.flash_bytes(n, DIM, S, E, G, p, False)
             shape = {"dim": DIM, "depth": depth, "s": S, "e": E, "group": G, "vocab": VOCAB, "causal": True}
             note = None
-        return dict(flops=b * formulas.model_flops(layer_flops, n, DIM, VOCAB, depth, bwd),
-                    bytes_moved=b * formulas.model_bytes(layer_bytes, n, DIM, VOCAB, depth, p, bwd),
-                    shape=shape, note=note, build=lambda: _build(ctx, provider, mode, n, b))  # fmt: skip
+        return dict(
+            flops=b * formulas.model_flops(layer_flops, n, DIM, VOCAB, depth, bwd),
+            bytes_moved=b * formulas.model_bytes(layer_bytes, n, DIM, VOCAB, depth, p, bwd),
+            shape=shape,
+            note=note,
+            build=lambda: _build(ctx, provider, mode, n, b),
+        )
 
     return sweep(ctx, NAME, PROVIDERS, spec)

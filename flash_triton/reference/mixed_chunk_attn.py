@@ -96,9 +96,17 @@ def mixed_chunk_attn(
     if cu_seqlens is not None:
         if dropout_mask is not None:
             raise ValueError("dropout_mask is not supported with cu_seqlens")
-        kw = dict(group_size=group_size, causal=causal, t5_weight=t5_weight, t5_scale=t5_scale,
-                  t5_max_distance=t5_max_distance, laplace=laplace, dropout_p=dropout_p, reduce_group=reduce_group,
-                  output_final_state=output_final_state)  # fmt: skip
+        kw = dict(
+            group_size=group_size,
+            causal=causal,
+            t5_weight=t5_weight,
+            t5_scale=t5_scale,
+            t5_max_distance=t5_max_distance,
+            laplace=laplace,
+            dropout_p=dropout_p,
+            reduce_group=reduce_group,
+            output_final_state=output_final_state,
+        )
         outs, finals = [], []
         bounds = cu_seqlens.tolist()
         for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
@@ -130,9 +138,15 @@ def mixed_chunk_attn(
     if key_mask is not None:
         lin_k = lin_k.masked_fill(~key_mask[..., None], 0.0)
     lin = chunk_linear_attn(
-        lin_q, lin_k, v, group_size=g, causal=causal, reduce_group=reduce_group, initial_state=initial_state,
+        lin_q,
+        lin_k,
+        v,
+        group_size=g,
+        causal=causal,
+        reduce_group=reduce_group,
+        initial_state=initial_state,
         output_final_state=output_final_state,
-    )  # fmt: skip
+    )
     if output_final_state:
         lin, final_state = lin
         return gate * (quad + lin), final_state

@@ -20,8 +20,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..common.jit import FP_FUSION, check_row_offsets, dot, dot_precision, new_output, window_bounds
 from ..reference.t5_bias import t5_relative_position_bucket
-from ._utils import FP_FUSION, check_row_offsets, dot, dot_precision, new_output, window_bounds
 
 # laplace(s) = 0.5 * (1 + erf((s - mu) * c)), mu = sqrt(1/2), c = 1 / (sigma * sqrt 2) = sqrt(2 pi);
 # d/ds = sqrt(2) * exp(-((s - mu) * c)^2)
@@ -215,9 +215,32 @@ def _quad_attn_fwd_kernel(
         o_n = k0 + tl.arange(0, BN)
         m_n = o_n < hi
         s = _scores(
-            q_base, k_base, stride_qn, stride_kn, o_m, o_n, m_m, m_n, S, scale, t5_ptr, lut_ptr, t5_scale, max_dist,
-            bias_base, stride_bm, stride_bn, bias_scale, HAS_T5, HAS_BIAS, BM, BN, BS, S_BLOCKS, DOT_PREC,
-        )  # fmt: skip
+            q_base,
+            k_base,
+            stride_qn,
+            stride_kn,
+            o_m,
+            o_n,
+            m_m,
+            m_n,
+            S,
+            scale,
+            t5_ptr,
+            lut_ptr,
+            t5_scale,
+            max_dist,
+            bias_base,
+            stride_bm,
+            stride_bn,
+            bias_scale,
+            HAS_T5,
+            HAS_BIAS,
+            BM,
+            BN,
+            BS,
+            S_BLOCKS,
+            DOT_PREC,
+        )
         a = _act(s, LAPLACE)
         if DROPOUT:
             a = a * _dropout_scale(seed, i_b * G * W, o_m, o_n, win_start, dropout_p, BM, BN)
@@ -231,8 +254,9 @@ def _quad_attn_fwd_kernel(
         for s0 in range(0, S, BS):
             o_s = s0 + tl.arange(0, BS)
             m_s = o_s < S
-            b_lq = tl.load(lq_base + o_m[:, None] * stride_lqn + o_s[None, :], mask=m_m[:, None] & m_s[None, :],
-                           other=0.0)  # fmt: skip
+            b_lq = tl.load(
+                lq_base + o_m[:, None] * stride_lqn + o_s[None, :], mask=m_m[:, None] & m_s[None, :], other=0.0
+            )
             b_p = tl.load(p_base + o_s[:, None] * stride_ps + o_e[None, :], mask=m_s[:, None] & m_e[None, :], other=0.0)
             acc = dot(b_lq, b_p.to(b_lq.dtype), acc, DOT_PREC)
     m_out = m_m[:, None] & m_e[None, :]
@@ -298,9 +322,32 @@ def _dscores(
         b_vt = tl.load(v_base + o_e[:, None] + o_n[None, :] * stride_vn, mask=m_e[:, None] & m_n[None, :], other=0.0)
         da = dot(b_dy, b_vt, da, DOT_PREC)
     s = _scores(
-        q_base, k_base, stride_qn, stride_kn, o_m, o_n, m_m, m_n, S, scale, t5_ptr, lut_ptr, t5_scale, max_dist,
-        bias_base, stride_bm, stride_bn, bias_scale, HAS_T5, HAS_BIAS, BM, BN, BS, S_BLOCKS, DOT_PREC,
-    )  # fmt: skip
+        q_base,
+        k_base,
+        stride_qn,
+        stride_kn,
+        o_m,
+        o_n,
+        m_m,
+        m_n,
+        S,
+        scale,
+        t5_ptr,
+        lut_ptr,
+        t5_scale,
+        max_dist,
+        bias_base,
+        stride_bm,
+        stride_bn,
+        bias_scale,
+        HAS_T5,
+        HAS_BIAS,
+        BM,
+        BN,
+        BS,
+        S_BLOCKS,
+        DOT_PREC,
+    )
     ds = da * _act_grad(s, LAPLACE)
     if DROPOUT:
         ds = ds * _dropout_scale(seed, row0, o_m, o_n, win_start, dropout_p, BM, BN)
@@ -381,9 +428,32 @@ def _quad_attn_bwd_dv_kernel(
         o_m = m0 + tl.arange(0, BM)
         m_m = o_m < win_end
         s = _scores(
-            q_base, k_base, stride_qn, stride_kn, o_m, o_n, m_m, m_n, S, scale, t5_ptr, lut_ptr, t5_scale, max_dist,
-            bias_base, stride_bm, stride_bn, bias_scale, HAS_T5, HAS_BIAS, BM, BN, BS, S_BLOCKS, DOT_PREC,
-        )  # fmt: skip
+            q_base,
+            k_base,
+            stride_qn,
+            stride_kn,
+            o_m,
+            o_n,
+            m_m,
+            m_n,
+            S,
+            scale,
+            t5_ptr,
+            lut_ptr,
+            t5_scale,
+            max_dist,
+            bias_base,
+            stride_bm,
+            stride_bn,
+            bias_scale,
+            HAS_T5,
+            HAS_BIAS,
+            BM,
+            BN,
+            BS,
+            S_BLOCKS,
+            DOT_PREC,
+        )
         a = _act(s, LAPLACE)
         if DROPOUT:
             a = a * _dropout_scale(seed, i_b * G * W, o_m, o_n, win_start, dropout_p, BM, BN)
@@ -494,11 +564,47 @@ def _quad_attn_bwd_dqk_kernel(
         else:
             o_m, m_m, o_n, m_n = o_t, m_t, o_x, m_x
         ds = _dscores(
-            q_base, k_base, v_base, dy_base, mask_base, stride_qn, stride_kn, stride_vn, stride_dyn, o_m, o_n, m_m,
-            m_n, win_start, i_b * G * W, seed, S, E, scale, t5_ptr, lut_ptr, t5_scale, max_dist, bias_base,
-            stride_bm, stride_bn, bias_scale, dropout_p, CAUSAL, LAPLACE, HAS_MASK, HAS_T5, HAS_BIAS, DROPOUT,
-            BM, BN, BS, S_BLOCKS, BE, DOT_PREC,
-        )  # fmt: skip
+            q_base,
+            k_base,
+            v_base,
+            dy_base,
+            mask_base,
+            stride_qn,
+            stride_kn,
+            stride_vn,
+            stride_dyn,
+            o_m,
+            o_n,
+            m_m,
+            m_n,
+            win_start,
+            i_b * G * W,
+            seed,
+            S,
+            E,
+            scale,
+            t5_ptr,
+            lut_ptr,
+            t5_scale,
+            max_dist,
+            bias_base,
+            stride_bm,
+            stride_bn,
+            bias_scale,
+            dropout_p,
+            CAUSAL,
+            LAPLACE,
+            HAS_MASK,
+            HAS_T5,
+            HAS_BIAS,
+            DROPOUT,
+            BM,
+            BN,
+            BS,
+            S_BLOCKS,
+            BE,
+            DOT_PREC,
+        )
         if KEY_TILES:
             b_q = tl.load(q_base + o_m[:, None] * stride_qn + o_f[None, :], mask=m_m[:, None] & m_f[None, :], other=0.0)
             acc = dot(tl.trans(ds).to(b_q.dtype), b_q, acc, DOT_PREC)
@@ -552,7 +658,7 @@ def _dropout_keep_kernel(
 
 # (kind, precision, dropout) -> (BM query tile, BN key tile, max BS, max BE, num_warps). Chosen so that every
 # configuration, with every flag combination the layers launch, compiles without register spills on sm_80 and
-# sm_90 under triton 3.6 and 3.9 (``python -m flash_triton.kernels.aot``). float32 keeps exact (non-TF32) products,
+# sm_90 under triton 3.6 and 3.9 (``python -m flash_triton.aot``). float32 keeps exact (non-TF32) products,
 # which run on FMA units with operands held in registers: small tiles. Not yet tuned on a GPU.
 # Retuned for triton 3.9 and the layers' flag sets: the half forward was 64 x 64 at 4 warps without dropout (22 of
 # its 64 layer flag sets spilled on sm_80 under 3.6, the production FLASH forward among them; 4 under 3.9) and
@@ -589,8 +695,9 @@ def launch_config(kind: str, window: int, qk_dim: int, v_dim: int, dtype: torch.
         warps = 4  # 3.6) at query/key width 64; 4 spill nowhere there, but do at width 128 on sm_90
     if kind == "dq" and precision == "half" and dropout and qk_dim > bs:  # two 128-wide blocks with dropout spilled
         bs = 64  # inside the loop on sm_90 (triton 3.6); 64-wide blocks spill nowhere
-    return dict(BM=min(bm, fit), BN=min(bn, fit), BS=bs, S_BLOCKS=triton.cdiv(qk_dim, bs), BE=be, num_warps=warps,
-                num_stages=2)  # fmt: skip
+    return dict(
+        BM=min(bm, fit), BN=min(bn, fit), BS=bs, S_BLOCKS=triton.cdiv(qk_dim, bs), BE=be, num_warps=warps, num_stages=2
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -656,23 +763,58 @@ def quad_attn_fwd(
     lut = bucket_lut(causal, t5_weight.numel(), t5_max_distance, q.device) if t5_weight is not None else None
     grid = (g * triton.cdiv(w, cfg["BM"]), triton.cdiv(e, cfg["BE"]), b)
     _quad_attn_fwd_kernel[grid](
-        q, k, v, gate if gate is not None else dummy, out, o_pre if store_pre else dummy,
-        mask_u8 if mask_u8 is not None else dummy, t5_weight if t5_weight is not None else dummy,
-        lut if lut is not None else dummy, bias if bias is not None else dummy, seed if seed is not None else dummy,
-        lin_q if lin_q is not None else dummy, state if state is not None else dummy,
-        windows if windows is not None else dummy, n, w, g, s, e,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        gate.stride(0) if gate is not None else 0, gate.stride(1) if gate is not None else 0,
-        out.stride(0), out.stride(1), mask_u8.stride(0) if mask_u8 is not None else 0, *_bias_strides(bias, b, n),
+        q,
+        k,
+        v,
+        gate if gate is not None else dummy,
+        out,
+        o_pre if store_pre else dummy,
+        mask_u8 if mask_u8 is not None else dummy,
+        t5_weight if t5_weight is not None else dummy,
+        lut if lut is not None else dummy,
+        bias if bias is not None else dummy,
+        seed if seed is not None else dummy,
+        lin_q if lin_q is not None else dummy,
+        state if state is not None else dummy,
+        windows if windows is not None else dummy,
+        n,
+        w,
+        g,
+        s,
+        e,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        gate.stride(0) if gate is not None else 0,
+        gate.stride(1) if gate is not None else 0,
+        out.stride(0),
+        out.stride(1),
+        mask_u8.stride(0) if mask_u8 is not None else 0,
+        *_bias_strides(bias, b, n),
         *(lin_q.stride()[:2] if lin_q is not None else (0, 0)),
         *(state.stride()[:3] if state is not None else (0, 0, 0)),
-        scale, t5_scale, t5_max_distance, bias_scale, dropout_p,
-        CAUSAL=causal, LAPLACE=laplace, VARLEN=windows is not None, HAS_LIN=state is not None,
+        scale,
+        t5_scale,
+        t5_max_distance,
+        bias_scale,
+        dropout_p,
+        CAUSAL=causal,
+        LAPLACE=laplace,
+        VARLEN=windows is not None,
+        HAS_LIN=state is not None,
         HAS_GATE=gate is not None,
-        HAS_MASK=key_mask is not None, HAS_T5=t5_weight is not None, HAS_BIAS=bias is not None,
-        DROPOUT=dropout_p > 0, STORE_PRE=store_pre,
-        DOT_PREC=dot_precision(q.dtype), enable_fp_fusion=FP_FUSION, **cfg,
-    )  # fmt: skip
+        HAS_MASK=key_mask is not None,
+        HAS_T5=t5_weight is not None,
+        HAS_BIAS=bias is not None,
+        DROPOUT=dropout_p > 0,
+        STORE_PRE=store_pre,
+        DOT_PREC=dot_precision(q.dtype),
+        enable_fp_fusion=FP_FUSION,
+        **cfg,
+    )
     return out, o_pre
 
 
@@ -723,35 +865,92 @@ def quad_attn_bwd(
     dt5_part = new_output(q, (b * key_tiles, nb), torch.float32) if need_dt5 else None
     dbias = q.new_zeros(b, n, n, dtype=torch.float32) if need_dbias else None
     common = dict(
-        CAUSAL=causal, LAPLACE=laplace, VARLEN=windows is not None, HAS_MASK=key_mask is not None,
+        CAUSAL=causal,
+        LAPLACE=laplace,
+        VARLEN=windows is not None,
+        HAS_MASK=key_mask is not None,
         HAS_T5=t5_weight is not None,
-        HAS_BIAS=bias is not None, DROPOUT=dropout_p > 0, DOT_PREC=dot_precision(q.dtype),
-    )  # fmt: skip
+        HAS_BIAS=bias is not None,
+        DROPOUT=dropout_p > 0,
+        DOT_PREC=dot_precision(q.dtype),
+    )
     tables = (
-        mask_u8 if mask_u8 is not None else dummy, t5_weight if t5_weight is not None else dummy,
-        lut if lut is not None else dummy, bias if bias is not None else dummy, seed if seed is not None else dummy,
+        mask_u8 if mask_u8 is not None else dummy,
+        t5_weight if t5_weight is not None else dummy,
+        lut if lut is not None else dummy,
+        bias if bias is not None else dummy,
+        seed if seed is not None else dummy,
         windows if windows is not None else dummy,
-    )  # fmt: skip
+    )
     tail = (
-        mask_u8.stride(0) if mask_u8 is not None else 0, *_bias_strides(bias, b, n),
-        scale, t5_scale, t5_max_distance, bias_scale, dropout_p,
-    )  # fmt: skip
+        mask_u8.stride(0) if mask_u8 is not None else 0,
+        *_bias_strides(bias, b, n),
+        scale,
+        t5_scale,
+        t5_max_distance,
+        bias_scale,
+        dropout_p,
+    )
     cfg = cfgs["dv"]
     _quad_attn_bwd_dv_kernel[(g * triton.cdiv(w, cfg["BN"]), triton.cdiv(e, cfg["BE"]), b)](
-        q, k, dy, dv, *tables, n, w, g, s, e,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), dy.stride(0), dy.stride(1), dv.stride(0), dv.stride(1),
-        *tail, enable_fp_fusion=FP_FUSION, **common, **cfg,
-    )  # fmt: skip
+        q,
+        k,
+        dy,
+        dv,
+        *tables,
+        n,
+        w,
+        g,
+        s,
+        e,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        dy.stride(0),
+        dy.stride(1),
+        dv.stride(0),
+        dv.stride(1),
+        *tail,
+        enable_fp_fusion=FP_FUSION,
+        **common,
+        **cfg,
+    )
     for key, tiles, dx in ((True, key_tiles, dk), (False, query_tiles, dq)):
         cfg = cfgs["dk" if key else "dq"]
         _quad_attn_bwd_dqk_kernel[(tiles, cfg["S_BLOCKS"], b)](
-            q, k, v, dy, dx, dt5_part if dt5_part is not None else dummy, dbias if dbias is not None else dummy,
-            *tables, n, w, g, s, e,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), dy.stride(0), dy.stride(1),
-            dx.stride(0), dx.stride(1), *tail,
-            KEY_TILES=key, DT5=need_dt5 and key, DBIAS=need_dbias and not key, NB=nb, enable_fp_fusion=FP_FUSION,
-            **common, **cfg,
-        )  # fmt: skip
+            q,
+            k,
+            v,
+            dy,
+            dx,
+            dt5_part if dt5_part is not None else dummy,
+            dbias if dbias is not None else dummy,
+            *tables,
+            n,
+            w,
+            g,
+            s,
+            e,
+            q.stride(0),
+            q.stride(1),
+            k.stride(0),
+            k.stride(1),
+            v.stride(0),
+            v.stride(1),
+            dy.stride(0),
+            dy.stride(1),
+            dx.stride(0),
+            dx.stride(1),
+            *tail,
+            KEY_TILES=key,
+            DT5=need_dt5 and key,
+            DBIAS=need_dbias and not key,
+            NB=nb,
+            enable_fp_fusion=FP_FUSION,
+            **common,
+            **cfg,
+        )
     dt5 = dt5_part.sum(0)[: t5_weight.numel()] if dt5_part is not None else None
     return dq, dk, dv, dt5, dbias
 

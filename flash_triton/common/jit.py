@@ -1,4 +1,4 @@
-"""Helpers shared by the kernels and their launchers."""
+"""Triton helpers shared by the kernels and launchers of every op (importing this module imports triton)."""
 
 import os
 
@@ -28,7 +28,7 @@ def window_bounds(i_w, W, N, win_ptr, VARLEN: tl.constexpr):
 # Triton's CPU interpreter (TRITON_INTERPRET=1, read when triton.jit decorates a kernel, so when these modules are
 # imported) multiplies the raw bit patterns of bfloat16 operands in tl.dot (triton-lang/triton#11584). Under the
 # interpreter only, `dot` upcasts bfloat16 operands to float32 first: a compile-time branch that is pruned from every
-# GPU compile, so the code for a GPU keeps its bf16 tensor-core instructions (checked by kernels.aot).
+# GPU compile, so the code for a GPU keeps its bf16 tensor-core instructions (checked by flash_triton.aot).
 INTERPRETING = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 

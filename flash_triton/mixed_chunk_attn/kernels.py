@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._utils import FP_FUSION, check_row_offsets, dot, dot_precision, new_output, window_bounds
+from ..common.jit import FP_FUSION, check_row_offsets, dot, dot_precision, new_output, window_bounds
 
 _NOSPEC = ["N", "GS", "DA", "DB", "DX", "DY"]
 
@@ -111,8 +111,11 @@ def _group_apply_kernel(
     for x0 in range(0, DX, BX):
         o_x = x0 + tl.arange(0, BX)
         m_x = o_x < DX
-        b_x = tl.load(x_ptr + i_b64 * stride_xb + o_t[:, None] * stride_xn + o_x[None, :],
-                      mask=m_t[:, None] & m_x[None, :], other=0.0)  # fmt: skip
+        b_x = tl.load(
+            x_ptr + i_b64 * stride_xb + o_t[:, None] * stride_xn + o_x[None, :],
+            mask=m_t[:, None] & m_x[None, :],
+            other=0.0,
+        )
         p_m = m_ptr + i_b64 * stride_mb + i_g * stride_mg + o_x[:, None] * stride_mx + o_y[None, :] * stride_my
         b_m = tl.load(p_m, mask=m_x[:, None] & m_y[None, :], other=0.0)
         acc = dot(b_x, b_m.to(b_x.dtype), acc, DOT_PREC)  # fp32 states meet x's precision
@@ -129,7 +132,7 @@ def _block(d: int, cap: int) -> int:
 
 
 def state_config(group: int, da: int, db: int, dtype: torch.dtype) -> dict:
-    """Blocks and warps of ``group_state`` (spill-free on sm_80/sm_90: ``python -m flash_triton.kernels.aot``)."""
+    """Blocks and warps of ``group_state`` (spill-free on sm_80/sm_90: ``python -m flash_triton.aot``)."""
     if dtype == torch.float32:  # the exact FMA dot holds its operands in registers: 8 warps, 16-token steps
         # (32-token steps spilled 96-128 B on sm_80 under triton 3.9)
         return dict(BT=_block(group, 16), BA=_block(da, 64), BB=_block(db, 64), num_warps=8, num_stages=2)
@@ -160,13 +163,29 @@ def group_state(
     cfg = state_config(group, da, db, a.dtype)
     grid = (g * triton.cdiv(da, cfg["BA"]), triton.cdiv(db, cfg["BB"]), bsz)
     _group_state_kernel[grid](
-        a, b, out, mask if mask is not None else a.new_empty(0), windows if windows is not None else a.new_empty(0),
-        n, group, da, db,
-        a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1), out.stride(2),
+        a,
+        b,
+        out,
+        mask if mask is not None else a.new_empty(0),
+        windows if windows is not None else a.new_empty(0),
+        n,
+        group,
+        da,
+        db,
+        a.stride(0),
+        a.stride(1),
+        b.stride(0),
+        b.stride(1),
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
         mask.stride(0) if mask is not None else 0,
-        HAS_MASK=mask is not None, VARLEN=windows is not None, DOT_PREC=dot_precision(a.dtype),
-        enable_fp_fusion=FP_FUSION, **cfg,
-    )  # fmt: skip
+        HAS_MASK=mask is not None,
+        VARLEN=windows is not None,
+        DOT_PREC=dot_precision(a.dtype),
+        enable_fp_fusion=FP_FUSION,
+        **cfg,
+    )
     return out
 
 
@@ -191,11 +210,29 @@ def group_apply(
     g = windows.shape[0] if windows is not None else triton.cdiv(n, group)
     grid = (g * triton.cdiv(group, cfg["BT"]), triton.cdiv(dy, cfg["BY"]), bsz)
     _group_apply_kernel[grid](
-        x, m, y, mask if mask is not None else x.new_empty(0), windows if windows is not None else x.new_empty(0),
-        n, group, dx, dy,
-        x.stride(0), x.stride(1), m.stride(0), m.stride(1), m.stride(2), m.stride(3), y.stride(0), y.stride(1),
-        mask.stride(0) if mask is not None else 0, scale,
-        HAS_MASK=mask is not None, VARLEN=windows is not None, DOT_PREC=dot_precision(x.dtype),
-        enable_fp_fusion=FP_FUSION, **cfg,
-    )  # fmt: skip
+        x,
+        m,
+        y,
+        mask if mask is not None else x.new_empty(0),
+        windows if windows is not None else x.new_empty(0),
+        n,
+        group,
+        dx,
+        dy,
+        x.stride(0),
+        x.stride(1),
+        m.stride(0),
+        m.stride(1),
+        m.stride(2),
+        m.stride(3),
+        y.stride(0),
+        y.stride(1),
+        mask.stride(0) if mask is not None else 0,
+        scale,
+        HAS_MASK=mask is not None,
+        VARLEN=windows is not None,
+        DOT_PREC=dot_precision(x.dtype),
+        enable_fp_fusion=FP_FUSION,
+        **cfg,
+    )
     return y

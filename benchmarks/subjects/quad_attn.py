@@ -1,17 +1,17 @@
-"""GAU attention core: causal single-head relu² attention over the whole sequence with the in-kernel T5 bias and
-the gate (``flash_triton.ops.quad_attn``); query/key width s = 128, value and gate width e = 1024.
+"""quad_attn (GAU's attention core): causal single-head relu² attention over the whole sequence with the in-kernel
+T5 bias and the gate (:func:`flash_triton.quad_attn.quad_attn`); query/key width s = 128, value and gate width e = 1024.
 
 Providers: the kernels, the reference (eager and torch.compile), and Transformer++'s core: SDPA causal softmax
 attention of the same value width (8 heads x 128 for q, k and v). FLASH-pytorch has no separate attention op
 (its core is inline in ``GAU.forward``): compare with it in ``gau-layer``.
-FLOPs: :func:`benchmarks.formulas.core_flops`; bytes: :func:`benchmarks.formulas.core_bytes`.
+FLOPs: :func:`benchmarks.formulas.quad_attn_flops`; bytes: :func:`benchmarks.formulas.quad_attn_bytes`.
 """
 
 from .. import formulas
 from ._steps import core_op, quadratic_bytes, random_inputs, sdpa_core_row, step, sweep
 
-NAME = "gau-core"
-TITLE = "GAU attention core (causal relu², s 128, e 1024, T5 bias, gate)"
+NAME = "quad-attn"
+TITLE = "quad_attn: GAU attention core (causal relu², s 128, e 1024, T5 bias, gate)"
 PROVIDERS = ("triton", "reference", "compile", "transformer++")
 NOT_APPLICABLE = {"upstream": "FLASH-pytorch has no separate attention op; see gau-layer"}
 S, E, T5_BUCKETS, HEAD_DIM = 128, 1024, 32, 128
@@ -32,10 +32,12 @@ def run(ctx) -> list[dict]:
         if provider == "transformer++":
             return sdpa_core_row(ctx, mode, n, b, E, HEAD_DIM)
         bwd = mode != "fwd"
-        return dict(flops=b * formulas.core_flops(n, S, E, True, bwd),
-                    bytes_moved=b * formulas.core_bytes(n, S, E, ctx.itemsize, bwd),
-                    shape={"s": S, "e": E, "causal": True},
-                    mem_bytes=None if provider == "triton" else quadratic_bytes(n, b, ctx.itemsize, mode),
-                    build=lambda: _build(ctx, provider, mode, n, b))  # fmt: skip
+        return dict(
+            flops=b * formulas.quad_attn_flops(n, S, E, True, bwd),
+            bytes_moved=b * formulas.quad_attn_bytes(n, S, E, ctx.itemsize, bwd),
+            shape={"s": S, "e": E, "causal": True},
+            mem_bytes=None if provider == "triton" else quadratic_bytes(n, b, ctx.itemsize, mode),
+            build=lambda: _build(ctx, provider, mode, n, b),
+        )
 
     return sweep(ctx, NAME, PROVIDERS, spec)

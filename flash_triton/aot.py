@@ -2,7 +2,7 @@
 FLASH layers launch, in the launch configurations the launchers choose, for sm_80 and sm_90, and reports registers,
 spills, shared memory and tensor-core instructions per kernel and configuration.
 
-    python -m flash_triton.kernels.aot [--arch 80 90] [--dtype ...] [--quick]
+    python -m flash_triton.aot [--arch 80 90] [--dtype ...] [--quick]
 
 The full check compiles every flag combination of :func:`layer_launches` at the production shape (the largest tiles)
 and the layers' default launches at three other shapes (smallest tiles to widest query/key), in fp32, fp16 and
@@ -33,9 +33,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import chunk_state as cs
-from . import quad_attn as qa
-from ._utils import FP_FUSION, dot_precision
+from .common.jit import FP_FUSION, dot_precision
+from .mixed_chunk_attn import kernels as mca
+from .quad_attn import kernels as qa
 
 # largest dynamic shared memory one block may use, bytes
 SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
@@ -167,8 +167,8 @@ def _tiles(name: str, w: int, s: int, e: int, dtype: torch.dtype, dropout: bool)
     if name.startswith("quad_attn_"):
         return [qa.launch_config(name.removeprefix("quad_attn_"), w, s, e, dtype, dropout)]
     if name == "group_state":  # lin_kᵀ v and lin_qᵀ dY: both (s, e)
-        return [cs.state_config(w, s, e, dtype)]
-    return [cs.apply_config(w, s, e, dtype), cs.apply_config(w, e, s, dtype)]  # lin_k dS / lin_q P; dY Pᵀ, v dSᵀ
+        return [mca.state_config(w, s, e, dtype)]
+    return [mca.apply_config(w, s, e, dtype), mca.apply_config(w, e, s, dtype)]  # lin_k dS / lin_q P; dY Pᵀ, v dSᵀ
 
 
 def variants(shapes: list, dtypes: list[str], launches: list[Launch]) -> list[tuple[str, str, str, dict, dict]]:
@@ -311,7 +311,7 @@ def check(
     warps = options["num_warps"]
     res = Result(name, arch, f"{dtype} {tiles} S_BLOCKS={constexprs.get('S_BLOCKS', 1)} w{warps} [{flags}]", dtype)
     t0 = time.perf_counter()
-    fn = getattr(cs if hasattr(cs, fn_name) else qa, fn_name)
+    fn = getattr(mca if hasattr(mca, fn_name) else qa, fn_name)
     try:
         attrs = alignment_attrs(fn, constexprs) if aligned else None
         src = ASTSource(fn=fn, signature=signature(fn, dtype, constexprs), constexprs=constexprs, attrs=attrs)

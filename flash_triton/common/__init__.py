@@ -1,0 +1,2 @@
+"""What the op packages share: :mod:`.custom_op` (the named argument contract of a custom op, input casting, the
+dropout seed; no triton) and :mod:`.jit` (Triton helpers of the kernels and launchers; imports triton)."""

@@ -1,0 +1,357 @@
+"""The command line of the training program (``python -m flash_triton.train``, ``flash-triton-train``): flags,
+the checks of everything that can be wrong with the input before anything is written, ``--eval-only``, and
+:func:`main`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..autoregressive_wrapper import AutoregressiveWrapper
+from ..backend import BackendUnavailableError
+from ..checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, one_line
+from ..data import Corpus, fingerprint, load_corpus, unigram_entropy, validation_windows
+from .config import (
+    FIELD_RULES,
+    PRECISIONS,
+    PRESETS,
+    PROG,
+    TrainConfig,
+    build_model,
+    check_same_model,
+    check_value,
+    config_from_dict,
+)
+from .loop import train
+from .metrics import evaluate
+from .runtime import DistEnv, autocast, resolve_device, resolve_precision
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error report (no usage block)."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _arg_type(name: str, kind: type, rule: Any) -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)`` checked by :func:`~.config.check_value`'s ``rule``, its message without
+    the name (argparse names the flag)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a valid {kind.__name__}: {text!r}") from None
+        try:
+            return check_value(name, value, rule, kind)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err).replace(f"{name} ", "", 1)) from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface of :func:`main`: run flags plus one flag per :class:`TrainConfig` field."""
+    presets = "; ".join(
+        f"{name}: dim {c.dim}, depth {c.depth}, group {c.group_size}, seq {c.seq_len}, batch {c.batch_size}x"
+        f"{c.grad_accum}, lr {c.lr:g}, {c.steps:,} steps"
+        for name, c in PRESETS.items()
+    )
+    p = _Parser(
+        prog=PROG,
+        description="Train a byte-level causal FLASH transformer, with crash-safe checkpoints and exact resume. "
+        "Configuration flags default to the preset's values (on --resume, to the checkpoint's).",
+        epilog=f"presets: {presets}. Exit codes: 0 done or --stop-after, 2 bad input (nothing written), 130/143 "
+        "stopped by SIGINT/SIGTERM after a checkpoint. Multi-process: torchrun --nproc_per_node N -m "
+        "flash_triton.train ...",
+    )
+    run = p.add_argument_group("run")
+    run.add_argument("--preset", choices=sorted(PRESETS), help="configuration preset (default: tiny)")
+    run.add_argument(
+        "--data",
+        help="enwik8 (.gz or raw) or any file; default: this Python's stdlib sources "
+        "(on --resume / --eval-only: the checkpoint's data)",
+    )
+    run.add_argument("--out", help="run directory (default: runs/<preset>)")
+    run.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
+    run.add_argument("--backend", choices=("auto", "triton", "reference"), help="FLASH kernel backend (default: auto)")
+    run.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bf16 autocast on GPUs with bf16, else fp16 + grad scaler; fp32 on CPU",
+    )
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in OUT from its newest loadable checkpoint (error if there is none)",
+    )
+    mode.add_argument(
+        "--eval-only",
+        metavar="CHECKPOINT",
+        help="evaluate a checkpoint on the fixed validation windows, print bits per byte, write nothing",
+    )
+    mode.add_argument("--overwrite", action="store_true", help="replace an unfinished run in OUT instead of refusing")
+    run.add_argument(
+        "--stop-after",
+        type=_arg_type("stop_after", int, ">0"),
+        metavar="STEPS",
+        help="stop after this many steps of this invocation, with a checkpoint (exit 0)",
+    )
+    run.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+
+    cfg_group = p.add_argument_group("configuration (default: the preset's value)")
+    for f in dataclasses.fields(TrainConfig):
+        text, rule = FIELD_RULES[f.name]
+        values = ", ".join(f"{name} {getattr(c, f.name)}" for name, c in PRESETS.items())
+        flags = ["--" + f.name.replace("_", "-")] + (["--keep"] if f.name == "keep_checkpoints" else [])
+        if rule == "bool":
+            cfg_group.add_argument(
+                *flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=f"{text} ({values})"
+            )
+        elif isinstance(rule, tuple):
+            cfg_group.add_argument(*flags, dest=f.name, choices=rule, help=f"{text} ({values})")
+        else:
+            cfg_group.add_argument(
+                *flags, dest=f.name, type=_arg_type(f.name, type(f.default), rule), help=f"{text} ({values})"
+            )
+    return p
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields given explicitly on the command line."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+
+
+def _probe_backend(backend: str | None, device: torch.device, precision: str) -> None:
+    """Raise ``BackendUnavailableError`` now (before anything is written) if the backend cannot run here."""
+    probe = build_model(TrainConfig(dim=16, depth=1, group_size=4, query_key_dim=8), backend).to(device)
+    with torch.no_grad(), autocast(device, precision):
+        probe(torch.zeros(1, 8, dtype=torch.long, device=device))
+
+
+def _load_data(data: str | None, cfg: TrainConfig) -> Corpus:
+    corpus = load_corpus(data)
+    corpus.check_fits(cfg.seq_len)
+    return corpus
+
+
+def _eval_only(args: argparse.Namespace, dist_env: DistEnv) -> int:
+    if dist_env.enabled:
+        raise ValueError("--eval-only runs in one process: start it without torchrun")
+    path = Path(args.eval_only)
+    ckpt = load_checkpoint(path)
+    saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
+    try:
+        base = PRESETS[args.preset] if args.preset else config_from_dict(saved)
+        cfg = dataclasses.replace(base, **overrides_from_args(args))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint {str(path)!r} holds an invalid configuration: {err}") from None
+    check_same_model(cfg, saved, path)
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    data = args.data if args.data is not None else saved.get("data_path", saved.get("data"))
+    corpus = _load_data(data, cfg)
+    model = build_model(cfg, args.backend)
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except (RuntimeError, TypeError, KeyError) as err:
+        raise ValueError(f"checkpoint {str(path)!r} does not fit its model configuration: {one_line(err)}") from None
+    windows = validation_windows(corpus.val, cfg.seq_len, cfg.eval_windows)
+    wrapper = AutoregressiveWrapper(model).to(device)
+    val_loss = evaluate(wrapper, windows, cfg.eval_batch_size, device, precision=precision)
+    print(f"checkpoint: {path} (step {ckpt['step']})")
+    print(
+        f"corpus: {corpus.name}, validation split ({corpus.split}): {len(windows)} fixed windows of "
+        f"{cfg.seq_len} predicted bytes, precision {precision}"
+    )
+    print(f"val loss {val_loss:.4f} nats/byte, val bpb {val_loss / math.log(2):.4f}", flush=True)
+    return 0
+
+
+@dataclasses.dataclass
+class _Plan:
+    cfg: TrainConfig
+    corpus: Corpus
+    device: torch.device
+    precision: str
+    out: Path
+    run_info: dict[str, Any]
+    resume: dict[str, Any] | None
+
+
+def _prepare(args: argparse.Namespace, dist_env: DistEnv) -> _Plan | int:
+    """Check everything that can be wrong with the input before anything is written; returns an exit code instead of
+    a plan when there is nothing to do."""
+    device = resolve_device(args.device, dist_env)
+    precision = resolve_precision(args.precision, device)
+    overrides = overrides_from_args(args)
+    preset = args.preset or "tiny"
+    out = Path(args.out if args.out is not None else Path("runs") / preset)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} exists and is not a directory")
+    found = latest_checkpoint(out) if out.is_dir() else None
+    resume = None
+    data = args.data
+    if args.resume:
+        if found is None:
+            raise ValueError(f"--resume: no loadable checkpoint in {str(out)!r} (start without --resume)")
+        resume = found.checkpoint
+        saved = resume["config"] if isinstance(resume["config"], dict) else {}
+        missing = [k for k in ("optimizer", "sampler", "ranks", "progress") if k not in resume]
+        if missing:
+            raise ValueError(
+                f"checkpoint {str(found.path)!r} has no resume state ({', '.join(missing)}): it was "
+                "written by an older version; start a new run"
+            )
+        try:
+            base = PRESETS[args.preset] if args.preset else config_from_dict(saved)
+            cfg = dataclasses.replace(base, **overrides)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"checkpoint {str(found.path)!r} holds an invalid configuration: {err}") from None
+        check_same_model(cfg, saved, found.path)
+        preset = args.preset or str(saved.get("preset", preset))
+        if data is None:
+            data = saved.get("data_path", saved.get("data"))
+    else:
+        cfg = dataclasses.replace(PRESETS[preset], **overrides)
+        if found is not None and not args.overwrite:
+            saved = found.checkpoint["config"] if isinstance(found.checkpoint["config"], dict) else {}
+            step, total = int(found.checkpoint["step"]), saved.get("steps")
+            if isinstance(total, int) and step < total:
+                raise ValueError(
+                    f"{str(out)!r} holds an unfinished run (checkpoint at step {step} of {total}): pass "
+                    "--resume to continue it, --overwrite to replace it, or another --out"
+                )
+    build_model(TrainConfig(**{**dataclasses.asdict(cfg), "depth": 1}))  # shape errors (odd dim, ...) now
+    corpus = _load_data(data, cfg)
+    data_fp = fingerprint(corpus)
+    if resume is not None and resume.get("data") and resume["data"] != data_fp:
+        raise ValueError(
+            f"--resume: the data ({corpus.name}: {data_fp['train_bytes']:,} + {data_fp['val_bytes']:,} "
+            f"bytes, sha256 {data_fp['sha256'][:12]}) differs from the checkpoint's "
+            f"({resume['data']['train_bytes']:,} + {resume['data']['val_bytes']:,} bytes, sha256 "
+            f"{resume['data']['sha256'][:12]}); pass the same --data"
+        )
+    _probe_backend(args.backend, device, precision)
+    h_train, h_val = unigram_entropy(corpus.train), unigram_entropy(corpus.val)
+    run_info = {
+        "preset": preset,
+        "data": data,
+        "data_path": None if data is None else str(Path(data).resolve()),
+        "corpus": corpus.name,
+        "data_fingerprint": data_fp,
+        "unigram_bpb_train": h_train,
+        "unigram_bpb_val": h_val,
+        "precision": precision,
+        "backend": args.backend,
+        "world_size": dist_env.world_size,
+    }
+    if resume is not None:
+        run_info["resumed_from"] = str(found.path)  # type: ignore[union-attr]
+        if int(resume["step"]) >= cfg.steps:
+            if dist_env.is_main:
+                print(
+                    f"{out}: the run is complete (step {resume['step']} of {cfg.steps}); nothing to do "
+                    "(raise --steps to train further)"
+                )
+            return 0
+        changed = [
+            f"{k} {v!r} -> {getattr(cfg, k)!r}"
+            for k, v in resume["config"].items()
+            if k in FIELD_RULES and v != getattr(cfg, k)
+        ]
+        if changed and dist_env.is_main:
+            print(f"note: changed on resume: {', '.join(changed)}")
+    if dist_env.is_main:
+        print(f"corpus: {corpus.name}")
+        print(f"split: {len(corpus.train):,} train bytes, {len(corpus.val):,} validation bytes ({corpus.split})")
+        print(f"unigram entropy: {h_train:.4f} bits/byte (train), {h_val:.4f} bits/byte (validation)", flush=True)
+        if found is not None and resume is None:
+            print(f"note: replacing the previous run in {out} (checkpoint at step {found.checkpoint['step']})")
+    return _Plan(cfg, corpus, device, precision, out, run_info, resume)
+
+
+def _error(message: str, dist_env: DistEnv) -> int:
+    prefix = f"[rank {dist_env.rank}] " if dist_env.enabled else ""
+    print(f"{PROG}: error: {prefix}{message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the training program; returns the exit code (see the module docstring).
+
+    >>> main(["--preset", "nope"])  # the error line goes to stderr
+    2
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse reports the error itself (or --help)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        dist_env = DistEnv.from_environ()
+    except ValueError as err:
+        return _error(str(err), DistEnv())
+    try:
+        if args.eval_only is not None:
+            return _eval_only(args, dist_env)
+        plan = _prepare(args, dist_env)
+    except (OSError, ValueError) as err:  # CheckpointError is a ValueError
+        return _error(one_line(err) if isinstance(err, CheckpointError) else str(err), dist_env)
+    except BackendUnavailableError as err:
+        return _error(str(err), dist_env)
+    except KeyboardInterrupt:  # Ctrl-C while loading: nothing written yet
+        return 130
+    if isinstance(plan, int):
+        return plan
+
+    control_group = None
+    if dist_env.enabled:
+        import torch.distributed as dist
+
+        if plan.device.type == "cuda":
+            torch.cuda.set_device(plan.device)
+            dist.init_process_group("nccl", device_id=plan.device)
+            control_group = dist.new_group(backend="gloo")
+        else:
+            dist.init_process_group("gloo")
+    try:
+        result = train(
+            plan.cfg,
+            plan.corpus,
+            plan.device,
+            plan.out,
+            plan.run_info,
+            backend=args.backend,
+            progress=not args.no_progress,
+            precision=plan.precision,
+            resume=plan.resume,
+            stop_after=args.stop_after,
+            dist_env=dist_env,
+            control_group=control_group,
+        )
+    except (CheckpointError, BackendUnavailableError) as err:  # raised before anything is written
+        return _error(str(err), dist_env)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if dist_env.enabled:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    if result.status == "done" and result.metrics and dist_env.is_main:
+        h_val = plan.run_info["unigram_bpb_val"]
+        print(f"final val bpb {result.metrics['val_bpb']:.4f} vs unigram entropy {h_val:.4f} bits/byte (validation)")
+    return result.exit_code

@@ -1,0 +1,113 @@
+"""What the training program measures and shows: validation loss on the fixed windows, generated samples, and the
+metrics log with its plot."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..autoregressive_wrapper import AutoregressiveWrapper
+from ..checkpoint import atomic_write
+from .runtime import DistEnv, autocast
+
+
+def visible(data: bytes) -> str:
+    """Decode bytes as UTF-8 (invalid sequences become U+FFFD) with non-printable characters escaped.
+
+    >>> visible(b"ok\\tnew\\nline\\x07\\xff")
+    'ok\\tnew\\nline\\\\x07\\ufffd'
+    """
+    text = data.decode("utf-8", errors="replace")
+    return "".join(c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+@torch.no_grad()
+def evaluate(
+    wrapper: AutoregressiveWrapper,
+    windows: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    *,
+    precision: str = "fp32",
+    dist_env: DistEnv | None = None,
+) -> float:
+    """Mean next-byte cross-entropy (nats) over ``windows``, in eval mode; the training mode is restored.
+
+    Under torchrun each process scores ``windows[rank::world_size]`` and the sums are all-reduced, so every process
+    returns the loss of all windows.
+    """
+    dist_env = dist_env or DistEnv()
+    was_training = wrapper.training
+    wrapper.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    try:
+        with autocast(device, precision):
+            for chunk in windows[dist_env.rank :: dist_env.world_size].split(batch_size):
+                total += wrapper(chunk.to(device)).double() * len(chunk)
+    finally:
+        wrapper.train(was_training)
+    if dist_env.enabled:
+        torch.distributed.all_reduce(total)
+    return float(total) / len(windows)
+
+
+def generate_sample(
+    wrapper: AutoregressiveWrapper, val: torch.Tensor, prompt_len: int, sample_len: int, device: torch.device
+) -> tuple[str, str]:
+    """Sample ``sample_len`` bytes after a ``prompt_len``-byte prompt from the start of the validation data.
+
+    The prompt starts after the first newline (when there is one early on) so that it begins on a line. Returns the
+    prompt and the sample as printable text (see :func:`visible`); sampling uses the global torch RNG.
+    """
+    head = val[:4096]
+    newlines = (head == ord("\n")).nonzero()
+    offset = int(newlines[0]) + 1 if len(newlines) and int(newlines[0]) < len(head) // 2 else 0
+    offset = min(offset, max(0, len(val) - prompt_len))
+    prompt = val[offset : offset + prompt_len].long()[None].to(device)
+    sample = wrapper.generate(prompt, sample_len, temperature=1.0, filter_thres=0.9)
+    return visible(bytes(prompt[0].tolist())), visible(bytes(sample[0].tolist()))
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` (lines that do not parse, such as one cut by a crash, are skipped)."""
+    records = []
+    if path.is_file():
+        for line in path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                record = json.loads(line)
+                if isinstance(record, dict) and isinstance(record.get("step"), int):
+                    records.append(record)
+    return records
+
+
+def plot_metrics(metrics_path: Path, png_path: Path, title: str = "") -> bool:
+    """Draw train and validation bits per byte against step from ``metrics.jsonl`` into ``png_path`` (atomically).
+
+    Returns ``False`` (drawing nothing) when matplotlib is not installed. Uses the Agg canvas directly, so the global
+    matplotlib backend is left alone.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    records = read_metrics(metrics_path)
+    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    steps = [r["step"] for r in records]
+    ax.plot(steps, [r["train_loss"] / math.log(2) for r in records], label="train (mean since previous evaluation)")
+    ax.plot(steps, [r["val_bpb"] for r in records], marker="o", label="validation (fixed windows)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits per byte")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
+    atomic_write(png_path, lambda f: fig.savefig(f, format="png", dpi=100))
+    return True
