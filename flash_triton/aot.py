@@ -11,6 +11,8 @@ Exit code 1 when a compile fails, a kernel spills, its shared memory exceeds the
 or a half-precision kernel does not multiply on tensor cores in its own type (a float32 one on them at all). One
 allowance, reported as ``ok*`` with its bytes: at most SPILL_ALLOWANCE spilled bytes whose loads and stores all lie
 outside every loop of the SASS (``nvdisasm``), i.e. touched once per program, never per loop iteration.
+Each kernel is compiled as triton's launcher specialises it: 16-byte-aligned pointers, strides and the feature
+widths (S, E; DA, DB, DX, DY) that are multiples of 16 marked divisible by 16.
 Registers and spills come from ``ptxas -v`` on the generated PTX, run with the ptxas that triton itself uses for
 that architecture; shared memory from the compiler's metadata (Triton allocates it dynamically, so ptxas does not
 see it). Must run without ``TRITON_INTERPRET=1`` (under the interpreter ``triton.jit`` yields functions that
@@ -162,30 +164,36 @@ def kernel_launches(launch: Launch) -> list[tuple[str, str, dict]]:
     return out
 
 
-def _tiles(name: str, w: int, s: int, e: int, dtype: torch.dtype, dropout: bool) -> list[dict]:
-    """The launch configs (tiles and options) that the launchers pick for kernel ``name`` at this shape."""
+def _tiles(name: str, w: int, s: int, e: int, dtype: torch.dtype, dropout: bool) -> list[tuple[dict, dict]]:
+    """The launch configs (tiles and options) that the launchers pick for kernel ``name`` at this shape, each with
+    the values of the kernel's feature-width arguments (which triton specialises on divisibility by 16)."""
     if name.startswith("quad_attn_"):
-        return [qa.launch_config(name.removeprefix("quad_attn_"), w, s, e, dtype, dropout)]
+        return [(qa.launch_config(name.removeprefix("quad_attn_"), w, s, e, dtype, dropout), {"S": s, "E": e})]
     if name == "group_state":  # lin_kᵀ v and lin_qᵀ dY: both (s, e)
-        return [mca.state_config(w, s, e, dtype)]
-    return [mca.apply_config(w, s, e, dtype), mca.apply_config(w, e, s, dtype)]  # lin_k dS / lin_q P; dY Pᵀ, v dSᵀ
+        return [(mca.state_config(w, s, e, dtype), {"DA": s, "DB": e})]
+    return [  # lin_k dS / lin_q P: (s -> e); dY Pᵀ, v dSᵀ: (e -> s)
+        (mca.apply_config(w, s, e, dtype), {"DX": s, "DY": e}),
+        (mca.apply_config(w, e, s, dtype), {"DX": e, "DY": s}),
+    ]
 
 
-def variants(shapes: list, dtypes: list[str], launches: list[Launch]) -> list[tuple[str, str, str, dict, dict]]:
-    """(check name, jit function name, dtype, constexprs, options) of every distinct compile: each kernel of each
-    launch, at each shape and dtype, in the config its launcher picks."""
+def variants(shapes: list, dtypes: list[str], launches: list[Launch]) -> list[tuple]:
+    """(check name, jit function name, dtype, constexprs, options, divisible) of every distinct compile: each kernel
+    of each launch, at each shape and dtype, in the config its launcher picks; ``divisible`` names the feature-width
+    arguments that are multiples of 16 at that shape (specialised as such by triton's launcher)."""
     seen, out = set(), []
     for (w, s, e), dtype, launch in itertools.product(shapes, dtypes, launches):
         for name, fn, flags in kernel_launches(launch):
-            for cfg in _tiles(name, w, s, e, TORCH_DTYPES[dtype], launch.dropout and name.startswith("quad")):
+            for cfg, widths in _tiles(name, w, s, e, TORCH_DTYPES[dtype], launch.dropout and name.startswith("quad")):
                 cfg = dict(cfg)
                 options = {k: cfg.pop(k) for k in ("num_warps", "num_stages")}
                 options["enable_fp_fusion"] = FP_FUSION
                 constexprs = dict(flags, DOT_PREC=dot_precision(TORCH_DTYPES[dtype]), **cfg)
-                key = (name, dtype, tuple(sorted(constexprs.items())), tuple(sorted(options.items())))
+                divisible = tuple(sorted(k for k, v in widths.items() if v % 16 == 0))
+                key = (name, dtype, tuple(sorted(constexprs.items())), tuple(sorted(options.items())), divisible)
                 if key not in seen:
                     seen.add(key)
-                    out.append((name, fn, dtype, constexprs, options))
+                    out.append((name, fn, dtype, constexprs, options, divisible))
     return out
 
 
@@ -208,10 +216,10 @@ _SASS_LABEL = re.compile(r"^(\.L_x_\d+):")
 _SASS_BRANCH = re.compile(r"\bBRA\b[^`]*`\((\.L_x_\d+)\)")
 
 
-def spills_in_loops(sass: str) -> int:
-    """How many local-memory spill instructions (STL/LDL) of ``nvdisasm -c`` output lie inside a loop: between the
-    target of a backward branch and the branch."""
-    labels, branches, spills, pending = {}, [], [], []
+def parse_sass(sass: str) -> tuple[list[tuple[int, str]], list[tuple[int, int]]]:
+    """The instructions of ``nvdisasm -c`` output as (address, text), and its loops as (first, last) addresses:
+    each backward branch closes one, from the branch's target label to the branch."""
+    labels, branches, instructions, pending = {}, [], [], []
     for line in sass.splitlines():
         label = _SASS_LABEL.match(line.strip())
         if label:
@@ -220,26 +228,34 @@ def spills_in_loops(sass: str) -> int:
         m = _SASS_ADDRESS.search(line)
         if not m:
             continue
-        address, instruction = int(m.group(1), 16), m.group(2)
+        address, instruction = int(m.group(1), 16), m.group(2).strip()
         for name in pending:
             labels[name] = address
         pending = []
         target = _SASS_BRANCH.search(instruction)
         if target:
             branches.append((address, target.group(1)))
-        if re.search(r"\b(STL|LDL)(\.|\s)", instruction):
-            spills.append(address)
+        instructions.append((address, instruction))
     loops = [(labels[t], a) for a, t in branches if t in labels and labels[t] <= a]
+    return instructions, loops
+
+
+def spills_in_loops(sass: str) -> int:
+    """How many local-memory spill instructions (STL/LDL) of ``nvdisasm -c`` output lie inside a loop: between the
+    target of a backward branch and the branch."""
+    instructions, loops = parse_sass(sass)
+    spills = [a for a, text in instructions if re.search(r"\b(STL|LDL)(\.|\s)", text)]
     return sum(any(start <= x <= end for start, end in loops) for x in spills)
 
 
-def alignment_attrs(fn, constexprs: dict) -> dict:
-    """What Triton's launcher specialises for 16-byte-aligned tensors and strides divisible by 16 (the usual case:
-    any feature width that is a multiple of 8 in half precision): tt.divisibility=16 on pointers and strides."""
+def alignment_attrs(fn, constexprs: dict, divisible: tuple = ()) -> dict:
+    """What Triton's launcher specialises for 16-byte-aligned tensors, strides divisible by 16 (the usual case: any
+    feature width that is a multiple of 8 in half precision) and the integer arguments named in ``divisible``:
+    tt.divisibility=16."""
     return {
         (i,): [["tt.divisibility", 16]]
         for i, name in enumerate(fn.arg_names)
-        if name not in constexprs and (name.endswith("_ptr") or name.startswith("stride_"))
+        if name not in constexprs and (name.endswith("_ptr") or name.startswith("stride_") or name in divisible)
     }
 
 
@@ -303,39 +319,88 @@ def signature(fn, dtype: str, constexprs: dict) -> dict:
     return sig
 
 
-def check(
-    name: str, fn_name: str, dtype: str, constexprs: dict, arch: int, options: dict, aligned: bool = True
-) -> Result:
-    flags = ",".join(k for k, v in constexprs.items() if v is True)
+@dataclass
+class Binary:
+    """One kernel compiled for one architecture: its PTX, ptxas's resource report, and (when asked) its SASS."""
+
+    ptx: str
+    shared: int
+    registers: int
+    spill_bytes: int
+    sass: str = ""
+
+
+def kernel_fn(fn_name: str):
+    """The ``@triton.jit`` function of that name in the op packages."""
+    return getattr(mca if hasattr(mca, fn_name) else qa, fn_name)
+
+
+def compile_kernel(
+    fn_name: str,
+    dtype: str,
+    constexprs: dict,
+    arch: int,
+    options: dict,
+    aligned: bool = True,
+    sass: bool = False,
+    divisible: tuple = (),
+) -> Binary:
+    """Compile ``fn_name`` for ``arch`` with triton, assemble its PTX with triton's own ptxas (``-v``) and, with
+    ``sass`` (or when it spills), disassemble the cubin with ``nvdisasm -c``. Raises on a compile or ptxas
+    failure."""
+    fn = kernel_fn(fn_name)
+    attrs = alignment_attrs(fn, constexprs, divisible) if aligned else None
+    src = ASTSource(fn=fn, signature=signature(fn, dtype, constexprs), constexprs=constexprs, attrs=attrs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(options))
+    sm = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
+    with tempfile.TemporaryDirectory(prefix="flash_triton_aot_") as tmp:  # removed whatever ptxas does
+        ptx, cubin = os.path.join(tmp, "kernel.ptx"), os.path.join(tmp, "kernel.cubin")
+        with open(ptx, "w") as f:
+            f.write(compiled.asm["ptx"])
+        proc = subprocess.run([ptxas_path(arch), f"-arch={sm}", "-v", ptx, "-o", cubin], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ptxas failed ({proc.returncode}): {proc.stderr.strip()}")
+        log = proc.stderr
+        stores = re.search(r"(\d+) bytes spill stores", log)
+        loads = re.search(r"(\d+) bytes spill loads", log)
+        out = Binary(
+            ptx=compiled.asm["ptx"],
+            shared=compiled.metadata.shared,
+            registers=int(re.search(r"Used (\d+) registers", log).group(1)),
+            spill_bytes=(int(stores.group(1)) if stores else 0) + (int(loads.group(1)) if loads else 0),
+        )
+        if sass or out.spill_bytes:
+            out.sass = subprocess.run([nvdisasm_path(), "-c", cubin], capture_output=True, text=True, check=True).stdout
+    return out
+
+
+def describe(constexprs: dict, divisible: tuple = ()) -> tuple[str, str]:
+    """("BM64xBN32x...", "E%16 S%16 [CAUSAL,...]"): a compile's tiles, and its divisible widths and flags set."""
     tiles = "x".join(f"{k}{v}" for k, v in constexprs.items() if k.startswith("B") and isinstance(v, int))
-    warps = options["num_warps"]
-    res = Result(name, arch, f"{dtype} {tiles} S_BLOCKS={constexprs.get('S_BLOCKS', 1)} w{warps} [{flags}]", dtype)
+    flags = ",".join(k for k, v in constexprs.items() if v is True)
+    return tiles, "".join(f"{k}%16 " for k in divisible) + f"[{flags}]"
+
+
+def check(
+    name: str,
+    fn_name: str,
+    dtype: str,
+    constexprs: dict,
+    arch: int,
+    options: dict,
+    aligned: bool = True,
+    divisible: tuple = (),
+) -> Result:
+    tiles, flags = describe(constexprs, divisible)
+    config = f"{dtype} {tiles} S_BLOCKS={constexprs.get('S_BLOCKS', 1)} w{options['num_warps']} {flags}"
+    res = Result(name, arch, config, dtype)
     t0 = time.perf_counter()
-    fn = getattr(mca if hasattr(mca, fn_name) else qa, fn_name)
     try:
-        attrs = alignment_attrs(fn, constexprs) if aligned else None
-        src = ASTSource(fn=fn, signature=signature(fn, dtype, constexprs), constexprs=constexprs, attrs=attrs)
-        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(options))
-        res.shared = compiled.metadata.shared
-        res.mma = tensor_core_ops(compiled.asm["ptx"])
-        sm = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
-        with tempfile.TemporaryDirectory(prefix="flash_triton_aot_") as tmp:  # removed whatever ptxas does
-            ptx, cubin = os.path.join(tmp, "kernel.ptx"), os.path.join(tmp, "kernel.cubin")
-            with open(ptx, "w") as f:
-                f.write(compiled.asm["ptx"])
-            proc = subprocess.run(
-                [ptxas_path(arch), f"-arch={sm}", "-v", ptx, "-o", cubin], capture_output=True, text=True
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(f"ptxas failed ({proc.returncode}): {proc.stderr.strip()}")
-            log = proc.stderr
-            res.registers = int(re.search(r"Used (\d+) registers", log).group(1))
-            stores = re.search(r"(\d+) bytes spill stores", log)
-            loads = re.search(r"(\d+) bytes spill loads", log)
-            res.spill_bytes = (int(stores.group(1)) if stores else 0) + (int(loads.group(1)) if loads else 0)
-            if res.spill_bytes:
-                sass = subprocess.run([nvdisasm_path(), "-c", cubin], capture_output=True, text=True, check=True).stdout
-                res.spills_in_loops = spills_in_loops(sass)
+        binary = compile_kernel(fn_name, dtype, constexprs, arch, options, aligned, divisible=divisible)
+        res.shared, res.registers, res.spill_bytes = binary.shared, binary.registers, binary.spill_bytes
+        res.mma = tensor_core_ops(binary.ptx)
+        if binary.spill_bytes:
+            res.spills_in_loops = spills_in_loops(binary.sass)
     except Exception as exc:  # a compile or ptxas failure is a finding, reported per configuration
         res.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"[:300]
     res.seconds = time.perf_counter() - t0
@@ -368,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = variants([SHAPE_PRODUCTION], dtypes, layer_launches(args.quick))
     if not args.quick:
         configs += [c for c in variants(SHAPES_OTHER, dtypes, layer_launches(True)) if c not in configs]
-    jobs = [(n, fn, d, c, arch, opts) for arch in args.arch for n, fn, d, c, opts in configs]
+    jobs = [(n, fn, d, c, arch, opts, True, div) for arch in args.arch for n, fn, d, c, opts, div in configs]
     print(f"triton {triton.__version__}; ptxas: " + ", ".join(f"sm_{a} {ptxas_path(a)}" for a in args.arch))
     t0 = time.perf_counter()
     results = []

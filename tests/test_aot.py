@@ -46,10 +46,10 @@ def test_a_failing_ptxas_is_reported_and_leaves_no_file(tmp_path):
         """
         from flash_triton import aot
         aot.ptxas_path = lambda arch: "false"  # a ptxas that fails
-        name, fn, dtype, constexprs, options = next(
+        name, fn, dtype, constexprs, options, divisible = next(
             v for v in aot.variants([(16, 16, 16)], ["fp32"], aot.layer_launches(True)) if v[0] == "group_apply"
         )
-        r = aot.check(name, fn, dtype, constexprs, 80, options)
+        r = aot.check(name, fn, dtype, constexprs, 80, options, divisible=divisible)
         print("ERROR:", r.error, "OK:", r.ok)
         """
     )

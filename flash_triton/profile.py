@@ -1,0 +1,430 @@
+"""Static performance profile without a GPU: what the compiled kernels will do on an H100 (sm_90) or A100 (sm_80),
+read from their SASS, plus a model of the executed FLOPs and the HBM bytes of the attention cores.
+
+    python -m flash_triton.profile [--arch 90 80] [--dtype bf16 fp16] [--quick] [--jobs N]
+
+Per kernel, in the launch configuration its launcher picks at the benchmark shapes (FLASH: s 128, e 1024, g 256;
+GAU: window n = 8192; causal), for the flag combinations the layers launch (``--quick``: the causal training
+launch of each layer, bf16 only): registers, spill bytes, shared memory, resident blocks and warps per SM, the MMA
+kind (wgmma / mma.sync / none) and count, global loads by width (16-byte vectors vs narrower), cp.async and TMA
+loads, and the hot loop (the loop of the SASS holding the most MMA work; nested loops counted once): its
+instructions and the MMA FLOPs per warp instruction.
+
+Per core (n 8192, batch 1, the default flags), from the launch grids and loop bounds of the launchers: executed
+MMA FLOPs over the minimum of :mod:`benchmarks.formulas` (the same convention: useful products only, causal
+n g / 2), and HBM bytes per token over the floor, modelled as every kernel reading each tensor it needs once and
+writing each output once (perfect reuse inside a kernel, none across kernels) plus the torch ops between them.
+The H100 time (batch 4, the suite's core rows) is an estimate from those two models at peak rates (989 TFLOP/s
+bf16 dense, 67 TFLOP/s float32 FMA, 3.35 TB/s), a lower bound that assumes every kernel runs at its roofline; not a
+measurement. Must run without ``TRITON_INTERPRET=1``.
+"""
+
+import argparse
+import math
+import os
+import re
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from . import aot
+from .quad_attn import kernels as qa
+
+# benchmark shapes (benchmarks/subjects: quad-attn, mixed-chunk-attn, gau-layer, flash-layer)
+N, S, E, G, BATCH = 8192, 128, 1024, 256, 4
+# per SM: registers, shared memory (bytes, including the 1 KiB each block reserves), warps, blocks; peak rates
+ARCH = {
+    90: dict(regs=65536, smem=233472, warps=64, blocks=32, tflops=989.0, gbps=3350.0, name="H100 SXM"),
+    80: dict(regs=65536, smem=167936, warps=64, blocks=32, tflops=312.0, gbps=2039.0, name="A100 SXM"),
+}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SASS
+
+
+_LOAD = re.compile(r"\b(LDGSTS|LDG)((?:\.[A-Z0-9_]+)*)")
+_HGMMA = re.compile(r"\bHGMMA\.(\d+)x(\d+)x(\d+)")
+_HMMA = re.compile(r"\bHMMA\.(16)(8)(16|8|4)\b")
+_FFMA = re.compile(r"\bFFMA\b")
+_TMA = re.compile(r"\b(UTMALDG|UBLKCP)\b")
+
+
+def load_width(modifiers: str) -> int:
+    """Bytes per thread of a global load from its SASS modifiers (``.128`` = 16-byte vectors; none = 4)."""
+    mods = modifiers.split(".")
+    if "128" in mods:
+        return 16
+    if "64" in mods:
+        return 8
+    if "U16" in mods or "S16" in mods:
+        return 2
+    if "U8" in mods or "S8" in mods:
+        return 1
+    return 4
+
+
+def mma_flops(instruction: str, tensor_cores: bool) -> float:
+    """Matrix-product FLOPs one warp's instance of ``instruction`` computes: a wgmma (HGMMA m x n x k) is issued by
+    the 4 warps of a warpgroup, an mma.sync (HMMA m16 n8 k) by one warp; FFMA counts (32 lanes x 2) only in a
+    kernel without tensor-core products (the float32 path, where the matrix products are FMAs)."""
+    m = _HGMMA.search(instruction)
+    if m:
+        a, b, c = map(int, m.groups())
+        return 2.0 * a * b * c / 4
+    m = _HMMA.search(instruction)
+    if m:
+        a, b, c = map(int, m.groups())
+        return 2.0 * a * b * c
+    if not tensor_cores and _FFMA.search(instruction):
+        return 64.0
+    return 0.0
+
+
+@dataclass
+class SassStats:
+    instructions: int = 0
+    mma_kind: str = "none"  # "wgmma", "mma.sync", "wgmma+mma.sync" or "none"
+    mma_count: int = 0
+    loads: dict = field(default_factory=dict)  # bytes per thread -> global load instructions (LDG)
+    cp_async: dict = field(default_factory=dict)  # bytes per thread -> cp.async instructions (LDGSTS)
+    tma: int = 0
+    loop_instructions: int = 0  # the hot loop
+    loop_mma: int = 0
+    loop_flop_per_instruction: float = 0.0
+
+
+def sass_stats(sass: str) -> SassStats:
+    """What the SASS of one kernel shows (see the module docstring)."""
+    instructions, loops = aot.parse_sass(sass)
+    st = SassStats(instructions=len(instructions))
+    hgmma = sum(bool(_HGMMA.search(t)) for _, t in instructions)
+    hmma = sum(bool(_HMMA.search(t)) for _, t in instructions)
+    st.mma_count = hgmma + hmma
+    st.mma_kind = "+".join(k for k, c in (("wgmma", hgmma), ("mma.sync", hmma)) if c) or "none"
+    tensor_cores = st.mma_count > 0
+    for _, text in instructions:
+        m = _LOAD.search(text)
+        if m:
+            into = st.cp_async if m.group(1) == "LDGSTS" else st.loads
+            width = load_width(m.group(2))
+            into[width] = into.get(width, 0) + 1
+        st.tma += bool(_TMA.search(text))
+    best = None
+    for first, last in loops:
+        body = [t for a, t in instructions if first <= a <= last]
+        flops = sum(mma_flops(t, tensor_cores) for t in body)
+        mmas = sum(bool(_HGMMA.search(t) or _HMMA.search(t)) for t in body)
+        if flops and (best is None or flops > best[0] or (flops == best[0] and len(body) < best[1])):
+            best = (flops, len(body), mmas)
+    if best is not None:
+        st.loop_flop_per_instruction = best[0] / best[1]
+        st.loop_instructions, st.loop_mma = best[1], best[2]
+    return st
+
+
+def occupancy(arch: int, registers: int, shared: int, warps: int) -> tuple[int, int]:
+    """(resident blocks, resident warps) per SM: registers are allocated per warp in units of 256, each block
+    reserves 1 KiB of shared memory beyond its own."""
+    a = ARCH[arch]
+    per_warp = math.ceil(max(registers, 1) * 32 / 256) * 256
+    by_regs = (a["regs"] // per_warp) // warps
+    by_smem = a["smem"] // (shared + 1024)
+    blocks = min(by_regs, by_smem, a["warps"] // warps, a["blocks"])
+    return blocks, blocks * warps
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# executed FLOPs and HBM bytes of the cores, from the launchers' grids and loop bounds
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass
+class Launch:
+    """One kernel launch of a core: executed matrix-product FLOPs, and the bytes it reads and writes (each tensor
+    once). ``torch`` launches are the torch ops between kernels (element-wise, no FLOPs counted)."""
+
+    name: str
+    flops: float
+    read: float
+    written: float
+
+
+def quad_tiles(kind: str, w: int, s: int, e: int, dtype: torch.dtype) -> dict:
+    return qa.launch_config(kind, w, s, e, dtype, False)
+
+
+def quad_forward(n: int, w: int, s: int, e: int, dtype: torch.dtype, causal: bool, lin: bool) -> float:
+    """Executed FLOPs of ``_quad_attn_fwd_kernel``: per (window, query tile, value block) program, each key tile up
+    to the window's end (causal: the tile's diagonal) costs q kᵀ over the padded query/key width and A v over the
+    value block; with ``lin``, lin_q P over the padded query/key width."""
+    c = quad_tiles("fwd", w, s, e, dtype)
+    bm, bn, s_pad, be = c["BM"], c["BN"], c["S_BLOCKS"] * c["BS"], c["BE"]
+    flops = 0.0
+    for win in range(_cdiv(n, w)):
+        ws, we = win * w, min(n, win * w + w)
+        for q0 in range(ws, we, bm):
+            hi = min(we, q0 + bm) if causal else we
+            steps = _cdiv(hi - ws, bn)
+            flops += steps * 2.0 * bm * bn * (s_pad + be) + (2.0 * bm * _cdiv(s, c["BS"]) * c["BS"] * be if lin else 0)
+    return flops * _cdiv(e, be)
+
+
+def quad_backward(n: int, w: int, s: int, e: int, dtype: torch.dtype, causal: bool) -> float:
+    """Executed FLOPs of the dv kernel (scores and Aᵀ dy per key tile and value block) and the dk / dq kernels
+    (per tile and query/key feature block: dA = dy vᵀ over all of E, the scores over the padded width, and the
+    tile's dsᵀ q or ds k over its feature block)."""
+    total = 0.0
+    for kind in ("dv", "dk", "dq"):
+        c = quad_tiles(kind, w, s, e, dtype)
+        bm, bn, bs, be = c["BM"], c["BN"], c["BS"], c["BE"]
+        s_pad, e_pad = c["S_BLOCKS"] * bs, _cdiv(e, be) * be
+        for win in range(_cdiv(n, w)):
+            ws, we = win * w, min(n, win * w + w)
+            if kind == "dv":
+                for k0 in range(ws, we, bn):
+                    steps = _cdiv(we - (k0 if causal else ws), bm)
+                    total += _cdiv(e, be) * steps * 2.0 * bm * bn * (s_pad + be)
+            elif kind == "dk":
+                for k0 in range(ws, we, bn):
+                    steps = _cdiv(we - (k0 if causal else ws), bm)
+                    total += c["S_BLOCKS"] * steps * 2.0 * bm * bn * (e_pad + s_pad + bs)
+            else:
+                for q0 in range(ws, we, bm):
+                    hi = min(we, q0 + bm) if causal else we
+                    total += c["S_BLOCKS"] * _cdiv(hi - ws, bn) * 2.0 * bm * bn * (e_pad + s_pad + bs)
+    return total
+
+
+def _gated_quad(
+    n: int, w: int, s: int, e: int, dtype: torch.dtype, backward: bool, lin: bool, state: float
+) -> tuple[list[Launch], list[Launch]]:
+    """The quadratic part of a core (GAU's whole core, FLASH's within-group half with lin_q P fused when ``lin``):
+    its forward launch, and its backward launches (the gate's torch ops and the dv, dk, dq kernels)."""
+    p = dtype.itemsize
+    name = "quad_attn_fwd + lin_q P + gate" if lin else "quad_attn_fwd"
+    reads = n * p * ((3 if lin else 2) * s + 2 * e) + (state if lin else 0.0)
+    fwd = [Launch(name, quad_forward(n, w, s, e, dtype, True, lin), reads, n * p * e * (2 if backward else 1))]
+    if not backward:
+        return fwd, []
+    return fwd, [
+        Launch("torch: dy = d_out * gate, dgate = d_out * o_pre", 0.0, 4.0 * n * p * e, 2.0 * n * p * e),
+        # dv reads q, k, dy; dk and dq read q, k, v, dy each
+        Launch(
+            "quad_attn_bwd (dv, dk, dq)",
+            quad_backward(n, w, s, e, dtype, True),
+            n * p * (6 * s + 5 * e),
+            n * p * (2 * s + e),
+        ),
+    ]
+
+
+def core_launches(core: str, n: int, s: int, e: int, g: int, dtype: torch.dtype, backward: bool) -> list[Launch]:
+    """The launches of one causal training (or, without ``backward``, inference) call of a core, batch 1, no key
+    mask, T5 bias on: ``core`` is "quad_attn" (window n) or "mixed_chunk_attn"."""
+    p = dtype.itemsize
+    state = 4.0 * _cdiv(n, g) * s * e  # one fp32 s x e state per group
+    gemm = 2.0 * n * s * e  # one per-group state product (group_state / group_apply)
+    fwd, bwd = _gated_quad(n, n if core == "quad_attn" else g, s, e, dtype, backward, core != "quad_attn", state)
+    if core == "quad_attn":
+        return fwd + bwd
+    out = [
+        Launch("group_state (lin_kᵀ v)", gemm, n * p * (s + e), state),
+        Launch("torch: exclusive prefix / g", 0.0, 4 * state, 3 * state),
+        *fwd,
+    ]
+    if backward:
+        out += [
+            *bwd,
+            Launch("group_state (recomputed)", gemm, n * p * (s + e), state),
+            Launch("torch: exclusive prefix / g (recomputed)", 0.0, 4 * state, 3 * state),
+            Launch("group_apply (dY Pᵀ)", gemm, n * p * e + state, n * p * s),
+            Launch("group_state (lin_qᵀ dY)", gemm, n * p * (s + e), state),
+            Launch("torch: adjoint of the prefix", 0.0, 4 * state, 3 * state),
+            Launch("group_apply (v dSᵀ)", gemm, n * p * e + state, n * p * s),
+            Launch("group_apply (lin_k dS)", gemm, n * p * s + state, n * p * e),
+            Launch("torch: dv += lin_k dS", 0.0, 2.0 * n * p * e, n * p * e),
+        ]
+    return out
+
+
+@dataclass
+class CoreModel:
+    core: str
+    dtype: str
+    fwd_flops: float
+    fwd_min: float
+    bwd_flops: float
+    bwd_min: float
+    bytes_per_token: float
+    floor_per_token: float
+    h100_ms: float  # estimate at batch 4: Σ per launch max(FLOPs / peak, bytes / bandwidth), a lower bound
+
+    @property
+    def fwd_ratio(self) -> float:
+        return self.fwd_flops / self.fwd_min
+
+    @property
+    def bwd_ratio(self) -> float:
+        return self.bwd_flops / self.bwd_min
+
+    @property
+    def bytes_ratio(self) -> float:
+        return self.bytes_per_token / self.floor_per_token
+
+
+def core_model(core: str, dtype: str, n: int = N, s: int = S, e: int = E, g: int = G) -> CoreModel:
+    """Executed over minimal FLOPs (forward; backward) and modelled over floor HBM bytes of a causal training call
+    of ``core`` at batch 1."""
+    try:
+        from benchmarks import formulas  # the minimal counts the benchmark suite reports against
+    except ImportError as err:
+        raise RuntimeError("the core model needs benchmarks/formulas.py: run from the repository's root") from err
+
+    td = DTYPES[dtype]
+    p = td.itemsize
+    if core == "quad_attn":
+        fwd_min = formulas.quad_attn_flops(n, s, e, True, False)
+        floor = formulas.quad_attn_bytes(n, s, e, p, True)
+    else:
+        fwd_min = formulas.mixed_chunk_attn_flops(n, s, e, g, True, False)
+        floor = formulas.mixed_chunk_attn_bytes(n, s, e, g, p, True)
+    fwd = core_launches(core, n, s, e, g, td, False)
+    both = core_launches(core, n, s, e, g, td, True)
+    fwd_flops = sum(x.flops for x in fwd)
+    bwd_flops = sum(x.flops for x in both) - fwd_flops
+    moved = sum(x.read + x.written for x in both)
+    a = ARCH[90]
+    peak = a["tflops"] * 1e12 * (1.0 if td != torch.float32 else 67.0 / 989.0)  # float32: FMA units, not tensor cores
+    est = BATCH * sum(max(x.flops / peak, (x.read + x.written) / (a["gbps"] * 1e9)) for x in both)
+    return CoreModel(core, dtype, fwd_flops, fwd_min, bwd_flops, 2 * fwd_min, moved / n, floor / n, est * 1e3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the kernels at the benchmark shapes
+
+
+@dataclass
+class KernelProfile:
+    layer: str
+    kernel: str
+    arch: int
+    dtype: str
+    config: str
+    warps: int
+    registers: int = -1
+    spill_bytes: int = -1
+    shared: int = -1
+    blocks: int = 0
+    resident_warps: int = 0
+    sass: SassStats = field(default_factory=SassStats)
+    error: str = ""
+
+
+def profile_launches(quick: bool) -> list[tuple[str, aot.Launch]]:
+    """(layer, launch) pairs: the causal training launch of GAU and FLASH (quick), or every combination the
+    layers launch at their defaults plus the all-flags launch (:func:`flash_triton.aot.layer_launches`)."""
+    if quick:
+        return [("GAU", aot.Launch(False, True, False, False)), ("FLASH", aot.Launch(True, True, False, False))]
+    return [("FLASH" if la.flash else "GAU", la) for la in aot.layer_launches(True)]
+
+
+def profile_jobs(quick: bool, dtypes: list[str], archs: list[int]) -> list[tuple]:
+    jobs, seen = [], set()
+    for layer, launch in profile_launches(quick):
+        w = G if launch.flash else N
+        for dtype in dtypes:
+            for name, fn_name, dtype_, constexprs, options, divisible in aot.variants([(w, S, E)], [dtype], [launch]):
+                for arch in archs:
+                    key = (layer, name, arch, dtype_, tuple(sorted(constexprs.items())), divisible)
+                    if key not in seen:
+                        seen.add(key)
+                        jobs.append((layer, name, fn_name, dtype_, constexprs, arch, options, divisible))
+    return jobs
+
+
+def profile_kernel(job: tuple) -> KernelProfile:
+    layer, name, fn_name, dtype, constexprs, arch, options, divisible = job
+    tiles, flags = aot.describe(constexprs, divisible)
+    res = KernelProfile(layer, name, arch, dtype, f"{tiles} {flags}", options["num_warps"])
+    try:
+        binary = aot.compile_kernel(fn_name, dtype, constexprs, arch, options, sass=True, divisible=divisible)
+        res.registers, res.spill_bytes, res.shared = binary.registers, binary.spill_bytes, binary.shared
+        res.blocks, res.resident_warps = occupancy(arch, binary.registers, binary.shared, res.warps)
+        res.sass = sass_stats(binary.sass)
+    except Exception as exc:  # reported per kernel
+        res.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"[:300]
+    return res
+
+
+def _loads(d: dict) -> str:
+    return " ".join(f"{w}B:{d[w]}" for w in sorted(d, reverse=True)) or "-"
+
+
+def kernel_table(results: list[KernelProfile]) -> str:
+    lines = [
+        "| layer | kernel | arch | dtype | config | warps | regs | spill B | smem KiB | blocks/SM | warps/SM | MMA | "
+        "MMA instr | LDG by width | cp.async | TMA | hot loop instr | MMA in loop | FLOP / warp instr |",
+        "|" + " --- |" * 19,
+    ]
+    for r in sorted(results, key=lambda r: (r.layer, r.kernel, r.dtype, -r.arch, r.config)):
+        if r.error:
+            lines.append(f"| {r.layer} | {r.kernel} | sm_{r.arch} | {r.dtype} | {r.config} | {r.warps} | {r.error} |")
+            continue
+        st = r.sass
+        lines.append(
+            f"| {r.layer} | {r.kernel} | sm_{r.arch} | {r.dtype} | {r.config} | {r.warps} | {r.registers} | "
+            f"{r.spill_bytes} | {r.shared / 1024:.0f} | {r.blocks} | {r.resident_warps} | {st.mma_kind} | "
+            f"{st.mma_count} | {_loads(st.loads)} | {_loads(st.cp_async)} | {st.tma} | {st.loop_instructions} | "
+            f"{st.loop_mma} | {st.loop_flop_per_instruction:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def core_table(models: list[CoreModel]) -> str:
+    lines = [
+        "| core | dtype | executed / minimal FLOPs, forward | backward | HBM bytes per token (model) | floor | "
+        "bytes / floor | H100 roofline bound, fwd+bwd, batch 4, n 8192 (ms, estimate) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for m in models:
+        lines.append(
+            f"| {m.core} | {m.dtype} | {m.fwd_ratio:.2f} | {m.bwd_ratio:.2f} | {m.bytes_per_token / 1024:.1f} KiB | "
+            f"{m.floor_per_token / 1024:.1f} KiB | {m.bytes_ratio:.2f} | {m.h100_ms:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=sorted(ARCH))
+    parser.add_argument("--dtype", nargs="+", default=None, choices=["bf16", "fp16", "fp32"])
+    parser.add_argument("--quick", action="store_true", help="the causal training launch of each layer, bf16")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        print("unset TRITON_INTERPRET: the interpreter's functions cannot be compiled for a GPU", file=sys.stderr)
+        return 2
+    dtypes = args.dtype or (["bf16"] if args.quick else ["bf16", "fp16"])
+    t0 = time.perf_counter()
+    jobs = profile_jobs(args.quick, dtypes, args.arch)
+    with ProcessPoolExecutor(max(1, args.jobs)) as pool:
+        results = list(pool.map(profile_kernel, jobs))
+    print(kernel_table(results))
+    print()
+    models = [core_model(core, d) for core in ("quad_attn", "mixed_chunk_attn") for d in (*dtypes, "fp32")]
+    print(core_table(models))
+    failed = sum(bool(r.error) for r in results)
+    print(f"\n{len(results)} kernels profiled, {failed} failed to compile, in {time.perf_counter() - t0:.0f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
