@@ -11,8 +11,9 @@ Exit code 1 when a compile fails, a kernel spills, its shared memory exceeds the
 or a half-precision kernel does not multiply on tensor cores in its own type (a float32 one on them at all). One
 allowance, reported as ``ok*`` with its bytes: at most SPILL_ALLOWANCE spilled bytes whose loads and stores all lie
 outside every loop of the SASS (``nvdisasm``), i.e. touched once per program, never per loop iteration.
-Each kernel is compiled as triton's launcher specialises it: 16-byte-aligned pointers, strides and the feature
-widths (S, E; DA, DB, DX, DY) that are multiples of 16 marked divisible by 16.
+Each kernel is compiled as triton's launcher specialises it: 16-byte-aligned pointers, strides, and the feature
+widths (S, E; DA, DB, DX, DY) that are multiples of 16 where the kernel does not exclude them from specialisation,
+marked divisible by 16.
 Registers and spills come from ``ptxas -v`` on the generated PTX, run with the ptxas that triton itself uses for
 that architecture; shared memory from the compiler's metadata (Triton allocates it dynamically, so ptxas does not
 see it). Must run without ``TRITON_INTERPRET=1`` (under the interpreter ``triton.jit`` yields functions that
@@ -180,7 +181,8 @@ def _tiles(name: str, w: int, s: int, e: int, dtype: torch.dtype, dropout: bool)
 def variants(shapes: list, dtypes: list[str], launches: list[Launch]) -> list[tuple]:
     """(check name, jit function name, dtype, constexprs, options, divisible) of every distinct compile: each kernel
     of each launch, at each shape and dtype, in the config its launcher picks; ``divisible`` names the feature-width
-    arguments that are multiples of 16 at that shape (specialised as such by triton's launcher)."""
+    arguments that are multiples of 16 at that shape and that the kernel lets triton specialise (as its launcher
+    then does)."""
     seen, out = set(), []
     for (w, s, e), dtype, launch in itertools.product(shapes, dtypes, launches):
         for name, fn, flags in kernel_launches(launch):
@@ -189,7 +191,8 @@ def variants(shapes: list, dtypes: list[str], launches: list[Launch]) -> list[tu
                 options = {k: cfg.pop(k) for k in ("num_warps", "num_stages")}
                 options["enable_fp_fusion"] = FP_FUSION
                 constexprs = dict(flags, DOT_PREC=dot_precision(TORCH_DTYPES[dtype]), **cfg)
-                divisible = tuple(sorted(k for k, v in widths.items() if v % 16 == 0))
+                jit = kernel_fn(fn)
+                divisible = tuple(sorted(k for k, v in widths.items() if v % 16 == 0 and specialised(jit, k)))
                 key = (name, dtype, tuple(sorted(constexprs.items())), tuple(sorted(options.items())), divisible)
                 if key not in seen:
                     seen.add(key)
@@ -248,14 +251,21 @@ def spills_in_loops(sass: str) -> int:
     return sum(any(start <= x <= end for start, end in loops) for x in spills)
 
 
+def specialised(fn, name: str) -> bool:
+    """Whether triton's launcher specialises integer argument ``name`` of ``fn`` (not in ``do_not_specialize``)."""
+    nospec = {fn.arg_names[a] if isinstance(a, int) else a for a in getattr(fn, "do_not_specialize", ())}
+    return name not in nospec
+
+
 def alignment_attrs(fn, constexprs: dict, divisible: tuple = ()) -> dict:
     """What Triton's launcher specialises for 16-byte-aligned tensors, strides divisible by 16 (the usual case: any
-    feature width that is a multiple of 8 in half precision) and the integer arguments named in ``divisible``:
-    tt.divisibility=16."""
+    feature width that is a multiple of 8 in half precision) and the integer arguments named in ``divisible`` that
+    the kernel lets triton specialise: tt.divisibility=16."""
     return {
         (i,): [["tt.divisibility", 16]]
         for i, name in enumerate(fn.arg_names)
-        if name not in constexprs and (name.endswith("_ptr") or name.startswith("stride_") or name in divisible)
+        if name not in constexprs
+        and (name.endswith("_ptr") or name.startswith("stride_") or (name in divisible and specialised(fn, name)))
     }
 
 

@@ -17,8 +17,8 @@ from torch import Tensor
 
 from ..common.jit import FP_FUSION, check_row_offsets, dot, dot_precision, new_output, window_bounds
 
-# as in flash_triton.quad_attn.kernels: lengths not specialised, feature widths (DA, DB, DX, DY) specialised
-_NOSPEC = ["N", "GS"]
+# as in flash_triton.quad_attn.kernels: neither lengths nor (yet) feature widths specialised
+_NOSPEC = ["N", "GS", "DA", "DB", "DX", "DY"]
 
 
 @triton.jit(do_not_specialize=_NOSPEC)

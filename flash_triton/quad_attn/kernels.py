@@ -29,9 +29,11 @@ _MU = tl.constexpr(0.7071067811865476)
 _C = tl.constexpr(2.5066282746310002)
 _SQRT2 = tl.constexpr(1.4142135623730951)
 
-# lengths and counts vary per call and would recompile the kernels; the feature widths S and E are specialised
-# (triton marks a width divisible by 16 as such), so that masked feature loads become 16-byte vectors
-_NOSPEC = ["N", "W", "G"]
+# not specialised: lengths and counts (they vary per call). The feature widths S and E are not specialised either
+# yet: specialising them gives 16-byte vector loads and 17-51 fewer registers (benchmarks/RESULTS.md, static
+# profile), but spilled inside a loop in one float32 configuration on triton 3.9; it lands with the retune of
+# issue 13
+_NOSPEC = ["N", "W", "G", "S", "E"]
 
 
 @triton.jit
