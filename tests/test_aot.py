@@ -116,3 +116,27 @@ def test_the_checked_launches_are_those_the_layers_make():
                                 STORE_PRE=train,
                             )
                             assert tuple(sorted(flags.items())) in fwd, flags
+
+
+def test_the_check_compiles_only_the_specialisation_the_launcher_makes(tmp_path):
+    """Feature widths get tt.divisibility=16 only where the kernel lets triton specialise them (today: nowhere, they
+    are in do_not_specialize), so the check compiles the variants that run. In a child without the interpreter,
+    whose triton.jit functions carry no do_not_specialize."""
+    script = textwrap.dedent(
+        """
+        from flash_triton import aot
+        fn = aot.kernel_fn("_quad_attn_fwd_kernel")
+        assert not aot.specialised(fn, "S") and not aot.specialised(fn, "E") and aot.specialised(fn, "stride_qn")
+        for name, fn_name, _, constexprs, _, divisible in aot.variants(
+            [aot.SHAPE_PRODUCTION], ["bf16"], aot.layer_launches(True)
+        ):
+            jit = aot.kernel_fn(fn_name)
+            assert divisible == tuple(d for d in divisible if aot.specialised(jit, d)), name
+            marked = {jit.arg_names[i] for (i,) in aot.alignment_attrs(jit, constexprs, ("S", "E", "DA", "DB"))}
+            assert all(m.endswith("_ptr") or m.startswith("stride_") or aot.specialised(jit, m) for m in marked)
+            assert any(m.startswith("stride_") for m in marked), name
+        print("CHECKED")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(tmp_path))
+    assert proc.returncode == 0 and "CHECKED" in proc.stdout, proc.stderr[-3000:]
