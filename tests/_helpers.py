@@ -61,6 +61,15 @@ def scramble(model: torch.nn.Module, std: float = 0.5) -> None:
                 p.copy_(torch.randn_like(p) * std)
 
 
+def strided(t: torch.Tensor) -> torch.Tensor:
+    """The values of ``t`` in a view that is non-contiguous in every dimension (dimensions stored in reverse order,
+    with a gap between elements of the innermost one); differentiable with respect to ``t``."""
+    rev = tuple(range(t.dim() - 1, -1, -1))
+    big = torch.zeros(*t.shape[::-1], 2, dtype=t.dtype, device=t.device)
+    big[..., 0] = t.permute(rev)
+    return big[..., 0].permute(rev)
+
+
 class LaunchCounter:
     """Stands in for a jitted Triton kernel and counts its launches (``kernel[grid](...)``)."""
 

@@ -16,6 +16,7 @@ from tests._helpers import (
     layer_in_dtypes,
     output_and_grads,
     scramble,
+    strided,
 )
 
 triton = pytest.importorskip("triton")
@@ -73,6 +74,55 @@ def test_kernels_match_reference(b, n, s, e, g, causal, reduce_group, masked, la
         assert torch.isfinite(g_ours).all(), name
         assert_close_scaled(g_ours.double(), g64, TOL[dtype], f"grad of {name}")
         close_to_reference(g_ours, g_ref, g64, dtype, f"grad of {name}")
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "noncausal"])
+def test_non_contiguous_inputs_give_the_contiguous_results(causal):
+    """All seven tensor inputs and the bool key mask as views non-contiguous in every dimension: the same output and
+    gradients as contiguous inputs (a transposed mask was once read as if contiguous: off by 1.25 non-causal)."""
+    b, n, s, e = 2, 45, 24, 20
+    gen = torch.Generator().manual_seed(3)
+    base = [torch.randn(b, n, s, generator=gen) for _ in range(4)] + [torch.randn(b, n, e, generator=gen) * 0.5]
+    base = [t.to(DEVICE) for t in base + [torch.randn(b, n, e, generator=gen), torch.randn(32, generator=gen)]]
+    mask = (torch.rand(b, n, generator=gen) > 0.3).to(DEVICE)
+    grad_out = torch.randn(b, n, e, device=DEVICE)
+    kw = dict(group_size=16, causal=causal, t5_scale=1.3)
+
+    def run_views(fn, make_view):
+        leaves = [t.detach().clone().requires_grad_() for t in base]
+        views = [make_view(t) for t in leaves]
+        out = fn(*views[:6], t5_weight=views[6], key_mask=make_view(mask), **kw)
+        out.backward(grad_out)
+        return out.detach(), [t.grad for t in leaves]
+
+    assert strided(mask).stride(-1) != 1
+    out, grads = run_views(op.mixed_chunk_attn_triton, lambda t: t)
+    out_v, grads_v = run_views(op.mixed_chunk_attn_triton, strided)
+    out_ref, _ = run_views(ref.mixed_chunk_attn, lambda t: t)
+    assert_close_scaled(out, out_ref, 1e-5, "contiguous output against the reference")
+    torch.testing.assert_close(out_v, out, rtol=1e-6, atol=1e-6)
+    for name, g_v, g in zip(INPUTS, grads_v, grads, strict=True):
+        torch.testing.assert_close(g_v, g, rtol=1e-6, atol=1e-6, msg=f"grad of {name}")
+
+
+def test_non_contiguous_cu_seqlens_and_initial_state_give_the_contiguous_results():
+    gen = torch.Generator().manual_seed(4)
+    n, s, e = 40, 16, 12
+    x = [torch.randn(2, n, s, generator=gen) for _ in range(4)] + [
+        torch.randn(2, n, e, generator=gen) for _ in range(2)
+    ]
+    x = [t.to(DEVICE) for t in x]
+    packed = [t[:1] for t in x]
+    cu = torch.tensor([0, 13, 40], device=DEVICE)
+    out = op.mixed_chunk_attn_triton(*packed, group_size=8, causal=True, cu_seqlens=cu)
+    out_v = op.mixed_chunk_attn_triton(*packed, group_size=8, causal=True, cu_seqlens=strided(cu))
+    torch.testing.assert_close(out_v, out, rtol=0, atol=0)
+    state = torch.randn(2, s, e, generator=gen).to(DEVICE)
+    kw = dict(group_size=8, causal=True, output_final_state=True)
+    out, final = op.mixed_chunk_attn_triton(*x, initial_state=state, **kw)
+    out_v, final_v = op.mixed_chunk_attn_triton(*x, initial_state=strided(state), **kw)
+    torch.testing.assert_close(out_v, out, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(final_v, final, rtol=1e-6, atol=1e-6)
 
 
 def test_group_state_and_apply_match_einsum():

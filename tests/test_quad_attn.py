@@ -20,6 +20,7 @@ from tests._helpers import (
     layer_in_dtypes,
     output_and_grads,
     scramble,
+    strided,
 )
 
 triton = pytest.importorskip("triton")
@@ -84,6 +85,38 @@ def test_kernel_matches_reference(b, n, s, e, window, causal, laplace, mask, bia
     assert set(grads) == set(grads64)
     for name in grads:
         close_to_reference(grads[name], grads_ref[name], grads64[name], dtype, f"grad of {name}")
+
+
+def _through_views(fn, tensors: dict, grad_out, make_view, **kw):
+    """``fn`` on ``make_view`` of every tensor input (mask included), and the gradients of the leaves behind them."""
+    leaves = {k: t.detach().clone().requires_grad_(t.is_floating_point()) for k, t in tensors.items()}
+    views = {k: make_view(t) for k, t in leaves.items()}
+    out = fn(views.pop("q"), views.pop("k"), views.pop("v"), views.pop("gate"), **views, **kw)
+    out.backward(grad_out)
+    return out.detach(), {k: t.grad for k, t in leaves.items() if t.requires_grad}
+
+
+@pytest.mark.parametrize("window, causal", [(None, False), (None, True), (16, True)], ids=["gau", "gau-causal", "w16"])
+def test_non_contiguous_inputs_give_the_contiguous_results(window, causal):
+    """Every tensor the kernels read (q, k, v, gate, the T5 table, the bias and the bool key mask) as a view that is
+    non-contiguous in every dimension: the same output and gradients as contiguous inputs (a transposed mask was
+    once read as if contiguous, silently wrong)."""
+    b, n, s, e = 2, 37, 24, 20
+    tensors, key_mask = make_inputs(b, n, s, e, torch.float32, mask=True, bias="bnn" if window is None else None)
+    tensors = {k: t for k, t in tensors.items() if t is not None} | dict(key_mask=key_mask)
+    assert not strided(key_mask).is_contiguous() and strided(key_mask).stride(-1) != 1
+    kw = dict(scale=1.0 / n, window=window, causal=causal, t5_scale=0.7, bias_scale=0.5)
+    grad_out = torch.randn(b, n, e, device=DEVICE)
+    out, grads = _through_views(op.quad_attn_triton, tensors, grad_out, lambda t: t, **kw)
+    out_v, grads_v = _through_views(op.quad_attn_triton, tensors, grad_out, strided, **kw)
+    out_ref, _ = _through_views(ref.quad_attn, tensors, grad_out, lambda t: t, **kw)
+    assert_close_scaled(out, out_ref, 1e-5, "contiguous output against the reference")
+    torch.testing.assert_close(out_v, out, rtol=1e-6, atol=1e-6)
+    assert (
+        grads_v.keys() == grads.keys() == {"q", "k", "v", "gate", "t5_weight"} | ({"bias"} if window is None else set())
+    )
+    for name in grads:
+        torch.testing.assert_close(grads_v[name], grads[name], rtol=1e-6, atol=1e-6, msg=f"grad of {name}")
 
 
 def test_dropout_keep_mask_statistics_and_determinism():

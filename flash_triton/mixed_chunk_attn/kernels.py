@@ -160,7 +160,7 @@ def group_state(
     db = b.shape[-1]
     g = windows.shape[0] if windows is not None else triton.cdiv(n, group)
     out = new_output(a, (bsz, g, da, db), torch.float32)
-    mask = row_mask.to(torch.uint8) if row_mask is not None else None
+    mask = row_mask.to(torch.uint8).contiguous() if row_mask is not None else None
     cfg = state_config(group, da, db, a.dtype)
     grid = (g * triton.cdiv(da, cfg["BA"]), triton.cdiv(db, cfg["BB"]), bsz)
     _group_state_kernel[grid](
@@ -206,7 +206,7 @@ def group_apply(
     bsz, n, dx = x.shape
     dy = m.shape[-1]
     y = new_output(x, (bsz, n, dy), out_dtype or x.dtype)
-    mask = row_mask.to(torch.uint8) if row_mask is not None else None
+    mask = row_mask.to(torch.uint8).contiguous() if row_mask is not None else None
     cfg = apply_config(group, dx, dy, x.dtype)
     g = windows.shape[0] if windows is not None else triton.cdiv(n, group)
     grid = (g * triton.cdiv(group, cfg["BT"]), triton.cdiv(dy, cfg["BY"]), bsz)

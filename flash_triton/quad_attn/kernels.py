@@ -751,7 +751,8 @@ def quad_attn_fwd(
     (B, G, S, E) float32 (any strides), each window's queries also add ``lin_q @ state[window]`` before the gate.
     ``windows`` (G, 2) int32 [start, end) rows replace the uniform windows (packed variable-length batches, B = 1).
     """
-    q, k, v, gate, lin_q = _last_dim_contiguous(q, k, v, gate, lin_q)
+    q, k, v, gate, lin_q, t5_weight = _last_dim_contiguous(q, k, v, gate, lin_q, t5_weight)  # the T5 table and the
+    # key mask (below) are read as contiguous vectors
     if state is not None and state.stride(-1) != 1:
         state = state.contiguous()
     b, n, s = q.shape
@@ -763,7 +764,7 @@ def quad_attn_fwd(
     out = new_output(v, v.shape)  # contiguous whatever v's strides
     o_pre = new_output(v, v.shape) if store_pre else None
     dummy = q.new_empty(0)
-    mask_u8 = key_mask.to(torch.uint8) if key_mask is not None else None
+    mask_u8 = key_mask.to(torch.uint8).contiguous() if key_mask is not None else None
     lut = bucket_lut(causal, t5_weight.numel(), t5_max_distance, q.device) if t5_weight is not None else None
     grid = (g * triton.cdiv(w, cfg["BM"]), triton.cdiv(e, cfg["BE"]), b)
     _quad_attn_fwd_kernel[grid](
@@ -849,7 +850,7 @@ def quad_attn_bwd(
     dt5 is (num_buckets,) float32 summed from per-program partials (deterministic); dbias is the float32 gradient
     of a (B, N, N) bias, for the caller to reduce to the bias's own shape.
     """
-    dy, q, k, v = _last_dim_contiguous(dy, q, k, v)
+    dy, q, k, v, t5_weight = _last_dim_contiguous(dy, q, k, v, t5_weight)
     b, n, s = q.shape
     dbias_like = torch.empty(b, n, n, device="meta") if need_dbias and bias is not None else None
     check_row_offsets(dy=dy, q=q, k=k, v=v, bias=bias.expand(b, n, n) if bias is not None else None, dbias=dbias_like)
@@ -859,7 +860,7 @@ def quad_attn_bwd(
     cfgs = {kind: launch_config(kind, w, s, e, q.dtype, dropout_p > 0) for kind in ("dv", "dk", "dq")}
     dq, dk, dv = new_output(q, q.shape), new_output(k, k.shape), new_output(v, v.shape)
     dummy = q.new_empty(0)
-    mask_u8 = key_mask.to(torch.uint8) if key_mask is not None else None
+    mask_u8 = key_mask.to(torch.uint8).contiguous() if key_mask is not None else None
     lut = bucket_lut(causal, t5_weight.numel(), t5_max_distance, q.device) if t5_weight is not None else None
     nb = triton.next_power_of_2(t5_weight.numel()) if t5_weight is not None else 1
     key_tiles = g * triton.cdiv(w, cfgs["dk"]["BN"])
