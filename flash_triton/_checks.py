@@ -107,4 +107,4 @@ def cu_seqlens(name: str, cu: object, batch: int, n: int, device: torch.device) 
     offsets = cu.tolist()
     if offsets[0] != 0 or offsets[-1] != n or any(b <= a for a, b in zip(offsets, offsets[1:], strict=False)):
         raise ValueError(f"{name} must rise strictly from 0 to the sequence length {n}, got {offsets}")
-    return cu
+    return cu.long()  # any integer dtype in (int32 is what flash-attn uses); int64 for indexing

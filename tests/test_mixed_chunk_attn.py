@@ -359,6 +359,8 @@ def test_flash_transformer_varlen_equals_running_each_sequence_alone(backend, ca
     packed = model(torch.cat(tokens, dim=1), cu_seqlens=cu_seqlens)
     alone = torch.cat([model(t) for t in tokens], dim=1)
     assert_close_scaled(packed, alone, UPSTREAM_TOL, "packed logits")
+    # int32 offsets, the dtype flash-attn and flash-linear-attention use (token shift once needed int64)
+    torch.testing.assert_close(model(torch.cat(tokens, dim=1), cu_seqlens=cu_seqlens.int()), packed, rtol=0, atol=0)
     layer = model.layers[0]
     x = torch.randn(1, sum(lengths), 32, device=DEVICE, requires_grad=True)
     packed = layer(x, cu_seqlens=cu_seqlens)
