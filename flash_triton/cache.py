@@ -33,6 +33,31 @@ def new_owner_id() -> int:
     return next(_owner_ids)
 
 
+# bumped whenever any module registers or replaces a parameter (load_state_dict(assign=True), setattr): the
+# parameter lists that cache_owner() keeps are re-read then
+_registrations = [0]
+
+
+def _parameter_registered(module, name, param) -> None:
+    _registrations[0] += 1
+
+
+torch.nn.modules.module.register_module_parameter_registration_hook(_parameter_registered)
+
+
+def cache_owner(module: torch.nn.Module) -> tuple[int, int]:
+    """What a cache records of the module that made it: the module's id (:func:`new_owner_id`) and a stamp of its
+    parameters (storage and version counter of each): ``load_state_dict``, an optimizer step or any in-place edit
+    bumps a version, and a copy (``copy.deepcopy``, pickling, ``.to()`` to another device or dtype) has other
+    storage, so a cache made before is refused instead of silently mixing two sets of weights. The parameter list
+    is kept between calls (walking the module tree each decoding step cost ~170 us for an 8-layer model)."""
+    memo = module.__dict__.get("_cache_params")
+    if memo is None or memo[0] != _registrations[0]:
+        memo = (_registrations[0], tuple(module.parameters()))
+        module.__dict__["_cache_params"] = memo
+    return module._cache_owner, hash(tuple((p.data_ptr(), p._version) for p in memo[1]))
+
+
 def _index(t: Tensor | None, index: Tensor) -> Tensor | None:
     return None if t is None else t.index_select(0, index.to(t.device))
 
@@ -52,7 +77,7 @@ class FLASHLayerCache:
     shift: Tensor | None
     position: int
     dtype: torch.dtype  # the dtype of the layer's input when the cache was made; later inputs must match
-    owner: int  # id of the layer that made it
+    owner: tuple[int, int]  # cache_owner() of the layer that made it
 
     @property
     def batch_size(self) -> int:
@@ -93,7 +118,7 @@ class FLASHCache:
     layers: tuple[FLASHLayerCache, ...]
     position: int
     dtype: torch.dtype  # the model's embedding dtype when the cache was made
-    owner: int  # id of the model that made it
+    owner: tuple[int, int]  # cache_owner() of the model that made it
 
     @property
     def batch_size(self) -> int:
@@ -114,7 +139,9 @@ class FLASHCache:
         return dataclasses.replace(self, layers=tuple(layer.to(device) for layer in self.layers))
 
 
-def check_cache(name: str, cache: object, kind: type, owner: int, batch: int, dtype: torch.dtype, device, n: int):
+def check_cache(
+    name: str, cache: object, kind: type, owner: tuple[int, int], batch: int, dtype: torch.dtype, device, n: int
+):
     """Validate a cache given to ``forward`` before any compute."""
     from ._checks import MAX_SEQ_LEN
 
@@ -122,8 +149,14 @@ def check_cache(name: str, cache: object, kind: type, owner: int, batch: int, dt
         raise TypeError(
             f"{name} must be a {kind.__name__} (from this module's return_cache=True), got {type(cache).__name__}"
         )
-    if cache.owner != owner:
+    if cache.owner[0] != owner[0]:
         raise ValueError(f"{name} was made by another module; a cache is only valid for the module that returned it")
+    if cache.owner[1] != owner[1]:
+        raise ValueError(
+            f"{name} was made with other weights: the module's parameters changed since (load_state_dict, an optimizer "
+            "step, an in-place edit) or this is a copy of the module that made it (deepcopy, pickle, .to()); start a "
+            "new cache with return_cache=True"
+        )
     if cache.batch_size != batch:
         raise ValueError(f"{name} holds batch size {cache.batch_size} but the input has batch size {batch}")
     if cache.dtype != dtype:

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from . import _checks
 from .backend import check_backend
-from .cache import FLASHLayerCache, check_cache, new_owner_id
+from .cache import FLASHLayerCache, cache_owner, check_cache, new_owner_id
 from .embeddings import RotaryEmbedding, T5RelativePositionBias
 from .mixed_chunk_attn import mixed_chunk_attn, mixed_chunk_attn_step
 from .quad_attn import quad_attn
@@ -307,7 +307,7 @@ class FLASH(nn.Module):
                 f"cache / return_cache with attention dropout {self.dropout.p} in training mode: call .eval() first"
             )
         if cache is not None:
-            check_cache("cache", cache, FLASHLayerCache, self._cache_owner, batch, dtype, device, n)
+            check_cache("cache", cache, FLASHLayerCache, cache_owner(self), batch, dtype, device, n)
 
     def _decode(self, quad_q, lin_q, gate, quad_k, lin_k, v, cache, last_shift, dtype, t5_kw):
         """Attention of the new tokens given the cache, and the cache after them."""
@@ -342,7 +342,7 @@ class FLASH(nn.Module):
             shift=None if last_shift is None else last_shift.detach().clone(),
             position=position,
             dtype=dtype,
-            owner=self._cache_owner,
+            owner=cache_owner(self),
         )
         return out, new_cache
 

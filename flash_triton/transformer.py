@@ -5,7 +5,7 @@ from torch import Tensor, nn
 
 from . import _checks
 from .backend import check_backend
-from .cache import FLASHCache, check_cache, new_owner_id
+from .cache import FLASHCache, cache_owner, check_cache, new_owner_id
 from .embeddings import RotaryEmbedding, ScaledSinuEmbedding
 from .layers import FLASH, ScaleNorm, sequence_starts
 
@@ -115,7 +115,7 @@ class FLASHTransformer(nn.Module):
         if decoding:
             dtype = self.token_emb.weight.dtype
             if cache is not None:
-                check_cache("cache", cache, FLASHCache, self._cache_owner, b, dtype, x.device, n)
+                check_cache("cache", cache, FLASHCache, cache_owner(self), b, dtype, x.device, n)
             for i, flash in enumerate(self.layers):
                 layer_cache = None if cache is None else cache.layers[i]
                 flash.check_decoding(b, n, dtype, x.device, mask, cu_seqlens, layer_cache)
@@ -138,6 +138,6 @@ class FLASHTransformer(nn.Module):
             x, layer_cache = flash(x, cache=None if cache is None else cache.layers[i], return_cache=True)
             layer_caches.append(layer_cache)
         new_cache = FLASHCache(
-            layers=tuple(layer_caches), position=position + n, dtype=layer_caches[0].dtype, owner=self._cache_owner
+            layers=tuple(layer_caches), position=position + n, dtype=layer_caches[0].dtype, owner=cache_owner(self)
         )
         return self.to_logits(x), new_cache

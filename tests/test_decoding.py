@@ -1,7 +1,9 @@
 """Incremental decoding (issue 6): prefill + cached steps equal the full-sequence forward at every position; the
 cached generate() samples what upstream's algorithm samples; caches reorder and move; bad caches are refused."""
 
+import copy
 import dataclasses
+import pickle
 
 import pytest
 import torch
@@ -203,6 +205,60 @@ def test_bad_caches_are_refused_before_any_compute():
     with pytest.raises(ValueError, match="extra forward arguments"):
         ft.AutoregressiveWrapper(model).generate(tokens, 2, use_cache=True, mask=torch.ones(2, 10, dtype=torch.bool))
     assert not noncausal.supports_cache and model.supports_cache
+
+
+def _edit_in_place(model):
+    with torch.no_grad():
+        next(model.layers[0].parameters()).add_(0.1)
+
+
+def _optimizer_step(model):
+    model(torch.randint(0, 61, (1, 4))).square().mean().backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: m.load_state_dict(make_model(seed=13, backend="reference").state_dict()),
+        _edit_in_place,
+        _optimizer_step,
+        lambda m: m.load_state_dict(m.state_dict()),  # the same values: refused all the same (the check is cheap)
+    ],
+    ids=["load_state_dict", "in-place", "optimizer-step", "load-same"],
+)
+def test_a_cache_is_refused_once_the_weights_change(change):
+    """A cache made before load_state_dict, an in-place edit or an optimizer step is refused with a clear error
+    (once a cached step silently differed from the full forward by 2.5); a fresh cache works."""
+    model = make_model(seed=12, backend="reference")
+    tokens = torch.randint(0, 61, (2, 10))
+    with torch.no_grad():
+        _, cache = model(tokens, return_cache=True)
+        _, layer_cache = model.layers[0](torch.randn(2, 10, 32), return_cache=True)
+    change(model)
+    with torch.no_grad(), pytest.raises(ValueError, match="made with other weights.*load_state_dict"):
+        model(tokens[:, :1], cache=cache)
+    with torch.no_grad(), pytest.raises(ValueError, match="made with other weights"):
+        model.layers[0](torch.randn(2, 1, 32), cache=layer_cache)
+    with torch.no_grad():
+        _, fresh = model(tokens, return_cache=True)
+        logits, _ = model(tokens[:, :1], cache=fresh, return_cache=True)
+        full = model(torch.cat([tokens, tokens[:, :1]], dim=1))[:, -1:]
+    torch.testing.assert_close(logits, full, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("copier", [copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m))], ids=["deepcopy", "pickle"])
+def test_a_copy_of_the_module_refuses_the_original_cache(copier):
+    """A deepcopy or unpickled copy carries the original's id but its own weights, which may change: refused (once
+    accepted, and off by 0.68 after the copy's weights changed)."""
+    model = make_model(seed=14, backend="reference")
+    tokens = torch.randint(0, 61, (2, 10))
+    with torch.no_grad():
+        _, cache = model(tokens, return_cache=True)
+        twin = copier(model)
+        with pytest.raises(ValueError, match="copy of the module"):
+            twin(tokens[:, :1], cache=cache)
+        model(tokens[:, :1], cache=cache)  # the original still takes it
 
 
 def test_non_causal_generate_keeps_the_upstream_algorithm():
