@@ -1,6 +1,9 @@
 """Validation of user input at the public boundary: clear ValueError/TypeError naming the argument and the shapes,
 raised before any compute. Internal code trusts its inputs."""
 
+import math
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -9,19 +12,28 @@ MAX_SEQ_LEN = 2**24
 
 
 def positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    """An int (numpy integers included, as upstream accepts them; bool refused), > 0, returned as a Python int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {value}")
-    return value
+    return int(value)
+
+
+def real(name: str, value: object) -> float:
+    """A finite real number (numpy scalars included; bool refused), as a Python float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
 
 
 def probability(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
+    value = real(name, value)
     if not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {value}")
-    return float(value)
+    return value
 
 
 def _tensor(name: str, t: object) -> Tensor:
@@ -51,8 +63,10 @@ def features(name: str, x: object, dim: int) -> tuple[int, int]:
 def tokens(name: str, x: object, num_tokens: int) -> tuple[int, int]:
     """x must be an integer (batch, seq) tensor of ids in [0, num_tokens); returns (batch, seq)."""
     x = _tensor(name, x)
-    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer token ids, got dtype {x.dtype}")
+    if x.dtype not in (torch.int64, torch.int32):
+        raise TypeError(
+            f"{name} must hold integer token ids of dtype int64 or int32 (an embedding's index types), got {x.dtype}"
+        )
     if x.dim() != 2:
         raise ValueError(f"{name} must have shape (batch, seq), got {tuple(x.shape)}")
     seq_len(name, x.shape[1], tuple(x.shape))
@@ -64,17 +78,18 @@ def tokens(name: str, x: object, num_tokens: int) -> tuple[int, int]:
 
 
 def key_mask(name: str, mask: object, batch: int, n: int, device: torch.device) -> Tensor | None:
-    """mask must be None or a bool (batch, seq) tensor on the input's device."""
+    """mask must be None or a bool (batch, seq) tensor on the input's device; (1, seq) broadcasts over the batch
+    (as upstream); returned as (batch, seq)."""
     if mask is None:
         return None
     mask = _tensor(name, mask)
     if mask.dtype != torch.bool:
         raise TypeError(f"{name} must be a bool tensor (True = attend), got dtype {mask.dtype}")
-    if tuple(mask.shape) != (batch, n):
-        raise ValueError(f"{name} must have shape (batch, seq) = {(batch, n)}, got {tuple(mask.shape)}")
+    if mask.dim() != 2 or mask.shape[1] != n or mask.shape[0] not in (1, batch):
+        raise ValueError(f"{name} must have shape (batch, seq) = {(batch, n)} or (1, {n}), got {tuple(mask.shape)}")
     if mask.device != device:
         raise ValueError(f"{name} is on {mask.device} but the input is on {device}")
-    return mask
+    return mask.expand(batch, n)
 
 
 def attn_bias(name: str, bias: object, batch: int, n: int) -> Tensor | None:

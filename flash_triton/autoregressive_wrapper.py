@@ -74,8 +74,15 @@ class AutoregressiveWrapper(nn.Module):
             raise ValueError(f"start_tokens must have shape (batch, seq), got {tuple(start_tokens.shape)}")
         if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 0:
             raise ValueError(f"seq_len must be a non-negative int, got {seq_len!r}")
+        temperature = _checks.real("temperature", temperature)
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
+        filter_thres = _checks.real("filter_thres", filter_thres)
+        if not 0.0 <= filter_thres <= 1.0:
+            raise ValueError(
+                "filter_thres must be in [0, 1] (top-k keeps the (1 - filter_thres) * vocab largest logits, at least "
+                f"one), got {filter_thres}"
+            )
         can_cache = bool(getattr(self.net, "supports_cache", False))
         if use_cache is None:
             use_cache = can_cache and not kwargs

@@ -76,6 +76,8 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, dim: int, custom_freqs: Tensor | None = None, theta: float = 10000, learned_freq: bool = False):
         super().__init__()
         _checks.positive_int("dim", dim)
+        if dim % 2 and custom_freqs is None:
+            raise ValueError(f"dim must be even (features are rotated in pairs), got {dim}")
         if custom_freqs is not None:
             freqs = custom_freqs
         else:

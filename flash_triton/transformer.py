@@ -51,6 +51,11 @@ class FLASHTransformer(nn.Module):
             raise ValueError(
                 f"dim must be even (the sinusoidal position embedding is 2 * ceil(dim / 2) wide), got {dim}"
             )
+        if min(32, query_key_dim) % 2:
+            raise ValueError(
+                "query_key_dim below 32 must be even (the rotary embedding turns its first min(32, query_key_dim) "
+                f"features in pairs), got {query_key_dim}"
+            )
         if norm_type not in NORM_TYPES:
             raise ValueError(f"norm_type must be one of {tuple(NORM_TYPES)}, got {norm_type!r}")
         norm_klass = NORM_TYPES[norm_type]

@@ -52,7 +52,7 @@ LONG = ft.MAX_SEQ_LEN + 1
             torch.randn(2, 5, 8),
             {"mask": torch.ones(2, 6, dtype=torch.bool)},
             ValueError,
-            r"mask must have shape \(batch, seq\) = \(2, 5\), got \(2, 6\)",
+            r"mask must have shape \(batch, seq\) = \(2, 5\) or \(1, 5\), got \(2, 6\)",
             id="mask-shape",
         ),
         pytest.param(
@@ -81,6 +81,9 @@ def test_gau_rejects_a_bias_that_does_not_broadcast():
         pytest.param(torch.tensor([1, 2]), {}, ValueError, r"x must have shape \(batch, seq\)", id="rank"),
         pytest.param(torch.zeros(1, 1, dtype=torch.long).expand(1, LONG), {}, ValueError, "the limit", id="too-long"),
         pytest.param(torch.tensor([[1, 2]]), {"mask": torch.tensor([[True]])}, ValueError, "mask must have", id="mask"),
+        pytest.param(
+            torch.tensor([[1, 2]], dtype=torch.uint8), {}, TypeError, "x must hold integer.*uint8", id="uint8"
+        ),
     ],
 )
 def test_transformer_rejects_bad_tokens(x, kwargs, exc, match):
@@ -111,6 +114,14 @@ def test_transformer_rejects_bad_tokens(x, kwargs, exc, match):
         pytest.param(ft.FLASHTransformer, dict(dim=9, num_tokens=5, depth=1), ValueError, "dim must be even", id="odd"),
         pytest.param(
             ft.FLASHTransformer,
+            dict(dim=8, num_tokens=5, depth=1, query_key_dim=17),
+            ValueError,
+            "query_key_dim below 32 must be even.*got 17",
+            id="odd-qk",
+        ),
+        pytest.param(ft.RotaryEmbedding, dict(dim=7), ValueError, "dim must be even", id="odd-rotary"),
+        pytest.param(
+            ft.FLASHTransformer,
             dict(dim=8, num_tokens=5, depth=1, norm_type="rms"),
             ValueError,
             "norm_type must be one of",
@@ -131,6 +142,38 @@ def test_generate_rejects_bad_arguments():
         wrapper.generate(torch.tensor([[1, 2]]), -1)
     with pytest.raises(ValueError, match="temperature must be positive"):
         wrapper.generate(torch.tensor([[1, 2]]), 2, temperature=0.0)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature must be finite"):
+            wrapper.generate(torch.tensor([[1, 2]]), 2, temperature=bad)
+    for bad, match in ((-0.5, r"in \[0, 1\]"), (1.5, r"in \[0, 1\]"), (float("nan"), "finite")):
+        with pytest.raises(ValueError, match=f"filter_thres must be {match}"):
+            wrapper.generate(torch.tensor([[1, 2]]), 2, filter_thres=bad)
+    with pytest.raises(TypeError, match="filter_thres must be a float"):
+        wrapper.generate(torch.tensor([[1, 2]]), 2, filter_thres="0.9")
+    assert wrapper.generate(torch.tensor([[1, 2]]), 2, filter_thres=1.0).shape == (1, 2)  # 1 = greedy (top-1)
+
+
+def test_numpy_integer_arguments_are_accepted_as_upstream_does():
+    np = pytest.importorskip("numpy")
+    torch.manual_seed(0)
+    ours = ft.FLASHTransformer(num_tokens=np.int64(10), dim=np.int64(8), depth=np.int32(1), group_size=np.int64(4))
+    torch.manual_seed(0)
+    plain = ft.FLASHTransformer(num_tokens=10, dim=8, depth=1, group_size=4)
+    x = torch.randint(0, 10, (2, 9))
+    torch.testing.assert_close(ours(x), plain(x), rtol=0, atol=0)
+    assert ft.GAU(dim=np.int64(8), query_key_dim=np.int16(8))(torch.randn(1, 3, 8)).shape == (1, 3, 8)
+
+
+@pytest.mark.parametrize("make", [gau, flash, lm], ids=["GAU", "FLASH", "FLASHTransformer"])
+def test_a_mask_of_one_row_broadcasts_over_the_batch(make):
+    """(1, seq) masks are accepted as upstream accepts them, and mean the same mask for every row."""
+    model = make()
+    model.register_forward_pre_hook(lambda *_: None)  # keep the module; drop forbid_compute's hook below
+    first = model.token_emb if isinstance(model, ft.FLASHTransformer) else model.norm
+    first._forward_pre_hooks.clear()
+    x = torch.randint(0, 10, (3, 9)) if isinstance(model, ft.FLASHTransformer) else torch.randn(3, 9, 8)
+    mask = torch.rand(1, 9) > 0.3
+    torch.testing.assert_close(model(x, mask=mask), model(x, mask=mask.expand(3, 9)), rtol=0, atol=0)
 
 
 def test_wrapper_loss_rejects_bad_token_sequences():
