@@ -363,6 +363,27 @@ def test_resume_is_exact(text_file: Path, tmp_path: Path, capsys: pytest.Capture
     assert [m["step"] for m in read_metrics(pieces)] == [5, 10, 15, 20, 22]
 
 
+def test_a_diverging_run_stops_and_keeps_its_last_finite_checkpoint(
+    text_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--lr 1e30 (issue 16: trained on to NaN, checkpointed the NaN weights, then crashed printing the sample): exit
+    1 with one line naming the step and the learning rate; every checkpoint on disk is finite, the latest the last."""
+    out = tmp_path / "run"
+    flags = [
+        *config_flags(steps=12, checkpoint_every=1, log_every=1, warmup_steps=0, lr=1e30),
+        "--data",
+        str(text_file),
+    ]
+    assert train_mod.main([*flags, "--out", str(out), "--no-progress"]) == 1
+    assert_one_error_line(capsys.readouterr().err, "loss became non-finite by step 2 (learning rate", "--lr")
+    assert not (out / "sample.txt").exists()
+    saved = sorted((out / "checkpoints").glob("step_*.pt"))
+    for path in saved:
+        assert all(torch.isfinite(t).all() for t in load(path)["model"].values() if t.is_floating_point()), path.name
+    assert [load(path)["step"] for path in saved] == [1]  # step 2's update made the loss non-finite
+    assert load(out / "checkpoint.pt")["step"] == 1
+
+
 def test_fresh_run_refuses_to_replace_an_unfinished_run(
     text_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -56,8 +56,10 @@ processes check that their parameters are identical.
 
 **Exit codes.** 0: finished, or stopped by ``--stop-after``; 2: bad input (unknown preset or flag value, missing,
 unreadable or too short data, a checkpoint that does not load or comes from another model shape, nothing to resume):
-one line on stderr starting with ``flash-triton-train: error:``, and nothing in OUT written; 130/143: stopped by
-SIGINT/SIGTERM after writing a checkpoint.
+one line on stderr starting with ``flash-triton-train: error:``, and nothing in OUT written; 1: the training loss or
+the parameters became non-finite (e.g. a learning rate far too high): one such line, nothing non-finite written, the
+last checkpoint (all finite) stays the one ``--resume`` reads; 130/143: stopped by SIGINT/SIGTERM after writing a
+checkpoint.
 """
 
 from ..checkpoint import atomic_write

@@ -29,7 +29,7 @@ from .config import (
     check_value,
     config_from_dict,
 )
-from .loop import train
+from .loop import TrainingDiverged, train
 from .metrics import evaluate
 from .runtime import DistEnv, autocast, resolve_device, resolve_precision
 
@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Train a byte-level causal FLASH transformer, with crash-safe checkpoints and exact resume. "
         "Configuration flags default to the preset's values (on --resume, to the checkpoint's).",
-        epilog=f"presets: {presets}. Exit codes: 0 done or --stop-after, 2 bad input (nothing written), 130/143 "
+        epilog=f"presets: {presets}. Exit codes: 0 done or --stop-after, 2 bad input (nothing written), 1 loss or "
+        "weights non-finite (nothing non-finite written), 130/143 "
         "stopped by SIGINT/SIGTERM after a checkpoint. Multi-process: torchrun --nproc_per_node N -m "
         "flash_triton.train ...",
     )
@@ -343,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (CheckpointError, BackendUnavailableError) as err:  # raised before anything is written
         return _error(str(err), dist_env)
+    except TrainingDiverged as err:  # nothing non-finite written; the last checkpoint stays the latest
+        _error(str(err), dist_env)
+        return 1
     except KeyboardInterrupt:
         return 130
     finally:

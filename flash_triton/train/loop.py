@@ -50,6 +50,10 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (0.1 + 0.45 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss or the parameters became non-finite: the run stops without checkpointing them."""
+
+
 @dataclasses.dataclass
 class RunResult:
     """How :func:`train` ended: ``status`` is ``"done"``, ``"stopped"`` (``stop_after``) or ``"signal"``."""
@@ -136,6 +140,8 @@ class Trainer:
         self.train_time = float(progress_state.get("train_time", 0.0))
         self.elapsed_before = float(progress_state.get("elapsed_s", 0.0))
         self.log_sum, self.log_count, self.log_time = torch.zeros((), device=device), 0, 0.0
+        # every step's loss finite so far (on the device: read, with a sync, only where the loop syncs anyway)
+        self.finite = torch.ones((), dtype=torch.bool, device=device)
         self.session_steps, self.session_time = 0, 0.0
         self.session_start = 0.0
         self.last_saved = self.start_step if resume is not None else -1
@@ -225,7 +231,31 @@ class Trainer:
             dist_env=self.dist_env,
         )
 
+    def check_finite(self, step: int, lr: float, parameters: bool = False) -> None:
+        """Raise :class:`TrainingDiverged` once a step's loss (or, with ``parameters``, a parameter) is not finite;
+        under torchrun every process agrees (one all-reduce)."""
+        ok = self.finite.clone()
+        if parameters:
+            ok &= torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
+        if self.dist_env.enabled:
+            flag = ok.to(torch.int32)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            ok = flag.bool()
+        if bool(ok):
+            return
+        what = "the training loss" if not bool(self.finite) else "a parameter"
+        last = (
+            f"the last checkpoint (step {self.last_saved}, finite) is intact in {self.out}"
+            if self.last_saved >= 0
+            else "no checkpoint was written"
+        )
+        raise TrainingDiverged(
+            f"{what} became non-finite by step {step} (learning rate {lr:.3g}); stopped without saving it: {last}. "
+            "Lower --lr or set --grad-clip"
+        )
+
     def checkpoint(self, step: int) -> None:
+        self.check_finite(step, lr_at(self.cfg, step), parameters=True)  # never write diverged weights
         per_rank = {"rng": capture_rng(self.device), "loss_sum": float(self.loss_sum)}
         ranks = gather(per_rank, self.dist_env, self.control_group)
         if self.is_main:
@@ -283,8 +313,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.loss_sum, self.log_sum = self.loss_sum + step_loss, self.log_sum + step_loss
         self.loss_count, self.log_count = self.loss_count + 1, self.log_count + 1
+        self.finite &= torch.isfinite(step_loss)
         logging = step % cfg.log_every == 0 or step == cfg.steps
         if logging:
+            self.check_finite(step, lr)
             log_loss = float(self.log_sum) / self.log_count  # synchronises the device
         dt = time.perf_counter() - t0
         self.train_time, self.log_time = self.train_time + dt, self.log_time + dt
@@ -299,6 +331,7 @@ class Trainer:
 
     def evaluate_and_log(self, step: int, lr: float) -> None:
         """Validation loss, one metrics record (and the plot redrawn), and the running train average reset."""
+        self.check_finite(step, lr)
         summed = self.loss_sum.detach().clone()
         if self.dist_env.enabled:
             torch.distributed.all_reduce(summed)
