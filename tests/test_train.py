@@ -384,6 +384,43 @@ def test_a_diverging_run_stops_and_keeps_its_last_finite_checkpoint(
     assert load(out / "checkpoint.pt")["step"] == 1
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="advisory locks are POSIX")
+def test_a_run_directory_has_one_writer(text_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """While another process holds the run directory (issue 16: two runs, or a --resume, wrote one folder at once),
+    a fresh run and a --resume are refused with the holder's pid and nothing written; once the holder dies, even by
+    SIGKILL, the directory is free again."""
+    import signal
+    import subprocess
+
+    out = tmp_path / "run"
+    flags = [*config_flags(steps=4, eval_every=2, sample_len=0), "--data", str(text_file), "--out", str(out)]
+    assert train_mod.main([*flags, "--stop-after", "2"]) == 0
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
+            "print('locked', flush=True); time.sleep(120)",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        before = snapshot(out)
+        capsys.readouterr()
+        for extra in (["--resume"], ["--overwrite"]):
+            assert train_mod.main([*flags, *extra]) == 2
+            assert_one_error_line(capsys.readouterr().err, "in use by another training", f"(pid {holder.pid})")
+            assert snapshot(out) == before
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert train_mod.main([*flags, "--resume"]) == 0  # the OS dropped the killed holder's lock
+    assert load(out / "checkpoint.pt")["step"] == 4
+
+
 def test_fresh_run_refuses_to_replace_an_unfinished_run(
     text_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -54,8 +54,13 @@ replica (NCCL on GPUs, each process on ``cuda:LOCAL_RANK``; gloo on the CPU) on 
 processes x batch_size x grad_accum); validation windows are shared out and the losses summed; at the end the
 processes check that their parameters are identical.
 
+**One writer per run directory.** Process 0 holds an exclusive lock on OUT (a ``flock`` on the directory: no file,
+dropped by the OS when the process ends, however it ends) from before it reads OUT until the program returns; a
+second training or a ``--resume`` on the same OUT meanwhile exits 2 naming the holder's pid.
+
 **Exit codes.** 0: finished, or stopped by ``--stop-after``; 2: bad input (unknown preset or flag value, missing,
-unreadable or too short data, a checkpoint that does not load or comes from another model shape, nothing to resume):
+unreadable or too short data, a checkpoint that does not load or comes from another model shape, nothing to resume,
+OUT in use by another training):
 one line on stderr starting with ``flash-triton-train: error:``, and nothing in OUT written; 1: the training loss or
 the parameters became non-finite (e.g. a learning rate far too high): one such line, nothing non-finite written, the
 last checkpoint (all finite) stays the one ``--resume`` reads; 130/143: stopped by SIGINT/SIGTERM after writing a

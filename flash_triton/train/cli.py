@@ -31,7 +31,7 @@ from .config import (
 )
 from .loop import TrainingDiverged, train
 from .metrics import evaluate
-from .runtime import DistEnv, autocast, resolve_device, resolve_precision
+from .runtime import DistEnv, autocast, lock_run_dir, release_run_dirs, resolve_device, resolve_precision
 
 
 class _Parser(argparse.ArgumentParser):
@@ -201,6 +201,8 @@ def _prepare(args: argparse.Namespace, dist_env: DistEnv) -> _Plan | int:
     out = Path(args.out if args.out is not None else Path("runs") / preset)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} exists and is not a directory")
+    if out.is_dir() and dist_env.is_main:  # before reading it: a run still writing there is the error to report
+        lock_run_dir(out)
     found = latest_checkpoint(out) if out.is_dir() else None
     resume = None
     data = args.data
@@ -295,6 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     >>> main(["--preset", "nope"])  # the error line goes to stderr
     2
     """
+    try:
+        return _main(argv)
+    finally:
+        release_run_dirs()
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -316,6 +325,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if isinstance(plan, int):
         return plan
+    if dist_env.is_main:  # held until the program ends: a second writer (or a --resume) is refused meanwhile
+        try:
+            plan.out.mkdir(parents=True, exist_ok=True)
+            lock_run_dir(plan.out)
+        except (OSError, ValueError) as err:
+            return _error(str(err), dist_env)
 
     control_group = None
     if dist_env.enabled:

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -211,3 +212,53 @@ def gather(obj: Any, dist_env: DistEnv, group: Any) -> list[Any]:
     gathered: list[Any] = [None] * dist_env.world_size
     torch.distributed.all_gather_object(gathered, obj, group=group)
     return gathered
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one writer per run directory
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): no advisory locks; runs there are not protected from a second writer
+    fcntl = None
+
+_held: dict[str, int] = {}  # run directory -> descriptor holding its lock, for this process
+
+
+def _lock_holder(path: Path) -> str:
+    """The pid holding a flock on ``path``, from /proc/locks (Linux), else "unknown"."""
+    try:
+        ino = os.stat(path).st_ino
+        with open("/proc/locks") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(ino):
+                    return fields[4]
+    except OSError:
+        pass
+    return "unknown"
+
+
+def lock_run_dir(out: Path) -> None:
+    """Take the run directory's exclusive lock for the rest of this process's life (idempotent): a flock on the
+    directory itself, so nothing is written, and the OS drops it when the process dies (SIGKILL leaves no stale
+    lock). Raises ValueError naming the process that holds it."""
+    key = str(out.resolve())
+    if fcntl is None or key in _held:
+        return
+    fd = os.open(out, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ValueError(
+            f"--out {str(out)!r} is in use by another training (pid {_lock_holder(out)}): one run writes to a "
+            "directory at a time; wait for it to end or choose another --out"
+        ) from None
+    _held[key] = fd
+
+
+def release_run_dirs() -> None:
+    """Drop every run-directory lock this process holds (the end of :func:`~flash_triton.train.main`)."""
+    while _held:
+        os.close(_held.popitem()[1])
