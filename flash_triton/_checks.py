@@ -60,6 +60,23 @@ def features(name: str, x: object, dim: int) -> tuple[int, int]:
     return x.shape[0], x.shape[1]
 
 
+def same_dtype(name: str, x: Tensor, module: torch.nn.Module) -> None:
+    """A floating input must have the module's parameter dtype or, under autocast, the autocast dtype (torch would
+    fail deep inside with "mat1 and mat2 must have the same dtype" or "mixed dtype (CPU)")."""
+    param = next(module.parameters(), None)
+    if param is None or x.dtype == param.dtype:
+        return
+    device = x.device.type
+    autocasting = torch.is_autocast_enabled(device)
+    if autocasting and x.dtype == torch.get_autocast_dtype(device):
+        return
+    allowed = f"{param.dtype}" + (f" or the autocast dtype {torch.get_autocast_dtype(device)}" if autocasting else "")
+    raise TypeError(
+        f"{name} is {x.dtype} but the module takes {allowed}: convert one to the other "
+        f"({name}.to({param.dtype}) or module.to({x.dtype})), or run under torch.autocast"
+    )
+
+
 def tokens(name: str, x: object, num_tokens: int) -> tuple[int, int]:
     """x must be an integer (batch, seq) tensor of ids in [0, num_tokens); returns (batch, seq)."""
     x = _tensor(name, x)
@@ -70,7 +87,7 @@ def tokens(name: str, x: object, num_tokens: int) -> tuple[int, int]:
     if x.dim() != 2:
         raise ValueError(f"{name} must have shape (batch, seq), got {tuple(x.shape)}")
     seq_len(name, x.shape[1], tuple(x.shape))
-    if not torch.compiler.is_compiling() and x.numel() > 0:
+    if not torch.compiler.is_compiling() and x.numel() > 0 and x.device.type != "meta":  # meta: no values
         lo, hi = torch.stack(torch.aminmax(x.detach())).tolist()  # one device-to-host transfer
         if lo < 0 or hi >= num_tokens:
             raise ValueError(f"{name} holds token ids in [{lo}, {hi}], outside [0, {num_tokens}) (num_tokens)")

@@ -118,6 +118,7 @@ class GAU(nn.Module):
 
     def forward(self, x: Tensor, rel_pos_bias: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         b, n = _checks.features("x", x, self.dim)
+        _checks.same_dtype("x", x, self)
         mask = _checks.key_mask("mask", mask, b, n, x.device)
         rel_pos_bias = _checks.attn_bias("rel_pos_bias", rel_pos_bias, b, n)
 
@@ -222,6 +223,7 @@ class FLASH(nn.Module):
         those of one call over the whole sequence. Not with ``mask`` or ``cu_seqlens``, nor with dropout active.
         """
         b, n = _checks.features("x", x, self.dim)
+        _checks.same_dtype("x", x, self)
         mask = _checks.key_mask("mask", mask, b, n, x.device)
         cu_seqlens = _checks.cu_seqlens("cu_seqlens", cu_seqlens, b, n, x.device)
         rope = self.rotary_pos_emb

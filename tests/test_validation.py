@@ -168,9 +168,8 @@ def test_numpy_integer_arguments_are_accepted_as_upstream_does():
 def test_a_mask_of_one_row_broadcasts_over_the_batch(make):
     """(1, seq) masks are accepted as upstream accepts them, and mean the same mask for every row."""
     model = make()
-    model.register_forward_pre_hook(lambda *_: None)  # keep the module; drop forbid_compute's hook below
     first = model.token_emb if isinstance(model, ft.FLASHTransformer) else model.norm
-    first._forward_pre_hooks.clear()
+    first._forward_pre_hooks.clear()  # compute is wanted here: drop forbid_compute's hook
     x = torch.randint(0, 10, (3, 9)) if isinstance(model, ft.FLASHTransformer) else torch.randn(3, 9, 8)
     mask = torch.rand(1, 9) > 0.3
     torch.testing.assert_close(model(x, mask=mask), model(x, mask=mask.expand(3, 9)), rtol=0, atol=0)
@@ -197,3 +196,29 @@ def test_wrapper_loss_rejects_bad_token_sequences():
 def test_flash_rejects_bad_cu_seqlens(cu, x_shape, exc, match):
     with pytest.raises(exc, match=match):
         flash()(torch.randn(*x_shape), cu_seqlens=cu)
+
+
+@pytest.mark.parametrize("make", [gau, flash], ids=["GAU", "FLASH"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16], ids=["fp64", "fp16"])
+def test_an_input_of_another_dtype_than_the_module_is_refused_naming_both(make, dtype):
+    """Outside autocast (torch failed with "mixed dtype (CPU)" / "mat1 and mat2 must have the same dtype")."""
+    with pytest.raises(TypeError, match=f"x is {dtype} but the module takes torch.float32"):
+        make()(torch.randn(1, 5, 8, dtype=dtype))
+
+
+@pytest.mark.parametrize("make", [gau, flash], ids=["GAU", "FLASH"])
+def test_autocast_takes_its_own_dtype_and_the_modules(make):
+    model = make()
+    model.norm._forward_pre_hooks.clear()  # compute is wanted here
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(torch.randn(1, 5, 8)).isfinite().all()
+        assert model(torch.randn(1, 5, 8, dtype=torch.bfloat16)).isfinite().all()
+        with pytest.raises(TypeError, match="or the autocast dtype torch.bfloat16"):
+            model(torch.randn(1, 5, 8, dtype=torch.float64))
+
+
+def test_a_model_on_the_meta_device_runs_shapes_only():
+    """(once: "Cannot copy out of meta tensor" from the token-id range check)"""
+    with torch.device("meta"):
+        model = ft.FLASHTransformer(num_tokens=10, dim=8, depth=1, group_size=4, query_key_dim=8, causal=True)
+        assert model(torch.randint(0, 10, (2, 9))).shape == (2, 9, 10)
