@@ -421,6 +421,30 @@ def test_a_run_directory_has_one_writer(text_file: Path, tmp_path: Path, capsys:
     assert load(out / "checkpoint.pt")["step"] == 4
 
 
+def test_resume_with_more_steps_keeps_the_cosine_span(
+    text_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(issue 16: --steps 50 -> 80 on resume re-stretched the cosine: the lr jumped from 2e-4 back to 1.05e-3) The
+    decay keeps its span and the lr stays at its floor, with a note saying so and how to stretch it instead."""
+    cfg = dataclasses.replace(MICRO, steps=10, eval_every=2, warmup_steps=2, sample_len=0)
+    flags = [*config_flags(cfg), "--data", str(text_file), "--no-progress"]
+    kept, stretched = tmp_path / "kept", tmp_path / "stretched"
+    for out in (kept, stretched):
+        assert train_mod.main([*flags, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert train_mod.main(["--out", str(kept), "--resume", "--steps", "14", "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert "changed on resume: steps 10 -> 14" in said and "schedule_steps" not in said.split("keeps")[0]
+    assert "the cosine decay keeps its span of 10 steps" in said and "--schedule-steps 14 stretches it" in said
+    lrs = {m["step"]: m["lr"] for m in read_metrics(kept)}
+    assert lrs[10] == lrs[12] == lrs[14] == pytest.approx(0.1 * cfg.lr)  # continuous: at the floor, no jump
+    assert load(kept / "checkpoint.pt")["config"]["schedule_steps"] == 10  # and kept by later resumes
+    args = ["--out", str(stretched), "--resume", "--steps", "14", "--schedule-steps", "14", "--no-progress"]
+    assert train_mod.main(args) == 0
+    lrs = {m["step"]: m["lr"] for m in read_metrics(stretched)}
+    assert lrs[12] == pytest.approx(train_mod.lr_at(dataclasses.replace(cfg, steps=14), 12)) and lrs[12] > lrs[10]
+
+
 def test_fresh_run_refuses_to_replace_an_unfinished_run(
     text_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

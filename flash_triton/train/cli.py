@@ -29,7 +29,7 @@ from .config import (
     check_value,
     config_from_dict,
 )
-from .loop import TrainingDiverged, train
+from .loop import TrainingDiverged, lr_at, train
 from .metrics import evaluate
 from .runtime import DistEnv, autocast, lock_run_dir, release_run_dirs, resolve_device, resolve_precision
 
@@ -191,6 +191,16 @@ class _Plan:
     resume: dict[str, Any] | None
 
 
+def _keep_schedule(cfg: TrainConfig, saved: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
+    """On resume with other --steps and no --schedule-steps: the cosine decay keeps the span it had (the lr goes on
+    at its floor past it) instead of being stretched, which would raise the lr again mid-run."""
+    old_steps = saved.get("steps")
+    if "schedule_steps" in overrides or not isinstance(old_steps, int) or old_steps == cfg.steps:
+        return cfg
+    span = int(saved.get("schedule_steps") or old_steps)
+    return dataclasses.replace(cfg, schedule_steps=span) if cfg.cosine_decay else cfg
+
+
 def _prepare(args: argparse.Namespace, dist_env: DistEnv) -> _Plan | int:
     """Check everything that can be wrong with the input before anything is written; returns an exit code instead of
     a plan when there is nothing to do."""
@@ -220,6 +230,7 @@ def _prepare(args: argparse.Namespace, dist_env: DistEnv) -> _Plan | int:
         try:
             base = PRESETS[args.preset] if args.preset else config_from_dict(saved)
             cfg = dataclasses.replace(base, **overrides)
+            cfg = _keep_schedule(cfg, saved, overrides)
         except (TypeError, ValueError) as err:
             raise ValueError(f"checkpoint {str(found.path)!r} holds an invalid configuration: {err}") from None
         check_same_model(cfg, saved, found.path)
@@ -272,10 +283,18 @@ def _prepare(args: argparse.Namespace, dist_env: DistEnv) -> _Plan | int:
         changed = [
             f"{k} {v!r} -> {getattr(cfg, k)!r}"
             for k, v in resume["config"].items()
-            if k in FIELD_RULES and v != getattr(cfg, k)
+            if k in FIELD_RULES and v != getattr(cfg, k) and (k != "schedule_steps" or k in overrides)
         ]
         if changed and dist_env.is_main:
             print(f"note: changed on resume: {', '.join(changed)}")
+            old_steps = resume["config"].get("steps")
+            if cfg.cosine_decay and "schedule_steps" not in overrides and old_steps != cfg.steps:
+                span = cfg.schedule_steps
+                print(
+                    f"note: the cosine decay keeps its span of {span} steps (the lr is at its floor "
+                    f"{lr_at(cfg, span):.3g} from step {span}); --schedule-steps {cfg.steps} stretches it to the new "
+                    "--steps instead (the lr then rises again)"
+                )
     if dist_env.is_main:
         print(f"corpus: {corpus.name}")
         print(f"split: {len(corpus.train):,} train bytes, {len(corpus.val):,} validation bytes ({corpus.split})")

@@ -51,6 +51,7 @@ class TrainConfig:
     cosine_decay: bool = True  # decay the lr to 10% of its peak over the run (else constant after warm-up)
     grad_clip: float = 0.5
     steps: int = 400
+    schedule_steps: int = 0  # steps the cosine decay spans (0: ``steps``); a resume with more --steps keeps it
     eval_every: int = 100
     eval_windows: int = 64  # fixed validation windows per evaluation (see data.validation_windows)
     eval_batch_size: int = 16
@@ -89,6 +90,11 @@ FIELD_RULES: dict[str, tuple[str, Any]] = {
     "cosine_decay": ("cosine decay of the lr to 10%% of its peak over the run", "bool"),
     "grad_clip": ("gradient-norm clip (0: none)", ">=0"),
     "steps": ("optimizer steps of the whole run", ">0"),
+    "schedule_steps": (
+        "steps the cosine decay spans, at its 10%% floor after (0: --steps; a --resume with more --steps keeps the "
+        "run's span)",
+        ">=0",
+    ),
     "eval_every": ("evaluate every this many steps (and at the end)", ">0"),
     "eval_windows": ("fixed validation windows per evaluation (capped at what the split holds)", ">0"),
     "eval_batch_size": ("validation windows per forward pass", ">0"),

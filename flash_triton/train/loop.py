@@ -37,7 +37,8 @@ from .runtime import DistEnv, Progress, StopRequest, autocast, gather, param_dig
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Learning rate for optimizer step ``step`` (1-based): linear warm-up, then constant or cosine to 10%.
+    """Learning rate for optimizer step ``step`` (1-based): linear warm-up, then constant or cosine to 10% at step
+    ``schedule_steps`` (0: ``steps``), and 10% after.
 
     >>> lr_at(TrainConfig(lr=1.0, warmup_steps=10), 5), lr_at(TrainConfig(lr=1.0, steps=100, cosine_decay=True), 100)
     (0.5, 0.1)
@@ -46,7 +47,7 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
         return cfg.lr * step / cfg.warmup_steps
     if not cfg.cosine_decay:
         return cfg.lr
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    progress = (step - cfg.warmup_steps) / max(1, (cfg.schedule_steps or cfg.steps) - cfg.warmup_steps)
     return cfg.lr * (0.1 + 0.45 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
