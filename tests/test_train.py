@@ -102,13 +102,34 @@ def test_plain_logging_without_tqdm_is_deterministic(
     monkeypatch.setitem(sys.modules, "tqdm", None)  # makes `import tqdm` raise ImportError
     assert train_mod.main([*args, "--out", str(tmp_path / "b")]) == 0
     stdout = capsys.readouterr().out
-    assert "step 5/10  loss" in stdout and "step 10/10  loss" in stdout
+    log_every = train_mod.PRESETS[micro].log_every
+    assert f"step 5/10  train loss (last {log_every} steps)" in stdout and "step 10/10  train loss" in stdout
+    assert "train loss" in stdout and "(mean of the 5 steps since the previous evaluation)" in stdout
     line = next(x for x in stdout.splitlines() if x.startswith("step 5/10"))
     assert "bpb" in line and "tok/s" in line and "eta 0:" in line
     losses_a = [m["val_loss"] for m in read_metrics(tmp_path / "a")]
     losses_b = [m["val_loss"] for m in read_metrics(tmp_path / "b")]
     assert len(losses_a) == 2
     assert losses_a == losses_b  # same seed, same run, whatever the progress display
+
+
+def test_a_terminal_without_columns_gets_plain_lines(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(issue 16: a terminal reporting 0 columns showed nothing between the start and the end)"""
+    from flash_triton.train import runtime
+
+    pytest.importorskip("tqdm")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    monkeypatch.setattr(runtime.shutil, "get_terminal_size", lambda fallback=(0, 0): os.terminal_size((0, 0)))
+    bar = runtime.Progress(10, 0, enabled=True, quiet=False)
+    assert bar.bar is None
+    bar.step(5, 1.0, 100.0, 1.0, window=5)
+    assert "step 5/10  train loss (last 5 steps) 1.0000" in capsys.readouterr().out
+    monkeypatch.setattr(runtime.shutil, "get_terminal_size", lambda fallback=(0, 0): os.terminal_size((120, 40)))
+    wide = runtime.Progress(10, 0, enabled=True, quiet=False)
+    assert wide.bar is not None
+    wide.close()
 
 
 def test_enwik8_split_defaults() -> None:
@@ -703,6 +724,17 @@ def test_loss_png(text_file: Path, tmp_path: Path) -> None:
     png = (out / "loss.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5_000
     assert not list(out.rglob(".*"))
+    # what it draws: validation from the step-0 evaluation on, and the unigram entropy the loss must beat
+    from flash_triton.train.metrics import loss_figure
+
+    state = load(out / "checkpoint.pt")
+    start, entropy = state["progress"]["initial_val_bpb"], state["config"]["unigram_bpb_val"]
+    lines = {line.get_label(): line for line in loss_figure(read_metrics(out), "", start, entropy).axes[0].lines}
+    val = next(line for label, line in lines.items() if label.startswith("validation"))
+    assert list(val.get_xdata()) == [0, 2, 4, 6] and val.get_ydata()[0] == pytest.approx(start)
+    assert start > 7.0  # an untrained byte model: about 8 bits per byte
+    unigram = next(line for label, line in lines.items() if label.startswith("unigram entropy"))
+    assert list(unigram.get_ydata()) == [pytest.approx(entropy)] * 2
 
 
 def test_no_matplotlib_one_info_line(

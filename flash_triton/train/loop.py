@@ -140,6 +140,7 @@ class Trainer:
         self.loss_count = int(progress_state.get("loss_count", 0))
         self.train_time = float(progress_state.get("train_time", 0.0))
         self.elapsed_before = float(progress_state.get("elapsed_s", 0.0))
+        self.initial_val_bpb = progress_state.get("initial_val_bpb")  # the step-0 evaluation, for the plot
         self.log_sum, self.log_count, self.log_time = torch.zeros((), device=device), 0, 0.0
         # every step's loss finite so far (on the device: read, with a sync, only where the loop syncs anyway)
         self.finite = torch.ones((), dtype=torch.bool, device=device)
@@ -270,7 +271,12 @@ class Trainer:
                 "sampler": self.sampler.state_dict(),
                 "world_size": self.dist_env.world_size,
                 "ranks": to_cpu(ranks),
-                "progress": {"loss_count": self.loss_count, "train_time": self.train_time, "elapsed_s": self.elapsed()},
+                "progress": {
+                    "loss_count": self.loss_count,
+                    "train_time": self.train_time,
+                    "elapsed_s": self.elapsed(),
+                    "initial_val_bpb": self.initial_val_bpb,
+                },
                 "data": self.run_info.get("data_fingerprint"),
             }
             save_checkpoint(self.out, state, step, self.cfg.keep_checkpoints)
@@ -324,7 +330,8 @@ class Trainer:
         self.session_steps, self.session_time = self.session_steps + 1, self.session_time + dt
         if logging:
             eta = (cfg.steps - step) * self.session_time / self.session_steps
-            self.bar.step(step, log_loss, self.log_count * self.tokens_per_step / max(self.log_time, 1e-9), eta)
+            tokens_per_s = self.log_count * self.tokens_per_step / max(self.log_time, 1e-9)
+            self.bar.step(step, log_loss, tokens_per_s, eta, window=self.log_count)
             self.log_sum, self.log_count, self.log_time = torch.zeros((), device=device), 0, 0.0
         else:
             self.bar.step(step, None, None, None)
@@ -351,11 +358,15 @@ class Trainer:
             with self.metrics_path.open("a") as f:
                 f.write(json.dumps(self.last) + "\n")
             title = str(self.run_info.get("corpus", ""))
-            if self.can_plot and not plot_metrics(self.metrics_path, self.png_path, title):
+            entropy = self.run_info.get("unigram_bpb_val")
+            if self.can_plot and not plot_metrics(
+                self.metrics_path, self.png_path, title, self.initial_val_bpb, entropy
+            ):
                 self.can_plot = False
                 self.bar.write("info: matplotlib is not installed: no loss.png")
         self.bar.write(
-            f"step {step}: train loss {self.last['train_loss']:.4f}, val loss {val_loss:.4f}, "
+            f"step {step}: train loss {self.last['train_loss']:.4f} (mean of the {self.loss_count} steps since the "
+            f"previous evaluation), val loss {val_loss:.4f}, "
             f"val bpb {self.last['val_bpb']:.4f}, {self.last['tokens_per_s']:,.0f} tok/s"
         )
         self.loss_sum, self.loss_count, self.train_time = torch.zeros((), device=self.device), 0, 0.0
@@ -382,7 +393,8 @@ class Trainer:
             with stop.installed():  # from here on SIGINT/SIGTERM stop the run after the current step, with a checkpoint
                 if self.resume is None:
                     val_loss = self.evaluate()
-                    self.say(f"step 0: val loss {val_loss:.4f}, val bpb {val_loss / math.log(2):.4f}")
+                    self.initial_val_bpb = val_loss / math.log(2)
+                    self.say(f"step 0: val loss {val_loss:.4f}, val bpb {self.initial_val_bpb:.4f}")
                 else:
                     resumed_from = self.run_info.get("resumed_from", "checkpoint")
                     self.say(f"resumed from step {self.start_step} of {cfg.steps} ({resumed_from})")

@@ -85,29 +85,48 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def plot_metrics(metrics_path: Path, png_path: Path, title: str = "") -> bool:
-    """Draw train and validation bits per byte against step from ``metrics.jsonl`` into ``png_path`` (atomically).
+def loss_figure(records: list[dict[str, Any]], title: str = "", start_bpb: float | None = None, entropy_bpb=None):
+    """The matplotlib Figure of :func:`plot_metrics` (raises ImportError without matplotlib): train and validation
+    bits per byte against step, the validation curve from the step-0 evaluation (``start_bpb``) on, and a line at the
+    corpus's unigram entropy (``entropy_bpb``), the figure a model must beat."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    Returns ``False`` (drawing nothing) when matplotlib is not installed. Uses the Agg canvas directly, so the global
-    matplotlib backend is left alone.
-    """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return False
-    records = read_metrics(metrics_path)
     fig = Figure(figsize=(7.0, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     steps = [r["step"] for r in records]
     ax.plot(steps, [r["train_loss"] / math.log(2) for r in records], label="train (mean since previous evaluation)")
-    ax.plot(steps, [r["val_bpb"] for r in records], marker="o", label="validation (fixed windows)")
+    val_steps, val = steps, [r["val_bpb"] for r in records]
+    if start_bpb is not None:
+        val_steps, val = [0, *val_steps], [start_bpb, *val]
+    ax.plot(val_steps, val, marker="o", label="validation (fixed windows)")
+    if entropy_bpb is not None:
+        ax.axhline(entropy_bpb, color="grey", linestyle="--", label=f"unigram entropy (validation) {entropy_bpb:.3f}")
     ax.set_xlabel("step")
     ax.set_ylabel("bits per byte")
     ax.grid(alpha=0.3)
     ax.legend()
     if title:
         ax.set_title(title, fontsize=9)
+    return fig
+
+
+def plot_metrics(
+    metrics_path: Path,
+    png_path: Path,
+    title: str = "",
+    start_bpb: float | None = None,
+    entropy_bpb: float | None = None,
+) -> bool:
+    """Draw :func:`loss_figure` of ``metrics.jsonl`` into ``png_path`` (atomically).
+
+    Returns ``False`` (drawing nothing) when matplotlib is not installed. Uses the Agg canvas directly, so the global
+    matplotlib backend is left alone.
+    """
+    try:
+        fig = loss_figure(read_metrics(metrics_path), title, start_bpb, entropy_bpb)
+    except ImportError:
+        return False
     atomic_write(png_path, lambda f: fig.savefig(f, format="png", dpi=100))
     return True

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -119,6 +120,9 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+MIN_BAR_COLUMNS = 40
+
+
 class Progress:
     """A tqdm bar (loss, bpb, tok/s in the postfix; tqdm's own ETA) on a terminal, else plain log lines with an ETA;
     silent on processes other than 0."""
@@ -127,7 +131,13 @@ class Progress:
         self.total = total
         self.quiet = quiet
         self.bar = None
-        if enabled and not quiet and sys.stderr.isatty():
+        # a terminal that reports no usable width (0 columns: tqdm would draw nothing at all): plain lines
+        if (
+            enabled
+            and not quiet
+            and sys.stderr.isatty()
+            and shutil.get_terminal_size((0, 0)).columns >= MIN_BAR_COLUMNS
+        ):
             try:
                 from tqdm import tqdm
             except ImportError:
@@ -135,18 +145,26 @@ class Progress:
             if tqdm is not None:
                 self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
 
-    def step(self, step: int, loss: float | None, tokens_per_s: float | None, eta_s: float | None) -> None:
+    def step(
+        self, step: int, loss: float | None, tokens_per_s: float | None, eta_s: float | None, window: int = 1
+    ) -> None:
+        """``loss``: the mean train loss of the last ``window`` steps (the log window), labelled so."""
         if self.quiet:
             return
+        label = f"train loss (last {window} steps)" if window > 1 else "train loss (this step)"
         if self.bar is not None:
             self.bar.update(1)
             if loss is not None:
-                postfix = {"loss": f"{loss:.3f}", "bpb": f"{loss / math.log(2):.3f}", "tok/s": f"{tokens_per_s:,.0f}"}
+                postfix = {
+                    f"loss/{window}": f"{loss:.3f}",
+                    "bpb": f"{loss / math.log(2):.3f}",
+                    "tok/s": f"{tokens_per_s:,.0f}",
+                }
                 self.bar.set_postfix(postfix, refresh=False)
         elif loss is not None:
             eta = "" if eta_s is None else f"  eta {format_duration(eta_s)}"
             self.write(
-                f"step {step}/{self.total}  loss {loss:.4f}  bpb {loss / math.log(2):.4f}  "
+                f"step {step}/{self.total}  {label} {loss:.4f}  bpb {loss / math.log(2):.4f}  "
                 f"tok/s {tokens_per_s:,.0f}{eta}"
             )
 
