@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import math
 import os
 import sysconfig
@@ -83,15 +84,29 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
     if path.is_dir():
         raise ValueError(f"data path is a directory, not a file: {str(path)!r}")
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            raw = _read_capped(f, path, "")
     except OSError as err:
         raise ValueError(f"cannot read data file {str(path)!r}: {err.strerror or err}") from err
     if raw[:2] != _GZIP_MAGIC:
         return raw
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+            return _read_capped(f, path, " once decompressed")
     except (OSError, EOFError) as err:
         raise ValueError(f"cannot decompress gzip data file {str(path)!r} ({len(raw):,} bytes): {err}") from err
+
+
+# the most data bytes read (or decompressed): a device such as /dev/zero, or a gzip bomb, is refused instead of
+# filling the memory
+MAX_DATA_BYTES = 2**32
+
+
+def _read_capped(f, path: Path, what: str) -> bytes:
+    data = f.read(MAX_DATA_BYTES + 1)
+    if len(data) > MAX_DATA_BYTES:
+        raise ValueError(f"data file {str(path)!r} is larger than {MAX_DATA_BYTES:,} bytes{what} (the limit)")
+    return data
 
 
 def is_enwik8_name(path: str | os.PathLike[str]) -> bool:

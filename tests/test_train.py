@@ -761,3 +761,23 @@ def test_malformed_checkpoint_is_a_checkpoint_error(tmp_path: Path) -> None:
         torch.save(bad, tmp_path / "c.pt")
         with pytest.raises(ckpt_mod.CheckpointError, match=fragment):
             ckpt_mod.load_checkpoint(tmp_path / "c.pt")
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_endless_or_huge_data_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(issue 16: --data /dev/zero read without limit into a MemoryError) A cap on the bytes read or decompressed."""
+    import gzip
+
+    from flash_triton import data as data_mod
+
+    monkeypatch.setattr(data_mod, "MAX_DATA_BYTES", 1 << 20)
+    with pytest.raises(ValueError, match="larger than 1,048,576 bytes"):
+        data_mod.read_bytes("/dev/zero")
+    bomb = tmp_path / "bomb.gz"
+    bomb.write_bytes(gzip.compress(bytes(2 << 20)))
+    with pytest.raises(ValueError, match="once decompressed"):
+        data_mod.read_bytes(bomb)
+    assert (
+        data_mod.read_bytes(bomb.with_name("ok.gz").write_bytes(gzip.compress(b"abc")) and bomb.with_name("ok.gz"))
+        == b"abc"
+    )
