@@ -777,7 +777,6 @@ def test_endless_or_huge_data_is_refused(tmp_path: Path, monkeypatch: pytest.Mon
     bomb.write_bytes(gzip.compress(bytes(2 << 20)))
     with pytest.raises(ValueError, match="once decompressed"):
         data_mod.read_bytes(bomb)
-    assert (
-        data_mod.read_bytes(bomb.with_name("ok.gz").write_bytes(gzip.compress(b"abc")) and bomb.with_name("ok.gz"))
-        == b"abc"
-    )
+    small = tmp_path / "ok.gz"
+    small.write_bytes(gzip.compress(b"abc"))
+    assert data_mod.read_bytes(small) == b"abc"
