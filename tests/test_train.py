@@ -568,14 +568,14 @@ def test_bad_input_exits_2_and_writes_nothing(
     }[case]
     before, cwd_before = snapshot(out), sorted(os.listdir(tmp_path))
     if case == "unreadable-data":  # chmod cannot make a file unreadable to root: fail the read itself
-        real_read_bytes = Path.read_bytes
+        real_open = Path.open
 
-        def read_bytes(self: Path) -> bytes:
+        def open_(self: Path, *args: Any, **kwargs: Any) -> Any:
             if self.name == "other.txt":
                 raise PermissionError(13, "Permission denied", str(self))
-            return real_read_bytes(self)
+            return real_open(self, *args, **kwargs)
 
-        monkeypatch.setattr(Path, "read_bytes", read_bytes)
+        monkeypatch.setattr(Path, "open", open_)
     capsys.readouterr()
     assert (
         train_mod.main(
