@@ -230,8 +230,10 @@ class FLASH(nn.Module):
         if cu_seqlens is not None and rope is not None and not isinstance(rope, RotaryEmbedding):
             raise ValueError("cu_seqlens needs flash_triton.RotaryEmbedding (per-sequence positions)")
         decoding = cache is not None or return_cache
+        owner = None
         if decoding:
-            self.check_decoding(b, n, x.dtype, x.device, mask, cu_seqlens, cache)
+            owner = cache_owner(self)  # once per call: the check below and the new cache's record
+            self.check_decoding(b, n, x.dtype, x.device, mask, cu_seqlens, cache, owner)
         position = 0 if cache is None else cache.position
 
         normed_x = self.norm(x)
@@ -271,7 +273,9 @@ class FLASH(nn.Module):
             laplace=self.laplace_attn_fn,
         )
         if decoding:
-            out, new_cache = self._decode(quad_q, lin_q, gate, quad_k, lin_k, v, cache, last_shift, x.dtype, t5_kw)
+            out, new_cache = self._decode(
+                quad_q, lin_q, gate, quad_k, lin_k, v, cache, last_shift, x.dtype, t5_kw, owner
+            )
             out = self.to_out(out) + x
             return (out, new_cache) if return_cache else out
 
@@ -293,8 +297,11 @@ class FLASH(nn.Module):
         )
         return self.to_out(out) + x
 
-    def check_decoding(self, batch: int, n: int, dtype: torch.dtype, device: torch.device, mask, cu_seqlens, cache):
-        """Errors for a ``cache`` / ``return_cache`` call that cannot be exact, before any compute."""
+    def check_decoding(
+        self, batch: int, n: int, dtype: torch.dtype, device: torch.device, mask, cu_seqlens, cache, owner=None
+    ):
+        """Errors for a ``cache`` / ``return_cache`` call that cannot be exact, before any compute (``owner``: this
+        layer's :func:`~flash_triton.cache.cache_owner` when the caller has it)."""
         if not self.causal:
             raise ValueError(
                 "cache / return_cache need a causal FLASH layer (causal=True): non-causal attention reads the whole "
@@ -309,9 +316,9 @@ class FLASH(nn.Module):
                 f"cache / return_cache with attention dropout {self.dropout.p} in training mode: call .eval() first"
             )
         if cache is not None:
-            check_cache("cache", cache, FLASHLayerCache, cache_owner(self), batch, dtype, device, n)
+            check_cache("cache", cache, FLASHLayerCache, owner or cache_owner(self), batch, dtype, device, n)
 
-    def _decode(self, quad_q, lin_q, gate, quad_k, lin_k, v, cache, last_shift, dtype, t5_kw):
+    def _decode(self, quad_q, lin_q, gate, quad_k, lin_k, v, cache, last_shift, dtype, t5_kw, owner):
         """Attention of the new tokens given the cache, and the cache after them."""
         g = self.group_size
         state = None
@@ -344,7 +351,7 @@ class FLASH(nn.Module):
             shift=None if last_shift is None else last_shift.detach().clone(),
             position=position,
             dtype=dtype,
-            owner=cache_owner(self),
+            owner=owner,
         )
         return out, new_cache
 

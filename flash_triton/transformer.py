@@ -119,8 +119,9 @@ class FLASHTransformer(nn.Module):
         decoding = cache is not None or return_cache
         if decoding:
             dtype = self.token_emb.weight.dtype
+            owner = cache_owner(self)  # once per call: the check and the new cache's record
             if cache is not None:
-                check_cache("cache", cache, FLASHCache, cache_owner(self), b, dtype, x.device, n)
+                check_cache("cache", cache, FLASHCache, owner, b, dtype, x.device, n)
             for i, flash in enumerate(self.layers):
                 layer_cache = None if cache is None else cache.layers[i]
                 flash.check_decoding(b, n, dtype, x.device, mask, cu_seqlens, layer_cache)
@@ -143,6 +144,6 @@ class FLASHTransformer(nn.Module):
             x, layer_cache = flash(x, cache=None if cache is None else cache.layers[i], return_cache=True)
             layer_caches.append(layer_cache)
         new_cache = FLASHCache(
-            layers=tuple(layer_caches), position=position + n, dtype=layer_caches[0].dtype, owner=cache_owner(self)
+            layers=tuple(layer_caches), position=position + n, dtype=layer_caches[0].dtype, owner=owner
         )
         return self.to_logits(x), new_cache
