@@ -62,6 +62,12 @@ def new_output(like: Tensor, shape, dtype: torch.dtype | None = None) -> Tensor:
     return out
 
 
+def row_mask_u8(mask: Tensor | None) -> Tensor | None:
+    """A (B, N) bool mask as the kernels read it: uint8, contiguous (they address a batch row's mask as
+    ``base + position``, so a transposed or expanded mask must be copied first)."""
+    return None if mask is None else mask.to(torch.uint8).contiguous()
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """float32 inputs get exact float32 products (TF32 would cost ~1e-3 relative error); half types use tensor
     cores, where the option does not apply."""

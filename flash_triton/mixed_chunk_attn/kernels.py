@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..common.jit import FP_FUSION, check_row_offsets, dot, dot_precision, new_output, window_bounds
+from ..common.jit import FP_FUSION, check_row_offsets, dot, dot_precision, new_output, row_mask_u8, window_bounds
 
 # as in flash_triton.quad_attn.kernels: neither lengths nor (yet) feature widths specialised
 _NOSPEC = ["N", "GS", "DA", "DB", "DX", "DY"]
@@ -160,7 +160,7 @@ def group_state(
     db = b.shape[-1]
     g = windows.shape[0] if windows is not None else triton.cdiv(n, group)
     out = new_output(a, (bsz, g, da, db), torch.float32)
-    mask = row_mask.to(torch.uint8).contiguous() if row_mask is not None else None
+    mask = row_mask_u8(row_mask)
     cfg = state_config(group, da, db, a.dtype)
     grid = (g * triton.cdiv(da, cfg["BA"]), triton.cdiv(db, cfg["BB"]), bsz)
     _group_state_kernel[grid](
@@ -206,7 +206,7 @@ def group_apply(
     bsz, n, dx = x.shape
     dy = m.shape[-1]
     y = new_output(x, (bsz, n, dy), out_dtype or x.dtype)
-    mask = row_mask.to(torch.uint8).contiguous() if row_mask is not None else None
+    mask = row_mask_u8(row_mask)
     cfg = apply_config(group, dx, dy, x.dtype)
     g = windows.shape[0] if windows is not None else triton.cdiv(n, group)
     grid = (g * triton.cdiv(group, cfg["BT"]), triton.cdiv(dy, cfg["BY"]), bsz)

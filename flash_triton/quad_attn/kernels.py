@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..common.jit import FP_FUSION, check_row_offsets, dot, dot_precision, new_output, window_bounds
+from ..common.jit import FP_FUSION, check_row_offsets, dot, dot_precision, new_output, row_mask_u8, window_bounds
 from ..reference.t5_bias import t5_relative_position_bucket
 
 # laplace(s) = 0.5 * (1 + erf((s - mu) * c)), mu = sqrt(1/2), c = 1 / (sigma * sqrt 2) = sqrt(2 pi);
@@ -764,7 +764,7 @@ def quad_attn_fwd(
     out = new_output(v, v.shape)  # contiguous whatever v's strides
     o_pre = new_output(v, v.shape) if store_pre else None
     dummy = q.new_empty(0)
-    mask_u8 = key_mask.to(torch.uint8).contiguous() if key_mask is not None else None
+    mask_u8 = row_mask_u8(key_mask)
     lut = bucket_lut(causal, t5_weight.numel(), t5_max_distance, q.device) if t5_weight is not None else None
     grid = (g * triton.cdiv(w, cfg["BM"]), triton.cdiv(e, cfg["BE"]), b)
     _quad_attn_fwd_kernel[grid](
@@ -860,7 +860,7 @@ def quad_attn_bwd(
     cfgs = {kind: launch_config(kind, w, s, e, q.dtype, dropout_p > 0) for kind in ("dv", "dk", "dq")}
     dq, dk, dv = new_output(q, q.shape), new_output(k, k.shape), new_output(v, v.shape)
     dummy = q.new_empty(0)
-    mask_u8 = key_mask.to(torch.uint8).contiguous() if key_mask is not None else None
+    mask_u8 = row_mask_u8(key_mask)
     lut = bucket_lut(causal, t5_weight.numel(), t5_max_distance, q.device) if t5_weight is not None else None
     nb = triton.next_power_of_2(t5_weight.numel()) if t5_weight is not None else 1
     key_tiles = g * triton.cdiv(w, cfgs["dk"]["BN"])
