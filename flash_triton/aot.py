@@ -2,7 +2,7 @@
 FLASH layers launch, in the launch configurations the launchers choose, for sm_80 and sm_90, and reports registers,
 spills, shared memory and tensor-core instructions per kernel and configuration.
 
-    python -m flash_triton.aot [--arch 80 90] [--dtype ...] [--quick]
+    python -m flash_triton.aot [--arch 80 90] [--dtype ...] [--quick] [--kernel NAME ...]
 
 The full check compiles every flag combination of :func:`layer_launches` at the production shape (the largest tiles)
 and the layers' default launches at three other shapes (smallest tiles to widest query/key), in fp32, fp16 and
@@ -39,6 +39,7 @@ from triton.compiler import ASTSource
 from .common.jit import FP_FUSION, dot_precision
 from .mixed_chunk_attn import kernels as mca
 from .quad_attn import kernels as qa
+from .quad_attn import short_window as sw
 
 # largest dynamic shared memory one block may use, bytes
 SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
@@ -124,8 +125,11 @@ def layer_launches(quick: bool) -> list[Launch]:
     return out
 
 
-def kernel_launches(launch: Launch) -> list[tuple[str, str, dict]]:
-    """(check name, jit function name, flags) of every kernel that ``launch`` runs, as the launchers set them."""
+def kernel_launches(launch: Launch, window: int, every_forward: bool = False) -> list[tuple[str, str, dict]]:
+    """(check name, jit function name, flags) of every kernel that ``launch`` runs at ``window`` tokens per window,
+    as the launchers set them. The forward is the short-window pair (weights, then output) for windows of at most
+    ``SHORT_WINDOW`` tokens, else the streaming kernel; ``every_forward`` adds the streaming kernel at short windows
+    too (its tiles stop growing below them, so the check compiles there what longer windows run)."""
     common = dict(
         CAUSAL=launch.causal,
         LAPLACE=launch.laplace,
@@ -135,13 +139,26 @@ def kernel_launches(launch: Launch) -> list[tuple[str, str, dict]]:
         HAS_BIAS=launch.bias,
         DROPOUT=launch.dropout,
     )
-    out = [
-        (
-            "quad_attn_fwd",
-            "_quad_attn_fwd_kernel",
-            dict(common, HAS_LIN=launch.flash, HAS_GATE=True, STORE_PRE=launch.train),
-        )
-    ]
+    out = []
+    short = window <= qa.SHORT_WINDOW
+    if every_forward or not short:
+        flags = dict(common, HAS_LIN=launch.flash, HAS_GATE=True, STORE_PRE=launch.train)
+        out.append(("quad_attn_fwd", "_quad_attn_fwd_kernel", flags))
+    if short:
+        out += [
+            ("quad_attn_weights", "_quad_weights_kernel", common),
+            (
+                "quad_attn_out",
+                "_quad_out_kernel",
+                dict(
+                    CAUSAL=launch.causal,
+                    VARLEN=launch.packed,
+                    HAS_LIN=launch.flash,
+                    HAS_GATE=True,
+                    STORE_PRE=launch.train,
+                ),
+            ),
+        ]
     if launch.flash:  # the forward's states lin_kᵀ v (masked keys dropped)
         out.append(("group_state", "_group_state_kernel", dict(HAS_MASK=launch.mask, VARLEN=launch.packed)))
     if not launch.train:
@@ -168,6 +185,9 @@ def kernel_launches(launch: Launch) -> list[tuple[str, str, dict]]:
 def _tiles(name: str, w: int, s: int, e: int, dtype: torch.dtype, dropout: bool) -> list[tuple[dict, dict]]:
     """The launch configs (tiles and options) that the launchers pick for kernel ``name`` at this shape, each with
     the values of the kernel's feature-width arguments (which triton specialises on divisibility by 16)."""
+    if name in ("quad_attn_weights", "quad_attn_out"):
+        kind = name.removeprefix("quad_attn_")
+        return [(sw.short_config(kind, w, s, e, dtype), {"S": s} if kind == "weights" else {"S": s, "E": e})]
     if name.startswith("quad_attn_"):
         return [(qa.launch_config(name.removeprefix("quad_attn_"), w, s, e, dtype, dropout), {"S": s, "E": e})]
     if name == "group_state":  # lin_kᵀ v and lin_qᵀ dY: both (s, e)
@@ -178,14 +198,14 @@ def _tiles(name: str, w: int, s: int, e: int, dtype: torch.dtype, dropout: bool)
     ]
 
 
-def variants(shapes: list, dtypes: list[str], launches: list[Launch]) -> list[tuple]:
+def variants(shapes: list, dtypes: list[str], launches: list[Launch], every_forward: bool = True) -> list[tuple]:
     """(check name, jit function name, dtype, constexprs, options, divisible) of every distinct compile: each kernel
     of each launch, at each shape and dtype, in the config its launcher picks; ``divisible`` names the feature-width
     arguments that are multiples of 16 at that shape and that the kernel lets triton specialise (as its launcher
-    then does)."""
+    then does). ``every_forward``: as in :func:`kernel_launches`."""
     seen, out = set(), []
     for (w, s, e), dtype, launch in itertools.product(shapes, dtypes, launches):
-        for name, fn, flags in kernel_launches(launch):
+        for name, fn, flags in kernel_launches(launch, w, every_forward):
             for cfg, widths in _tiles(name, w, s, e, TORCH_DTYPES[dtype], launch.dropout and name.startswith("quad")):
                 cfg = dict(cfg)
                 options = {k: cfg.pop(k) for k in ("num_warps", "num_stages")}
@@ -342,7 +362,7 @@ class Binary:
 
 def kernel_fn(fn_name: str):
     """The ``@triton.jit`` function of that name in the op packages."""
-    return getattr(mca if hasattr(mca, fn_name) else qa, fn_name)
+    return getattr(next(m for m in (mca, sw, qa) if hasattr(m, fn_name)), fn_name)
 
 
 def compile_kernel(
@@ -435,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="the production shape, the layers' default launches, fp32 and bf16"
     )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles")
+    parser.add_argument(
+        "--kernel", nargs="+", default=None, metavar="NAME", help="only these kernels (e.g. quad_attn_fwd group_state)"
+    )
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("unset TRITON_INTERPRET: the interpreter's functions cannot be compiled for a GPU", file=sys.stderr)
@@ -443,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     configs = variants([SHAPE_PRODUCTION], dtypes, layer_launches(args.quick))
     if not args.quick:
         configs += [c for c in variants(SHAPES_OTHER, dtypes, layer_launches(True)) if c not in configs]
+    if args.kernel:
+        configs = [c for c in configs if c[0] in args.kernel]
     jobs = [(n, fn, d, c, arch, opts, True, div) for arch in args.arch for n, fn, d, c, opts, div in configs]
     print(f"triton {triton.__version__}; ptxas: " + ", ".join(f"sm_{a} {ptxas_path(a)}" for a in args.arch))
     t0 = time.perf_counter()

@@ -81,6 +81,14 @@ class LaunchCounter:
         return self.kernel[grid]
 
 
+def count_launches(monkeypatch, module, *names: str) -> dict[str, LaunchCounter]:
+    """Replace the named kernels of ``module`` with launch counters (undone after the test), keyed by name."""
+    counters = {name: LaunchCounter(getattr(module, name)) for name in names}
+    for name, counter in counters.items():
+        monkeypatch.setattr(module, name, counter)
+    return counters
+
+
 def layer_in_dtypes(make, x: torch.Tensor, dtype: torch.dtype, std: float = 0.5):
     """A layer's output, input gradient and parameter gradients in ``dtype`` on the kernels and on the reference,
     and in float64 on the reference, all with the same scrambled weights: ``(results, names)`` with results keyed

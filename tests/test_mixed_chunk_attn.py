@@ -10,9 +10,9 @@ from flash_triton import reference as ref
 from tests._helpers import (
     DEVICE,
     UPSTREAM_TOL,
-    LaunchCounter,
     assert_close_scaled,
     close_to_reference,
+    count_launches,
     layer_in_dtypes,
     output_and_grads,
     scramble,
@@ -21,6 +21,7 @@ from tests._helpers import (
 
 triton = pytest.importorskip("triton")
 qa = pytest.importorskip("flash_triton.quad_attn.kernels")
+sw = pytest.importorskip("flash_triton.quad_attn.short_window")
 mca_kernels = pytest.importorskip("flash_triton.mixed_chunk_attn.kernels")
 op = pytest.importorskip("flash_triton.mixed_chunk_attn.op")
 
@@ -173,12 +174,11 @@ def test_dropout_forward_and_backward_use_the_same_mask():
 )
 def test_flash_layer_on_kernels_matches_upstream_and_runs_them(monkeypatch, kw, n):
     up = pytest.importorskip("flash_pytorch", reason="FLASH-pytorch 0.1.9 is not installed")
-    counters = {
-        name: LaunchCounter(getattr(qa, name)) for name in ("_quad_attn_fwd_kernel", "_quad_attn_bwd_dqk_kernel")
-    }
-    counters["_group_state_kernel"] = LaunchCounter(mca_kernels._group_state_kernel)
-    for name, counter in counters.items():
-        monkeypatch.setattr(mca_kernels if name == "_group_state_kernel" else qa, name, counter)
+    counters = (
+        count_launches(monkeypatch, qa, "_quad_attn_fwd_kernel", "_quad_attn_bwd_dqk_kernel")
+        | count_launches(monkeypatch, sw, "_quad_weights_kernel", "_quad_out_kernel")
+        | count_launches(monkeypatch, mca_kernels, "_group_state_kernel")
+    )
     kw = dict(kw, dim=24, group_size=16, query_key_dim=16)
     theirs = up.FLASH(**kw)
     scramble(theirs)
@@ -196,7 +196,8 @@ def test_flash_layer_on_kernels_matches_upstream_and_runs_them(monkeypatch, kw, 
     assert_close_scaled(x_o.grad, x_t.grad, UPSTREAM_TOL, "input grad")
     for (name, p_t), p_o in zip(theirs.named_parameters(), ours.parameters(), strict=True):
         assert_close_scaled(p_o.grad, p_t.grad, UPSTREAM_TOL, f"grad of {name}")
-    assert counters["_quad_attn_fwd_kernel"].launches == 1
+    assert counters["_quad_attn_fwd_kernel"].launches == 0  # groups of <= qa.SHORT_WINDOW tokens: weights stored
+    assert counters["_quad_weights_kernel"].launches == counters["_quad_out_kernel"].launches == 1
     assert counters["_quad_attn_bwd_dqk_kernel"].launches == 2
     assert counters["_group_state_kernel"].launches == 3  # forward states; backward: states again, dP
 

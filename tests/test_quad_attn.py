@@ -14,9 +14,9 @@ from tests._helpers import (
     DEVICE,
     DTYPE_IDS,
     UPSTREAM_TOL,
-    LaunchCounter,
     assert_close_scaled,
     close_to_reference,
+    count_launches,
     layer_in_dtypes,
     output_and_grads,
     scramble,
@@ -25,6 +25,7 @@ from tests._helpers import (
 
 triton = pytest.importorskip("triton")
 qa = pytest.importorskip("flash_triton.quad_attn.kernels")
+sw = pytest.importorskip("flash_triton.quad_attn.short_window")
 op = pytest.importorskip("flash_triton.quad_attn.op")
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -63,9 +64,18 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=["short", "streaming"])
+def forward_path(request, monkeypatch):
+    """The two forwards: "short" (windows of at most qa.SHORT_WINDOW tokens: weights computed once and stored),
+    and "streaming" (longer windows: scores recomputed per value block), forced here for every window."""
+    if request.param == "streaming":
+        monkeypatch.setattr(qa, "SHORT_WINDOW", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=[DTYPE_IDS[d] for d in DTYPES])
 @pytest.mark.parametrize("b, n, s, e, window, causal, laplace, mask, bias", CASES)
-def test_kernel_matches_reference(b, n, s, e, window, causal, laplace, mask, bias, dtype):
+def test_kernel_matches_reference(b, n, s, e, window, causal, laplace, mask, bias, dtype, forward_path):
     tensors, key_mask = make_inputs(b, n, s, e, dtype, mask=mask, bias=bias)
     w = window or n
     kw = dict(
@@ -171,12 +181,13 @@ def scrambled_gau(**kw):
     ],
 )
 def test_gau_on_triton_matches_reference_and_runs_the_kernels(monkeypatch, kw, n, masked, bias):
-    counters = {
-        name: LaunchCounter(getattr(qa, name))
-        for name in ("_quad_attn_fwd_kernel", "_quad_attn_bwd_dv_kernel", "_quad_attn_bwd_dqk_kernel")
-    }
-    for name, counter in counters.items():
-        monkeypatch.setattr(qa, name, counter)
+    counters = count_launches(
+        monkeypatch,
+        qa,
+        "_quad_attn_fwd_kernel",
+        "_quad_attn_bwd_dv_kernel",
+        "_quad_attn_bwd_dqk_kernel",
+    ) | count_launches(monkeypatch, sw, "_quad_weights_kernel", "_quad_out_kernel")
     reference, fused = scrambled_gau(**kw)
     x = torch.randn(2, n, kw["dim"], device=DEVICE)
     mask = (torch.rand(2, n, device=DEVICE) > 0.3) if masked else None
@@ -192,7 +203,8 @@ def test_gau_on_triton_matches_reference_and_runs_the_kernels(monkeypatch, kw, n
     names = ["x", *(name for name, _ in reference.named_parameters())] + (["rel_pos_bias"] if bias else [])
     for name, g_fused, g_ref in zip(names, grads[1], grads[0], strict=True):
         assert_close_scaled(g_fused, g_ref, 1e-5, f"grad of {name}")
-    assert counters["_quad_attn_fwd_kernel"].launches == 1
+    assert counters["_quad_attn_fwd_kernel"].launches == 0  # windows of n <= qa.SHORT_WINDOW: weights stored
+    assert counters["_quad_weights_kernel"].launches == counters["_quad_out_kernel"].launches == 1
     assert counters["_quad_attn_bwd_dv_kernel"].launches == 1
     assert counters["_quad_attn_bwd_dqk_kernel"].launches == 2
 

@@ -23,6 +23,10 @@ from torch import Tensor
 from ..common.jit import FP_FUSION, check_row_offsets, dot, dot_precision, new_output, row_mask_u8, window_bounds
 from ..reference.t5_bias import t5_relative_position_bucket
 
+# windows of at most this many tokens (FLASH's groups, GAU on short sequences) take the forward of
+# :mod:`.short_window`: the weights computed once and stored, not recomputed for every value block
+SHORT_WINDOW = 256
+
 # laplace(s) = 0.5 * (1 + erf((s - mu) * c)), mu = sqrt(1/2), c = 1 / (sigma * sqrt 2) = sqrt(2 pi);
 # d/ds = sqrt(2) * exp(-((s - mu) * c)^2)
 _MU = tl.constexpr(0.7071067811865476)
@@ -760,12 +764,38 @@ def quad_attn_fwd(
     e = v.shape[-1]
     w = window
     g = windows.shape[0] if windows is not None else triton.cdiv(n, w)
+    mask_u8 = row_mask_u8(key_mask)
+    lut = bucket_lut(causal, t5_weight.numel(), t5_max_distance, q.device) if t5_weight is not None else None
+    if w <= SHORT_WINDOW:  # weights computed once and stored, then one pass over the value width
+        from .short_window import short_window_fwd  # imports this module's jit helpers: imported on first use
+
+        return short_window_fwd(
+            q,
+            k,
+            v,
+            gate,
+            mask_u8,
+            t5_weight,
+            lut,
+            bias,
+            seed,
+            scale=scale,
+            t5_scale=t5_scale,
+            t5_max_distance=t5_max_distance,
+            bias_scale=bias_scale,
+            window=w,
+            causal=causal,
+            laplace=laplace,
+            dropout_p=dropout_p,
+            store_pre=store_pre,
+            lin_q=lin_q,
+            state=state,
+            windows=windows,
+        )
     cfg = launch_config("fwd", w, s, e, q.dtype, dropout_p > 0)
     out = new_output(v, v.shape)  # contiguous whatever v's strides
     o_pre = new_output(v, v.shape) if store_pre else None
     dummy = q.new_empty(0)
-    mask_u8 = row_mask_u8(key_mask)
-    lut = bucket_lut(causal, t5_weight.numel(), t5_max_distance, q.device) if t5_weight is not None else None
     grid = (g * triton.cdiv(w, cfg["BM"]), triton.cdiv(e, cfg["BE"]), b)
     _quad_attn_fwd_kernel[grid](
         q,

@@ -1,0 +1,357 @@
+"""Short windows (FLASH's groups; GAU on short sequences): each window's attention weights computed once, stored,
+then multiplied into the value width in one GEMM pass. Triton kernels and the typed launcher.
+
+The streaming forward of :mod:`.kernels` splits the value width E over programs, and each program recomputes the
+scores ``q·kᵀ`` of its tiles: E / BE times in all (16 at FLASH's s = 128, e = 1024). For windows of at most
+``kernels.SHORT_WINDOW`` tokens the weights of a window are small (``N · W`` per batch row, stored in v's dtype,
+the dtype the streaming kernel rounds them to before its product), so they are computed once instead:
+
+1. ``_quad_weights_kernel``, one program per (query tile, key tile) of each window: ``A = act(s) · dropout ·
+   keep`` (the scores and masks of :mod:`.kernels`, the same Philox draw), stored at ``A[b, i, j - window
+   start]``. Key tiles past the window's end or above the causal diagonal are neither computed nor stored.
+2. ``_quad_out_kernel``, one program per (value block, query tile): ``acc = Σ_j A[i, j] v_j`` over the stored
+   tiles, plus FLASH's linear half ``lin_q · P[window]``; the pre-gate output stored when asked, the gate applied.
+   Value blocks of one query tile are neighbours in the grid, so the weights they share are read from L2.
+
+Executed FLOPs: the scores once and A·v once (the streaming kernel: the scores E / BE times). Extra HBM traffic:
+the weights written once and read once, ``2 · W · itemsize`` bytes per token (1 KiB at W = 256 in bf16, against
+~31 KiB the FLASH core moves at e = 1024). The backward (:func:`.kernels.quad_attn_bwd`) is unchanged.
+"""
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..common.jit import FP_FUSION, check_row_offsets, dot, dot_precision, new_output, window_bounds
+from .kernels import _act, _dropout_scale, _keep, _scores
+
+# lengths and counts vary per call; the feature widths S and E are specialised (16-byte loads where aligned)
+_NOSPEC = ["N", "W", "G"]
+
+
+@triton.jit(do_not_specialize=_NOSPEC)
+def _quad_weights_kernel(
+    q_ptr,  # (B, N, S)
+    k_ptr,  # (B, N, S)
+    a_ptr,  # (B, N, >= min(W, N)) weights out, v's dtype: A[b, i, j - start of i's window]
+    mask_ptr,  # (B, N) uint8 key mask, or dummy
+    t5_ptr,  # (num_buckets,) T5 table, or dummy
+    lut_ptr,  # (2 * max_dist + 1,) int32 bucket of each clamped relative position, or dummy
+    bias_ptr,  # (B, N, N) caller's bias through strides (0 where broadcast), or dummy
+    seed_ptr,  # (1,) int64 dropout seed, or dummy
+    win_ptr,  # (G, 2) int32 window bounds of a packed variable-length batch, or dummy
+    N,
+    W,
+    G,
+    S,
+    stride_ab,
+    stride_an,  # row stride of the weights, padded to a multiple of 16 (aligned vector loads and stores)
+    stride_qb,
+    stride_qn,
+    stride_kb,
+    stride_kn,
+    stride_mb,
+    stride_bb,
+    stride_bm,
+    stride_bn,
+    scale,
+    t5_scale,
+    max_dist,
+    bias_scale,
+    dropout_p,
+    CAUSAL: tl.constexpr,
+    LAPLACE: tl.constexpr,
+    VARLEN: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_T5: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BS: tl.constexpr,
+    S_BLOCKS: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    i_mt, i_nt, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    tiles = tl.cdiv(W, BM)
+    win_start, win_end = window_bounds(i_mt // tiles, W, N, win_ptr, VARLEN)
+    q_start = win_start + (i_mt % tiles) * BM
+    c_start = i_nt * BN  # first column (key position in the window) of this tile
+    k_start = win_start + c_start
+    # a tile past the window's end or above the causal diagonal is never read by the output pass
+    if (q_start >= win_end) | (k_start >= win_end):
+        return
+    if CAUSAL:
+        if k_start >= q_start + BM:
+            return
+    o_m = q_start + tl.arange(0, BM)
+    o_n = k_start + tl.arange(0, BN)
+    m_m, m_n = o_m < win_end, o_n < win_end
+    i_b64 = i_b.to(tl.int64)
+    s = _scores(
+        q_ptr + i_b64 * stride_qb,
+        k_ptr + i_b64 * stride_kb,
+        stride_qn,
+        stride_kn,
+        o_m,
+        o_n,
+        m_m,
+        m_n,
+        S,
+        scale,
+        t5_ptr,
+        lut_ptr,
+        t5_scale,
+        max_dist,
+        bias_ptr + i_b64 * stride_bb,
+        stride_bm,
+        stride_bn,
+        bias_scale,
+        HAS_T5,
+        HAS_BIAS,
+        BM,
+        BN,
+        BS,
+        S_BLOCKS,
+        DOT_PREC,
+    )
+    a = _act(s, LAPLACE)
+    if DROPOUT:
+        a = a * _dropout_scale(tl.load(seed_ptr), i_b * G * W, o_m, o_n, win_start, dropout_p, BM, BN)
+    a = tl.where(_keep(o_m, o_n, m_m, m_n, mask_ptr + i_b64 * stride_mb, CAUSAL, HAS_MASK), a, 0.0)
+    # whole tiles, zeros past the window's end: the output pass reads them with a row mask only (vector loads)
+    p_a = a_ptr + i_b64 * stride_ab + o_m[:, None] * stride_an + (c_start + tl.arange(0, BN))[None, :]
+    tl.store(p_a, a.to(a_ptr.dtype.element_ty), mask=m_m[:, None])
+
+
+@triton.jit(do_not_specialize=_NOSPEC)
+def _quad_out_kernel(
+    a_ptr,  # (B, N, >= min(W, N)) weights from _quad_weights_kernel
+    v_ptr,  # (B, N, E)
+    gate_ptr,  # (B, N, E), or dummy
+    o_ptr,  # (B, N, E) gated output
+    opre_ptr,  # (B, N, E) output before the gate (saved for dgate), or dummy
+    lq_ptr,  # (B, N, S) FLASH's linear-attention queries, or dummy
+    p_ptr,  # (B, G, S, E) float32 state each window's queries read (FLASH's prefix), or dummy
+    win_ptr,  # (G, 2) int32 window bounds of a packed variable-length batch, or dummy
+    N,
+    W,
+    G,
+    S,
+    E,
+    stride_ab,
+    stride_an,
+    stride_vb,
+    stride_vn,
+    stride_gb,
+    stride_gn,
+    stride_ob,
+    stride_on,
+    stride_lqb,
+    stride_lqn,
+    stride_pb,
+    stride_pg,
+    stride_ps,
+    CAUSAL: tl.constexpr,
+    VARLEN: tl.constexpr,
+    HAS_LIN: tl.constexpr,
+    HAS_GATE: tl.constexpr,
+    STORE_PRE: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BS: tl.constexpr,
+    BE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    i_e, i_mt, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    tiles = tl.cdiv(W, BM)
+    i_w = i_mt // tiles
+    win_start, win_end = window_bounds(i_w, W, N, win_ptr, VARLEN)
+    q_start = win_start + (i_mt % tiles) * BM
+    if q_start >= win_end:  # a packed batch's short window: no queries in this tile
+        return
+    o_m = q_start + tl.arange(0, BM)
+    m_m = o_m < win_end
+    o_e = i_e * BE + tl.arange(0, BE)
+    m_e = o_e < E
+    i_b64 = i_b.to(tl.int64)
+    a_base = a_ptr + i_b64 * stride_ab
+    v_base = v_ptr + i_b64 * stride_vb
+    hi = win_end
+    if CAUSAL:  # keys past the tile's last query were not stored (within the diagonal tile they are zeros)
+        hi = tl.minimum(win_end, q_start + BM)
+    acc = tl.zeros((BM, BE), dtype=tl.float32)
+    # the column tiles the weights kernel stored (same BM and BN): whole tiles, zeros past the window's end and,
+    # causal, above the diagonal; masked by row only, so the loads stay 16-byte vectors
+    for c0 in range(0, hi - win_start, BN):
+        o_c = tl.multiple_of(c0, BN) + tl.arange(0, BN)
+        o_n = win_start + o_c
+        m_n = o_n < hi
+        b_a = tl.load(a_base + o_m[:, None] * stride_an + o_c[None, :], mask=m_m[:, None], other=0.0)
+        b_v = tl.load(v_base + o_n[:, None] * stride_vn + o_e[None, :], mask=m_n[:, None] & m_e[None, :], other=0.0)
+        acc = dot(b_a, b_v, acc, DOT_PREC)
+    if HAS_LIN:  # FLASH's linear half in the same output tile: acc += lin_q P[window] (the window's state, fp32)
+        lq_base = lq_ptr + i_b64 * stride_lqb
+        p_base = p_ptr + i_b64 * stride_pb + i_w.to(tl.int64) * stride_pg
+        for s0 in range(0, S, BS):
+            o_s = s0 + tl.arange(0, BS)
+            m_s = o_s < S
+            b_lq = tl.load(
+                lq_base + o_m[:, None] * stride_lqn + o_s[None, :], mask=m_m[:, None] & m_s[None, :], other=0.0
+            )
+            b_p = tl.load(p_base + o_s[:, None] * stride_ps + o_e[None, :], mask=m_s[:, None] & m_e[None, :], other=0.0)
+            acc = dot(b_lq, b_p.to(b_lq.dtype), acc, DOT_PREC)
+    m_out = m_m[:, None] & m_e[None, :]
+    o_off = i_b64 * stride_ob + o_m[:, None] * stride_on + o_e[None, :]
+    if STORE_PRE:
+        tl.store(opre_ptr + o_off, acc.to(opre_ptr.dtype.element_ty), mask=m_out)
+    if HAS_GATE:
+        p_g = gate_ptr + i_b64 * stride_gb + o_m[:, None] * stride_gn + o_e[None, :]
+        acc = acc * tl.load(p_g, mask=m_out, other=0.0).to(tl.float32)
+    tl.store(o_ptr + o_off, acc.to(o_ptr.dtype.element_ty), mask=m_out)
+
+
+# precision -> (BM x BN tiles of the weights, shared by both kernels; weights kernel: max BS, warps; output kernel:
+# max BS, max BE, warps). Not yet tuned on a GPU; spill-free on sm_80 and sm_90 (python -m flash_triton.aot).
+SHORT_TILES = {
+    "half": dict(BM=64, BN=64, weights=(128, 8), out=(64, 128, 8)),
+    "fp32": dict(BM=32, BN=32, weights=(32, 4), out=(32, 32, 4)),
+}
+
+
+def short_config(kind: str, window: int, qk_dim: int, v_dim: int, dtype: torch.dtype) -> dict:
+    """Tiles and warps of the short-window kernel ``kind`` ("weights" or "out")."""
+    t = SHORT_TILES["fp32" if dtype == torch.float32 else "half"]
+    fit = max(16, triton.next_power_of_2(window))
+    s_fit = max(16, triton.next_power_of_2(qk_dim))
+    tiles = dict(BM=min(t["BM"], fit), BN=min(t["BN"], fit))  # the same in both kernels (the output pass reads
+    # exactly the tiles the weights kernel stores)
+    if kind == "weights":
+        bs, warps = t["weights"]
+        bs = min(bs, s_fit)
+        return dict(tiles, BS=bs, S_BLOCKS=triton.cdiv(qk_dim, bs), num_warps=warps, num_stages=2)
+    bs, be, warps = t["out"]
+    be = min(be, max(16, triton.next_power_of_2(v_dim)))
+    return dict(tiles, BS=min(bs, s_fit), BE=be, num_warps=warps, num_stages=2)
+
+
+def short_window_fwd(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gate: Tensor | None,
+    mask_u8: Tensor | None,
+    t5_weight: Tensor | None,
+    lut: Tensor | None,
+    bias: Tensor | None,
+    seed: Tensor | None,
+    *,
+    scale: float,
+    t5_scale: float,
+    t5_max_distance: int,
+    bias_scale: float,
+    window: int,
+    causal: bool,
+    laplace: bool,
+    dropout_p: float,
+    store_pre: bool,
+    lin_q: Tensor | None,
+    state: Tensor | None,
+    windows: Tensor | None,
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`.kernels.quad_attn_fwd` for windows of at most :data:`.kernels.SHORT_WINDOW` tokens, which prepares its
+    arguments (unit feature strides, the uint8 mask, the bucket table, offsets checked) and calls this."""
+    b, n, s = q.shape
+    e = v.shape[-1]
+    w = window
+    wc = min(w, n)
+    g = windows.shape[0] if windows is not None else triton.cdiv(n, w)
+    dummy = q.new_empty(0)
+    cw = short_config("weights", w, s, e, q.dtype)
+    co = short_config("out", w, s, e, q.dtype)
+    # rows of whole column tiles (16-byte aligned); tiles the output pass does not read are never written
+    weights = q.new_empty(b, n, triton.cdiv(wc, cw["BN"]) * cw["BN"], dtype=v.dtype)
+    check_row_offsets(weights=weights)
+    bias_strides = (0, 0, 0) if bias is None else bias.expand(b, n, n).stride()
+    _quad_weights_kernel[(g * triton.cdiv(w, cw["BM"]), triton.cdiv(wc, cw["BN"]), b)](
+        q_ptr=q,
+        k_ptr=k,
+        a_ptr=weights,
+        mask_ptr=mask_u8 if mask_u8 is not None else dummy,
+        t5_ptr=t5_weight if t5_weight is not None else dummy,
+        lut_ptr=lut if lut is not None else dummy,
+        bias_ptr=bias if bias is not None else dummy,
+        seed_ptr=seed if seed is not None else dummy,
+        win_ptr=windows if windows is not None else dummy,
+        N=n,
+        W=w,
+        G=g,
+        S=s,
+        stride_ab=weights.stride(0),
+        stride_an=weights.stride(1),
+        stride_qb=q.stride(0),
+        stride_qn=q.stride(1),
+        stride_kb=k.stride(0),
+        stride_kn=k.stride(1),
+        stride_mb=mask_u8.stride(0) if mask_u8 is not None else 0,
+        stride_bb=bias_strides[0],
+        stride_bm=bias_strides[1],
+        stride_bn=bias_strides[2],
+        scale=scale,
+        t5_scale=t5_scale,
+        max_dist=t5_max_distance,
+        bias_scale=bias_scale,
+        dropout_p=dropout_p,
+        CAUSAL=causal,
+        LAPLACE=laplace,
+        VARLEN=windows is not None,
+        HAS_MASK=mask_u8 is not None,
+        HAS_T5=t5_weight is not None,
+        HAS_BIAS=bias is not None,
+        DROPOUT=dropout_p > 0,
+        DOT_PREC=dot_precision(q.dtype),
+        enable_fp_fusion=FP_FUSION,
+        **cw,
+    )
+    out = new_output(v, v.shape)
+    o_pre = new_output(v, v.shape) if store_pre else None
+    lin_strides = lin_q.stride()[:2] if lin_q is not None else (0, 0)
+    state_strides = state.stride()[:3] if state is not None else (0, 0, 0)
+    _quad_out_kernel[(triton.cdiv(e, co["BE"]), g * triton.cdiv(w, co["BM"]), b)](
+        a_ptr=weights,
+        v_ptr=v,
+        gate_ptr=gate if gate is not None else dummy,
+        o_ptr=out,
+        opre_ptr=o_pre if o_pre is not None else dummy,
+        lq_ptr=lin_q if lin_q is not None else dummy,
+        p_ptr=state if state is not None else dummy,
+        win_ptr=windows if windows is not None else dummy,
+        N=n,
+        W=w,
+        G=g,
+        S=s,
+        E=e,
+        stride_ab=weights.stride(0),
+        stride_an=weights.stride(1),
+        stride_vb=v.stride(0),
+        stride_vn=v.stride(1),
+        stride_gb=gate.stride(0) if gate is not None else 0,
+        stride_gn=gate.stride(1) if gate is not None else 0,
+        stride_ob=out.stride(0),
+        stride_on=out.stride(1),
+        stride_lqb=lin_strides[0],
+        stride_lqn=lin_strides[1],
+        stride_pb=state_strides[0],
+        stride_pg=state_strides[1],
+        stride_ps=state_strides[2],
+        CAUSAL=causal,
+        VARLEN=windows is not None,
+        HAS_LIN=state is not None,
+        HAS_GATE=gate is not None,
+        STORE_PRE=store_pre,
+        DOT_PREC=dot_precision(q.dtype),
+        enable_fp_fusion=FP_FUSION,
+        **co,
+    )
+    return out, o_pre
