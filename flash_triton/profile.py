@@ -32,6 +32,7 @@ import torch
 
 from . import aot
 from .quad_attn import kernels as qa
+from .quad_attn import short_window as sw
 
 # benchmark shapes (benchmarks/subjects: quad-attn, mixed-chunk-attn, gau-layer, flash-layer)
 N, S, E, G, BATCH = 8192, 128, 1024, 256, 4
@@ -161,10 +162,32 @@ def quad_tiles(kind: str, w: int, s: int, e: int, dtype: torch.dtype) -> dict:
     return qa.launch_config(kind, w, s, e, dtype, False)
 
 
+def short_forward(n: int, w: int, s: int, e: int, dtype: torch.dtype, causal: bool, lin: bool) -> tuple:
+    """The short-window forward (windows of at most ``SHORT_WINDOW`` tokens): executed FLOPs of
+    ``_quad_weights_kernel`` (q kᵀ over the padded query/key width, once per visited (query tile, key tile)) and of
+    ``_quad_out_kernel`` (per (value block, query tile): A v over the same key tiles and, with ``lin``, lin_q P over
+    the padded query/key width), and the number of weights stored."""
+    cw, co = sw.short_config("weights", w, s, e, dtype), sw.short_config("out", w, s, e, dtype)
+    bm, bn, be = cw["BM"], cw["BN"], co["BE"]
+    e_pad = _cdiv(e, be) * be
+    tiles = 0
+    for win in range(_cdiv(n, w)):
+        ws, we = win * w, min(n, win * w + w)
+        for q0 in range(ws, we, bm):
+            tiles += _cdiv((min(we, q0 + bm) if causal else we) - ws, bn)
+    query_tiles = _cdiv(n, w) * _cdiv(min(w, n), bm)
+    out = tiles * 2.0 * bm * bn * e_pad + (query_tiles * 2.0 * bm * _cdiv(s, co["BS"]) * co["BS"] * e_pad if lin else 0)
+    return tiles * 2.0 * bm * bn * cw["S_BLOCKS"] * cw["BS"], out, float(tiles * bm * bn)
+
+
 def quad_forward(n: int, w: int, s: int, e: int, dtype: torch.dtype, causal: bool, lin: bool) -> float:
-    """Executed FLOPs of ``_quad_attn_fwd_kernel``: per (window, query tile, value block) program, each key tile up
-    to the window's end (causal: the tile's diagonal) costs q kᵀ over the padded query/key width and A v over the
-    value block; with ``lin``, lin_q P over the padded query/key width."""
+    """Executed FLOPs of the forward the launcher picks: :func:`short_forward` for windows of at most
+    ``SHORT_WINDOW`` tokens, else ``_quad_attn_fwd_kernel``: per (window, query tile, value block) program, each key
+    tile up to the window's end (causal: the tile's diagonal) costs q kᵀ over the padded query/key width and A v
+    over the value block; with ``lin``, lin_q P over the padded query/key width."""
+    if w <= qa.SHORT_WINDOW:
+        weights_flops, out_flops, _ = short_forward(n, w, s, e, dtype, causal, lin)
+        return weights_flops + out_flops
     c = quad_tiles("fwd", w, s, e, dtype)
     bm, bn, s_pad, be = c["BM"], c["BN"], c["S_BLOCKS"] * c["BS"], c["BE"]
     flops = 0.0
@@ -209,9 +232,20 @@ def _gated_quad(
     """The quadratic part of a core (GAU's whole core, FLASH's within-group half with lin_q P fused when ``lin``):
     its forward launch, and its backward launches (the gate's torch ops and the dv, dk, dq kernels)."""
     p = dtype.itemsize
-    name = "quad_attn_fwd + lin_q P + gate" if lin else "quad_attn_fwd"
-    reads = n * p * ((3 if lin else 2) * s + 2 * e) + (state if lin else 0.0)
-    fwd = [Launch(name, quad_forward(n, w, s, e, dtype, True, lin), reads, n * p * e * (2 if backward else 1))]
+    qk = n * p * 2 * s
+    values = n * p * ((s if lin else 0) + 2 * e) + (state if lin else 0.0)  # v, gate (and lin_q, the states)
+    written = n * p * e * (2 if backward else 1)
+    lin_name = " + lin_q P" if lin else ""
+    if w <= qa.SHORT_WINDOW:  # the weights written once and read once (value blocks of a query tile share them in L2)
+        weights_flops, out_flops, weights = short_forward(n, w, s, e, dtype, True, lin)
+        fwd = [
+            Launch("quad_attn weights (q kᵀ once)", weights_flops, qk, weights * p),
+            Launch(f"quad_attn out (A v{lin_name} + gate)", out_flops, values + weights * p, written),
+        ]
+    else:
+        fwd = [
+            Launch(f"quad_attn_fwd{lin_name} + gate", quad_forward(n, w, s, e, dtype, True, lin), qk + values, written)
+        ]
     if not backward:
         return fwd, []
     return fwd, [

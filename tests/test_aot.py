@@ -96,7 +96,7 @@ def test_the_checked_launches_are_those_the_layers_make():
     # FLASH 2 (packed or not) x 3 modes = 48
     assert len(set(full)) == len(full) == 112
     # every fwd flag set that GAU / FLASH can produce in training or inference is compiled
-    fwd = {tuple(sorted(kernel_launches(x)[0][2].items())) for x in full}
+    fwd = {tuple(sorted(kernel_launches(x, 8192)[0][2].items())) for x in full}  # the streaming forward
     for flash in (False, True):
         for causal in (False, True):
             for laplace in (False, True):
@@ -116,17 +116,30 @@ def test_the_checked_launches_are_those_the_layers_make():
                                 STORE_PRE=train,
                             )
                             assert tuple(sorted(flags.items())) in fwd, flags
+    # windows of at most SHORT_WINDOW tokens: the weights and output kernels instead (the streaming one only with
+    # every_forward, as the check compiles it), each with the flags it takes
+    for x in full:
+        short = {name: flags for name, _, flags in kernel_launches(x, 256)}
+        assert "quad_attn_fwd" not in short and "quad_attn_fwd" in {k[0] for k in kernel_launches(x, 256, True)}
+        streaming = kernel_launches(x, 8192)[0][2]
+        assert short["quad_attn_weights"] == {
+            k: v for k, v in streaming.items() if k not in ("HAS_LIN", "HAS_GATE", "STORE_PRE")
+        }
+        out_flags = ("CAUSAL", "VARLEN", "HAS_LIN", "HAS_GATE", "STORE_PRE")
+        assert short["quad_attn_out"] == {k: streaming[k] for k in out_flags}
 
 
 def test_the_check_compiles_only_the_specialisation_the_launcher_makes(tmp_path):
-    """Feature widths get tt.divisibility=16 only where the kernel lets triton specialise them (today: nowhere, they
-    are in do_not_specialize), so the check compiles the variants that run. In a child without the interpreter,
-    whose triton.jit functions carry no do_not_specialize."""
+    """Feature widths get tt.divisibility=16 only where the kernel lets triton specialise them (the short-window
+    kernels; the others keep them in do_not_specialize), so the check compiles the variants that run. In a child
+    without the interpreter, whose triton.jit functions carry no do_not_specialize."""
     script = textwrap.dedent(
         """
         from flash_triton import aot
         fn = aot.kernel_fn("_quad_attn_fwd_kernel")
         assert not aot.specialised(fn, "S") and not aot.specialised(fn, "E") and aot.specialised(fn, "stride_qn")
+        out = aot.kernel_fn("_quad_out_kernel")
+        assert aot.specialised(out, "S") and aot.specialised(out, "E") and not aot.specialised(out, "N")
         for name, fn_name, _, constexprs, _, divisible in aot.variants(
             [aot.SHAPE_PRODUCTION], ["bf16"], aot.layer_launches(True)
         ):

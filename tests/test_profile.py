@@ -75,13 +75,28 @@ def _score_tiles(n, w, bm, bn, causal):
     return pairs
 
 
-@pytest.mark.parametrize("n, w, causal", [(8192, 256, True), (1000, 256, True), (777, 777, False), (512, 512, True)])
+@pytest.mark.parametrize("n, w, causal", [(8192, 512, True), (1000, 384, True), (777, 777, False), (512, 512, True)])
 def test_forward_flop_model_counts_every_visited_tile(n, w, causal):
+    """The streaming forward (windows past SHORT_WINDOW): the scores once per value block."""
     dtype = torch.bfloat16
+    assert w > profile.qa.SHORT_WINDOW
     c = profile.quad_tiles("fwd", w, 128, 1024, dtype)
     per_tile = 2 * c["BM"] * c["BN"] * (c["S_BLOCKS"] * c["BS"] + c["BE"])
     expected = _score_tiles(n, w, c["BM"], c["BN"], causal) * per_tile * (1024 // c["BE"])
     assert profile.quad_forward(n, w, 128, 1024, dtype, causal, lin=False) == expected
+
+
+@pytest.mark.parametrize("n, w, causal", [(8192, 256, True), (1000, 256, True), (200, 200, False), (70, 16, True)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_short_window_flop_model_computes_the_scores_once(n, w, causal, dtype):
+    """Windows of at most SHORT_WINDOW tokens: the scores once per visited tile, A v once per value block."""
+    s, e = 128, 1024
+    cw, co = profile.sw.short_config("weights", w, s, e, dtype), profile.sw.short_config("out", w, s, e, dtype)
+    assert (cw["BM"], cw["BN"]) == (co["BM"], co["BN"])
+    pairs = _score_tiles(n, w, cw["BM"], cw["BN"], causal)
+    expected = pairs * 2 * cw["BM"] * cw["BN"] * (cw["S_BLOCKS"] * cw["BS"] + e)
+    assert profile.quad_forward(n, w, s, e, dtype, causal, lin=False) == expected
+    assert profile.short_forward(n, w, s, e, dtype, causal, lin=False)[2] == pairs * cw["BM"] * cw["BN"]
 
 
 def test_core_model_at_the_benchmark_shape():
@@ -151,7 +166,10 @@ def test_target_bf16_loads_are_16_byte_vectors(quick):
         assert widths <= {"16"}, (k["kernel"], widths)
 
 
-@target("scores recomputed per value block (E split in 64-wide blocks)")
+@target(
+    "GAU's streaming forward (windows past SHORT_WINDOW) recomputes the scores per 64-wide value block, and every "
+    "backward recomputes them per value block and dY vᵀ per feature block"
+)
 def test_target_executed_flops_near_the_minimum(quick):
     _, cores = quick
     for c in cores:
