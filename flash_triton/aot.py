@@ -125,11 +125,12 @@ def layer_launches(quick: bool) -> list[Launch]:
     return out
 
 
-def kernel_launches(launch: Launch, window: int, every_forward: bool = False) -> list[tuple[str, str, dict]]:
+def kernel_launches(launch: Launch, window: int, every_path: bool = False) -> list[tuple[str, str, dict]]:
     """(check name, jit function name, flags) of every kernel that ``launch`` runs at ``window`` tokens per window,
-    as the launchers set them. The forward is the short-window pair (weights, then output) for windows of at most
-    ``SHORT_WINDOW`` tokens, else the streaming kernel; ``every_forward`` adds the streaming kernel at short windows
-    too (its tiles stop growing below them, so the check compiles there what longer windows run)."""
+    as the launchers set them. Windows of at most ``SHORT_WINDOW`` tokens run the short-window kernels (weights and
+    output; score gradients and three tile products), longer ones the streaming kernels; ``every_path`` adds the
+    streaming kernels at short windows too (their tiles stop growing below them, so the check compiles there what
+    longer windows run)."""
     common = dict(
         CAUSAL=launch.causal,
         LAPLACE=launch.laplace,
@@ -141,7 +142,7 @@ def kernel_launches(launch: Launch, window: int, every_forward: bool = False) ->
     )
     out = []
     short = window <= qa.SHORT_WINDOW
-    if every_forward or not short:
+    if every_path or not short:
         flags = dict(common, HAS_LIN=launch.flash, HAS_GATE=True, STORE_PRE=launch.train)
         out.append(("quad_attn_fwd", "_quad_attn_fwd_kernel", flags))
     if short:
@@ -163,15 +164,21 @@ def kernel_launches(launch: Launch, window: int, every_forward: bool = False) ->
         out.append(("group_state", "_group_state_kernel", dict(HAS_MASK=launch.mask, VARLEN=launch.packed)))
     if not launch.train:
         return out
-    out += [
-        ("quad_attn_dv", "_quad_attn_bwd_dv_kernel", common),
-        ("quad_attn_dk", "_quad_attn_bwd_dqk_kernel", dict(common, KEY_TILES=True, DT5=True, DBIAS=False, NB=32)),
-        (
-            "quad_attn_dq",
-            "_quad_attn_bwd_dqk_kernel",
-            dict(common, KEY_TILES=False, DT5=False, DBIAS=launch.bias and launch.bias_grad, NB=32),
-        ),
-    ]
+    dbias = launch.bias and launch.bias_grad
+    if every_path or not short:
+        out += [
+            ("quad_attn_dv", "_quad_attn_bwd_dv_kernel", common),
+            ("quad_attn_dk", "_quad_attn_bwd_dqk_kernel", dict(common, KEY_TILES=True, DT5=True, DBIAS=False, NB=32)),
+            ("quad_attn_dq", "_quad_attn_bwd_dqk_kernel", dict(common, KEY_TILES=False, DT5=False, DBIAS=dbias, NB=32)),
+        ]
+    if short:  # the weights and score gradients stored, then dv = Aᵀ dy, dq = ds k, dk = dsᵀ q over them
+        tiles = dict(CAUSAL=launch.causal, VARLEN=launch.packed)
+        out += [
+            ("quad_attn_dscores", "_quad_dscores_kernel", dict(common, DT5=True, DBIAS=dbias, NB=32)),
+            ("quad_attn_dv_product", "_quad_tile_product_kernel", dict(tiles, COLUMNS=True)),
+            ("quad_attn_dq_product", "_quad_tile_product_kernel", dict(tiles, COLUMNS=False)),
+            ("quad_attn_dk_product", "_quad_tile_product_kernel", dict(tiles, COLUMNS=True)),
+        ]
     if launch.flash:  # states again (masked), dP = lin_qᵀ dY (unmasked); dY Pᵀ (unmasked), v dSᵀ and lin_k dS
         varlen = dict(VARLEN=launch.packed)
         out += [
@@ -185,9 +192,12 @@ def kernel_launches(launch: Launch, window: int, every_forward: bool = False) ->
 def _tiles(name: str, w: int, s: int, e: int, dtype: torch.dtype, dropout: bool) -> list[tuple[dict, dict]]:
     """The launch configs (tiles and options) that the launchers pick for kernel ``name`` at this shape, each with
     the values of the kernel's feature-width arguments (which triton specialises on divisibility by 16)."""
-    if name in ("quad_attn_weights", "quad_attn_out"):
+    if name in ("quad_attn_weights", "quad_attn_out", "quad_attn_dscores"):
         kind = name.removeprefix("quad_attn_")
         return [(sw.short_config(kind, w, s, e, dtype), {"S": s} if kind == "weights" else {"S": s, "E": e})]
+    if name.endswith("_product"):  # dv over the value width, dq and dk over the query/key width
+        d = e if name == "quad_attn_dv_product" else s
+        return [(sw.short_config("product", w, d, d, dtype), {"D": d})]
     if name.startswith("quad_attn_"):
         return [(qa.launch_config(name.removeprefix("quad_attn_"), w, s, e, dtype, dropout), {"S": s, "E": e})]
     if name == "group_state":  # lin_kᵀ v and lin_qᵀ dY: both (s, e)
@@ -198,14 +208,14 @@ def _tiles(name: str, w: int, s: int, e: int, dtype: torch.dtype, dropout: bool)
     ]
 
 
-def variants(shapes: list, dtypes: list[str], launches: list[Launch], every_forward: bool = True) -> list[tuple]:
+def variants(shapes: list, dtypes: list[str], launches: list[Launch], every_path: bool = True) -> list[tuple]:
     """(check name, jit function name, dtype, constexprs, options, divisible) of every distinct compile: each kernel
     of each launch, at each shape and dtype, in the config its launcher picks; ``divisible`` names the feature-width
     arguments that are multiples of 16 at that shape and that the kernel lets triton specialise (as its launcher
-    then does). ``every_forward``: as in :func:`kernel_launches`."""
+    then does). ``every_path``: as in :func:`kernel_launches`."""
     seen, out = set(), []
     for (w, s, e), dtype, launch in itertools.product(shapes, dtypes, launches):
-        for name, fn, flags in kernel_launches(launch, w, every_forward):
+        for name, fn, flags in kernel_launches(launch, w, every_path):
             for cfg, widths in _tiles(name, w, s, e, TORCH_DTYPES[dtype], launch.dropout and name.startswith("quad")):
                 cfg = dict(cfg)
                 options = {k: cfg.pop(k) for k in ("num_warps", "num_stages")}

@@ -170,11 +170,7 @@ def short_forward(n: int, w: int, s: int, e: int, dtype: torch.dtype, causal: bo
     cw, co = sw.short_config("weights", w, s, e, dtype), sw.short_config("out", w, s, e, dtype)
     bm, bn, be = cw["BM"], cw["BN"], co["BE"]
     e_pad = _cdiv(e, be) * be
-    tiles = 0
-    for win in range(_cdiv(n, w)):
-        ws, we = win * w, min(n, win * w + w)
-        for q0 in range(ws, we, bm):
-            tiles += _cdiv((min(we, q0 + bm) if causal else we) - ws, bn)
+    tiles = _visited_tiles(n, w, bm, bn, causal)
     query_tiles = _cdiv(n, w) * _cdiv(min(w, n), bm)
     out = tiles * 2.0 * bm * bn * e_pad + (query_tiles * 2.0 * bm * _cdiv(s, co["BS"]) * co["BS"] * e_pad if lin else 0)
     return tiles * 2.0 * bm * bn * cw["S_BLOCKS"] * cw["BS"], out, float(tiles * bm * bn)
@@ -200,10 +196,40 @@ def quad_forward(n: int, w: int, s: int, e: int, dtype: torch.dtype, causal: boo
     return flops * _cdiv(e, be)
 
 
+def _visited_tiles(n: int, w: int, bm: int, bn: int, causal: bool) -> int:
+    """(query tile, key tile) pairs of the short-window kernels: key tiles up to the window's end (causal: up to the
+    query tile's last row)."""
+    tiles = 0
+    for win in range(_cdiv(n, w)):
+        ws, we = win * w, min(n, win * w + w)
+        for q0 in range(ws, we, bm):
+            tiles += _cdiv((min(we, q0 + bm) if causal else we) - ws, bn)
+    return tiles
+
+
+def short_backward(n: int, w: int, s: int, e: int, dtype: torch.dtype, causal: bool) -> tuple[float, float, float]:
+    """The short-window backward: executed FLOPs of ``_quad_dscores_kernel`` (per visited tile: dA = dy vᵀ over the
+    padded value width, the scores over the padded query/key width) and of the three tile products (dv = Aᵀ dy, dq =
+    ds k, dk = dsᵀ q over the visited tiles, widths padded to their feature blocks), and the elements each of the
+    two stored tensors (weights, score gradients) holds."""
+    c = sw.short_config("dscores", w, s, e, dtype)
+    bm, bn = c["BM"], c["BN"]
+    tiles = _visited_tiles(n, w, bm, bn, causal)
+    dscores = tiles * 2.0 * bm * bn * (_cdiv(e, c["BE"]) * c["BE"] + c["S_BLOCKS"] * c["BS"])
+    products = 0.0
+    for d in (e, s, s):
+        bd = sw.short_config("product", w, d, d, dtype)["BD"]
+        products += tiles * 2.0 * bm * bn * _cdiv(d, bd) * bd
+    return dscores, products, float(tiles * bm * bn)
+
+
 def quad_backward(n: int, w: int, s: int, e: int, dtype: torch.dtype, causal: bool) -> float:
-    """Executed FLOPs of the dv kernel (scores and Aᵀ dy per key tile and value block) and the dk / dq kernels
+    """Executed FLOPs of the backward the launcher picks: :func:`short_backward` for windows of at most
+    ``SHORT_WINDOW`` tokens; else the dv kernel (scores and Aᵀ dy per key tile and value block) and the dk / dq kernels
     (per tile and query/key feature block: dA = dy vᵀ over all of E, the scores over the padded width, and the
     tile's dsᵀ q or ds k over its feature block)."""
+    if w <= qa.SHORT_WINDOW:
+        return sum(short_backward(n, w, s, e, dtype, causal)[:2])
     total = 0.0
     for kind in ("dv", "dk", "dq"):
         c = quad_tiles(kind, w, s, e, dtype)
@@ -248,8 +274,19 @@ def _gated_quad(
         ]
     if not backward:
         return fwd, []
+    gate = Launch("torch: dy = d_out * gate, dgate = d_out * o_pre", 0.0, 4.0 * n * p * e, 2.0 * n * p * e)
+    if w <= qa.SHORT_WINDOW:  # weights and score gradients stored once, each read back by its products
+        dscores, products, stored = short_backward(n, w, s, e, dtype, True)
+        return fwd, [
+            gate,
+            Launch("quad_attn dscores (dy vᵀ, scores once)", dscores, n * p * (2 * s + 2 * e), 2 * stored * p),
+            # dv reads the weights and dy, dq and dk the score gradients and k / q
+            Launch(
+                "quad_attn products (dv, dq, dk)", products, 3 * stored * p + n * p * (2 * s + e), n * p * (2 * s + e)
+            ),
+        ]
     return fwd, [
-        Launch("torch: dy = d_out * gate, dgate = d_out * o_pre", 0.0, 4.0 * n * p * e, 2.0 * n * p * e),
+        gate,
         # dv reads q, k, dy; dk and dq read q, k, v, dy each
         Launch(
             "quad_attn_bwd (dv, dk, dq)",

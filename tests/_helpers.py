@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from flash_triton import train as train_mod
@@ -18,6 +19,15 @@ from flash_triton import train as train_mod
 #: where the tests run: CUDA when present, else the CPU (the kernels under TRITON_INTERPRET=1)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE_IDS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+#: (dtype, kernel path) pairs of the kernel parity tests, for ``parametrize(..., indirect=["kernel_path"])`` (the
+#: fixture in conftest.py): every dtype on the short-window kernels, and the streaming ones in fp32 and bf16 (fp16
+#: compiles to bf16's half-precision code)
+DTYPE_PATHS = [
+    pytest.param(dtype, path, id=f"{DTYPE_IDS[dtype]}-{path}")
+    for path in ("short", "streaming")
+    for dtype in (torch.float32, torch.float16, torch.bfloat16)
+    if not (path == "streaming" and dtype == torch.float16)
+]
 #: float32 parity with FLASH-pytorch 0.1.9, relative to the largest reference magnitude
 UPSTREAM_TOL = 2e-5
 

@@ -31,3 +31,13 @@ def one_thread():
 
     with one_torch_thread():
         yield
+
+
+@pytest.fixture(params=["short", "streaming"])
+def kernel_path(request, monkeypatch):
+    """The two kernel sets, forward and backward: "short" (windows of at most qa.SHORT_WINDOW tokens: the weights
+    and score gradients of each tile computed once and stored) and "streaming" (longer windows: the scores
+    recomputed tile by tile, nothing of size W x W stored), forced here for every window."""
+    if request.param == "streaming":
+        monkeypatch.setattr(pytest.importorskip("flash_triton.quad_attn.kernels"), "SHORT_WINDOW", 0)
+    return request.param

@@ -117,7 +117,7 @@ def test_the_checked_launches_are_those_the_layers_make():
                             )
                             assert tuple(sorted(flags.items())) in fwd, flags
     # windows of at most SHORT_WINDOW tokens: the weights and output kernels instead (the streaming one only with
-    # every_forward, as the check compiles it), each with the flags it takes
+    # every_path, as the check compiles it), each with the flags it takes
     for x in full:
         short = {name: flags for name, _, flags in kernel_launches(x, 256)}
         assert "quad_attn_fwd" not in short and "quad_attn_fwd" in {k[0] for k in kernel_launches(x, 256, True)}

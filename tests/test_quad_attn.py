@@ -12,7 +12,7 @@ import flash_triton as ft
 from flash_triton import reference as ref
 from tests._helpers import (
     DEVICE,
-    DTYPE_IDS,
+    DTYPE_PATHS,
     UPSTREAM_TOL,
     assert_close_scaled,
     close_to_reference,
@@ -28,7 +28,7 @@ qa = pytest.importorskip("flash_triton.quad_attn.kernels")
 sw = pytest.importorskip("flash_triton.quad_attn.short_window")
 op = pytest.importorskip("flash_triton.quad_attn.op")
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SHORT_KERNELS = ("_quad_weights_kernel", "_quad_out_kernel", "_quad_dscores_kernel", "_quad_tile_product_kernel")
 pytestmark = pytest.mark.usefixtures("poison_outputs")
 
 
@@ -64,18 +64,9 @@ CASES = [
 ]
 
 
-@pytest.fixture(params=["short", "streaming"])
-def forward_path(request, monkeypatch):
-    """The two forwards: "short" (windows of at most qa.SHORT_WINDOW tokens: weights computed once and stored),
-    and "streaming" (longer windows: scores recomputed per value block), forced here for every window."""
-    if request.param == "streaming":
-        monkeypatch.setattr(qa, "SHORT_WINDOW", 0)
-    return request.param
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=[DTYPE_IDS[d] for d in DTYPES])
+@pytest.mark.parametrize("dtype, kernel_path", DTYPE_PATHS, indirect=["kernel_path"])
 @pytest.mark.parametrize("b, n, s, e, window, causal, laplace, mask, bias", CASES)
-def test_kernel_matches_reference(b, n, s, e, window, causal, laplace, mask, bias, dtype, forward_path):
+def test_kernel_matches_reference(b, n, s, e, window, causal, laplace, mask, bias, dtype, kernel_path):
     tensors, key_mask = make_inputs(b, n, s, e, dtype, mask=mask, bias=bias)
     w = window or n
     kw = dict(
@@ -182,12 +173,8 @@ def scrambled_gau(**kw):
 )
 def test_gau_on_triton_matches_reference_and_runs_the_kernels(monkeypatch, kw, n, masked, bias):
     counters = count_launches(
-        monkeypatch,
-        qa,
-        "_quad_attn_fwd_kernel",
-        "_quad_attn_bwd_dv_kernel",
-        "_quad_attn_bwd_dqk_kernel",
-    ) | count_launches(monkeypatch, sw, "_quad_weights_kernel", "_quad_out_kernel")
+        monkeypatch, qa, "_quad_attn_fwd_kernel", "_quad_attn_bwd_dv_kernel", "_quad_attn_bwd_dqk_kernel"
+    ) | count_launches(monkeypatch, sw, *SHORT_KERNELS)
     reference, fused = scrambled_gau(**kw)
     x = torch.randn(2, n, kw["dim"], device=DEVICE)
     mask = (torch.rand(2, n, device=DEVICE) > 0.3) if masked else None
@@ -203,10 +190,16 @@ def test_gau_on_triton_matches_reference_and_runs_the_kernels(monkeypatch, kw, n
     names = ["x", *(name for name, _ in reference.named_parameters())] + (["rel_pos_bias"] if bias else [])
     for name, g_fused, g_ref in zip(names, grads[1], grads[0], strict=True):
         assert_close_scaled(g_fused, g_ref, 1e-5, f"grad of {name}")
-    assert counters["_quad_attn_fwd_kernel"].launches == 0  # windows of n <= qa.SHORT_WINDOW: weights stored
-    assert counters["_quad_weights_kernel"].launches == counters["_quad_out_kernel"].launches == 1
-    assert counters["_quad_attn_bwd_dv_kernel"].launches == 1
-    assert counters["_quad_attn_bwd_dqk_kernel"].launches == 2
+    # windows of n <= qa.SHORT_WINDOW: weights and score gradients stored, none of the streaming kernels
+    assert {name: c.launches for name, c in counters.items()} == dict(
+        _quad_attn_fwd_kernel=0,
+        _quad_attn_bwd_dv_kernel=0,
+        _quad_attn_bwd_dqk_kernel=0,
+        _quad_weights_kernel=1,
+        _quad_out_kernel=1,
+        _quad_dscores_kernel=1,
+        _quad_tile_product_kernel=3,  # dv, dq, dk
+    )
 
 
 def test_gau_on_triton_matches_upstream():

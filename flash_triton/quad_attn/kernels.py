@@ -362,6 +362,19 @@ def _dscores(
     return tl.where(_keep(o_m, o_n, m_m, m_n, mask_base, CAUSAL, HAS_MASK), ds, 0.0)
 
 
+@triton.jit
+def t5_bucket_sums(acc_t5, ds, o_m, o_n, lut_ptr, max_dist, NB: tl.constexpr):
+    """``acc_t5`` (NB,) plus the sums of the (BM, BN) score gradients ``ds`` over each T5 bucket of the tile."""
+    rel = tl.minimum(tl.maximum(o_n[None, :] - o_m[:, None], -max_dist), max_dist) + max_dist
+    bucket = tl.load(lut_ptr + rel)
+    o_nb = tl.arange(0, NB)
+    # a tile spans few buckets except near the diagonal: loop over its own range only
+    for nb in range(tl.min(tl.min(bucket, axis=1), axis=0), tl.max(tl.max(bucket, axis=1), axis=0) + 1):
+        part = tl.sum(tl.sum(tl.where(bucket == nb, ds, 0.0), axis=1), axis=0)
+        acc_t5 += tl.where(o_nb == nb, part, 0.0)
+    return acc_t5
+
+
 @triton.jit(do_not_specialize=_NOSPEC)
 def _quad_attn_bwd_dv_kernel(
     q_ptr,  # (B, N, S)
@@ -618,12 +631,7 @@ def _quad_attn_bwd_dqk_kernel(
             acc = dot(tl.trans(ds).to(b_q.dtype), b_q, acc, DOT_PREC)
             if DT5:
                 if i_s == 0:
-                    rel = tl.minimum(tl.maximum(o_n[None, :] - o_m[:, None], -max_dist), max_dist) + max_dist
-                    bucket = tl.load(lut_ptr + rel)
-                    # a tile spans few buckets except near the diagonal: loop over its own range only
-                    for nb in range(tl.min(tl.min(bucket, axis=1), axis=0), tl.max(tl.max(bucket, axis=1), axis=0) + 1):
-                        part = tl.sum(tl.sum(tl.where(bucket == nb, ds, 0.0), axis=1), axis=0)
-                        acc_t5 += tl.where(o_nb == nb, part, 0.0)
+                    acc_t5 = t5_bucket_sums(acc_t5, ds, o_m, o_n, lut_ptr, max_dist, NB)
         else:
             b_k = tl.load(k_base + o_n[:, None] * stride_kn + o_f[None, :], mask=m_n[:, None] & m_f[None, :], other=0.0)
             acc = dot(ds.to(b_k.dtype), b_k, acc, DOT_PREC)
@@ -887,11 +895,36 @@ def quad_attn_bwd(
     e = v.shape[-1]
     w = window
     g = windows.shape[0] if windows is not None else triton.cdiv(n, w)
+    mask_u8 = row_mask_u8(key_mask)
+    lut = bucket_lut(causal, t5_weight.numel(), t5_max_distance, q.device) if t5_weight is not None else None
+    if w <= SHORT_WINDOW:  # weights and score gradients computed once and stored, then three products
+        from .short_window import short_window_bwd  # imports this module's jit helpers: imported on first use
+
+        return short_window_bwd(
+            dy,
+            q,
+            k,
+            v,
+            mask_u8,
+            t5_weight,
+            lut,
+            bias,
+            seed,
+            scale=scale,
+            t5_scale=t5_scale,
+            t5_max_distance=t5_max_distance,
+            bias_scale=bias_scale,
+            window=w,
+            causal=causal,
+            laplace=laplace,
+            dropout_p=dropout_p,
+            need_dt5=need_dt5 and t5_weight is not None,
+            need_dbias=need_dbias and bias is not None,
+            windows=windows,
+        )
     cfgs = {kind: launch_config(kind, w, s, e, q.dtype, dropout_p > 0) for kind in ("dv", "dk", "dq")}
     dq, dk, dv = new_output(q, q.shape), new_output(k, k.shape), new_output(v, v.shape)
     dummy = q.new_empty(0)
-    mask_u8 = row_mask_u8(key_mask)
-    lut = bucket_lut(causal, t5_weight.numel(), t5_max_distance, q.device) if t5_weight is not None else None
     nb = triton.next_power_of_2(t5_weight.numel()) if t5_weight is not None else 1
     key_tiles = g * triton.cdiv(w, cfgs["dk"]["BN"])
     query_tiles = g * triton.cdiv(w, cfgs["dq"]["BM"])

@@ -24,7 +24,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..common.jit import FP_FUSION, check_row_offsets, dot, dot_precision, new_output, window_bounds
-from .kernels import _act, _dropout_scale, _keep, _scores
+from .kernels import _act, _act_grad, _dropout_scale, _keep, _scores, t5_bucket_sums
 
 # lengths and counts vary per call; the feature widths S and E are specialised (16-byte loads where aligned)
 _NOSPEC = ["N", "W", "G"]
@@ -212,28 +212,237 @@ def _quad_out_kernel(
     tl.store(o_ptr + o_off, acc.to(o_ptr.dtype.element_ty), mask=m_out)
 
 
-# precision -> (BM x BN tiles of the weights, shared by both kernels; weights kernel: max BS, warps; output kernel:
-# max BS, max BE, warps). Not yet tuned on a GPU; spill-free on sm_80 and sm_90 (python -m flash_triton.aot).
+@triton.jit(do_not_specialize=_NOSPEC)
+def _quad_dscores_kernel(
+    q_ptr,  # (B, N, S)
+    k_ptr,  # (B, N, S)
+    v_ptr,  # (B, N, E)
+    dy_ptr,  # (B, N, E) gradient of the output before the gate
+    a_ptr,  # (B, N, >= min(W, N)) weights out (for dv), v's dtype, laid out as in _quad_weights_kernel
+    ds_ptr,  # (B, N, >= min(W, N)) score gradients out (for dq and dk), q's dtype, the same layout
+    dt5_ptr,  # (B * programs, NB) float32 partial sums of the T5 table's gradient (zeros), or dummy
+    dbias_ptr,  # (B, N, N) float32 score gradient times bias_scale (zeros), or dummy
+    mask_ptr,  # (B, N) uint8 key mask, or dummy
+    t5_ptr,  # (num_buckets,) T5 table, or dummy
+    lut_ptr,  # (2 * max_dist + 1,) int32 bucket of each clamped relative position, or dummy
+    bias_ptr,  # (B, N, N) caller's bias through strides, or dummy
+    seed_ptr,  # (1,) int64 dropout seed, or dummy
+    win_ptr,  # (G, 2) int32 window bounds of a packed variable-length batch, or dummy
+    N,
+    W,
+    G,
+    S,
+    E,
+    stride_qb,
+    stride_qn,
+    stride_kb,
+    stride_kn,
+    stride_vb,
+    stride_vn,
+    stride_dyb,
+    stride_dyn,
+    stride_ab,
+    stride_an,
+    stride_mb,
+    stride_bb,
+    stride_bm,
+    stride_bn,
+    scale,
+    t5_scale,
+    max_dist,
+    bias_scale,
+    dropout_p,
+    CAUSAL: tl.constexpr,
+    LAPLACE: tl.constexpr,
+    VARLEN: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_T5: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    DT5: tl.constexpr,
+    DBIAS: tl.constexpr,
+    NB: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BS: tl.constexpr,
+    S_BLOCKS: tl.constexpr,
+    BE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """Per visited (query tile, key tile): dA = dy vᵀ over the whole value width (once), the scores (once), then
+    the weights A and the score gradients ds = dA act'(s) (dropout and masks applied) stored as whole tiles."""
+    i_mt, i_nt, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    tiles = tl.cdiv(W, BM)
+    win_start, win_end = window_bounds(i_mt // tiles, W, N, win_ptr, VARLEN)
+    q_start = win_start + (i_mt % tiles) * BM
+    c_start = i_nt * BN
+    k_start = win_start + c_start
+    if (q_start >= win_end) | (k_start >= win_end):
+        return
+    if CAUSAL:
+        if k_start >= q_start + BM:
+            return
+    o_m = q_start + tl.arange(0, BM)
+    o_n = k_start + tl.arange(0, BN)
+    m_m, m_n = o_m < win_end, o_n < win_end
+    i_b64 = i_b.to(tl.int64)
+    dy_base = dy_ptr + i_b64 * stride_dyb
+    v_base = v_ptr + i_b64 * stride_vb
+    # dA first, so that the scores are not live across this loop (register pressure)
+    da = tl.zeros((BM, BN), dtype=tl.float32)
+    for e0 in range(0, E, BE):
+        o_e = e0 + tl.arange(0, BE)
+        m_e = o_e < E
+        b_dy = tl.load(dy_base + o_m[:, None] * stride_dyn + o_e[None, :], mask=m_m[:, None] & m_e[None, :], other=0.0)
+        b_vt = tl.load(v_base + o_e[:, None] + o_n[None, :] * stride_vn, mask=m_e[:, None] & m_n[None, :], other=0.0)
+        da = dot(b_dy, b_vt, da, DOT_PREC)
+    s = _scores(
+        q_ptr + i_b64 * stride_qb,
+        k_ptr + i_b64 * stride_kb,
+        stride_qn,
+        stride_kn,
+        o_m,
+        o_n,
+        m_m,
+        m_n,
+        S,
+        scale,
+        t5_ptr,
+        lut_ptr,
+        t5_scale,
+        max_dist,
+        bias_ptr + i_b64 * stride_bb,
+        stride_bm,
+        stride_bn,
+        bias_scale,
+        HAS_T5,
+        HAS_BIAS,
+        BM,
+        BN,
+        BS,
+        S_BLOCKS,
+        DOT_PREC,
+    )
+    keep = _keep(o_m, o_n, m_m, m_n, mask_ptr + i_b64 * stride_mb, CAUSAL, HAS_MASK)
+    a = _act(s, LAPLACE)
+    ds = da * _act_grad(s, LAPLACE)
+    if DROPOUT:
+        drop = _dropout_scale(tl.load(seed_ptr), i_b * G * W, o_m, o_n, win_start, dropout_p, BM, BN)
+        a = a * drop
+        ds = ds * drop
+    a = tl.where(keep, a, 0.0)
+    ds = tl.where(keep, ds, 0.0)
+    o_tile = i_b64 * stride_ab + o_m[:, None] * stride_an + (c_start + tl.arange(0, BN))[None, :]
+    tl.store(a_ptr + o_tile, a.to(a_ptr.dtype.element_ty), mask=m_m[:, None])
+    tl.store(ds_ptr + o_tile, ds.to(ds_ptr.dtype.element_ty), mask=m_m[:, None])
+    if DT5:
+        acc_t5 = t5_bucket_sums(tl.zeros((NB,), dtype=tl.float32), ds, o_m, o_n, lut_ptr, max_dist, NB)
+        pid = (i_b64 * tl.num_programs(0) + i_mt) * tl.num_programs(1) + i_nt
+        tl.store(dt5_ptr + pid * NB + tl.arange(0, NB), acc_t5 * t5_scale)
+    if DBIAS:
+        p_db = dbias_ptr + i_b64 * N * N + o_m[:, None] * N + o_n[None, :]
+        tl.store(p_db, ds * bias_scale, mask=m_m[:, None] & m_n[None, :])
+
+
+@triton.jit(do_not_specialize=_NOSPEC)
+def _quad_tile_product_kernel(
+    m_ptr,  # (B, N, >= min(W, N)) stored tiles (weights or score gradients), laid out as in _quad_weights_kernel
+    x_ptr,  # (B, N, D)
+    y_ptr,  # (B, N, D) out
+    win_ptr,  # (G, 2) int32 window bounds of a packed variable-length batch, or dummy
+    N,
+    W,
+    G,
+    D,
+    stride_mb,
+    stride_mn,
+    stride_xb,
+    stride_xn,
+    stride_yb,
+    stride_yn,
+    scale,
+    COLUMNS: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    VARLEN: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """Over the stored tiles of each window, one (tile, feature block) per program: ``y_i = scale Σ_j M[i, j] x_j``
+    (rows: dq = scale ds k) or, with COLUMNS, ``y_j = scale Σ_i M[i, j] x_i`` (dk = scale dsᵀ q, dv = Aᵀ dy)."""
+    i_d, i_t, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    BT: tl.constexpr = BN if COLUMNS else BM  # this program's tile
+    tiles = tl.cdiv(W, BT)
+    win_start, win_end = window_bounds(i_t // tiles, W, N, win_ptr, VARLEN)
+    c_start = (i_t % tiles) * BT  # the tile's first position in the window
+    t_start = win_start + c_start
+    if t_start >= win_end:
+        return
+    o_t = t_start + tl.arange(0, BT)
+    m_t = o_t < win_end
+    o_d = i_d * BD + tl.arange(0, BD)
+    m_d = o_d < D
+    i_b64 = i_b.to(tl.int64)
+    m_base = m_ptr + i_b64 * stride_mb
+    x_base = x_ptr + i_b64 * stride_xb
+    acc = tl.zeros((BT, BD), dtype=tl.float32)
+    if COLUMNS:
+        lo = win_start
+        if CAUSAL:  # the stored query tiles of this key tile: from the one holding its first key
+            lo = win_start + (c_start // BM) * BM
+        for r0 in range(lo, win_end, BM):
+            o_r = r0 + tl.arange(0, BM)
+            m_r = o_r < win_end
+            p_m = m_base + o_r[:, None] * stride_mn + (c_start + tl.arange(0, BN))[None, :]
+            b_m = tl.load(p_m, mask=m_r[:, None], other=0.0)
+            b_x = tl.load(x_base + o_r[:, None] * stride_xn + o_d[None, :], mask=m_r[:, None] & m_d[None, :], other=0.0)
+            acc = dot(tl.trans(b_m), b_x, acc, DOT_PREC)
+    else:
+        hi = win_end
+        if CAUSAL:
+            hi = tl.minimum(win_end, t_start + BM)
+        for c0 in range(0, hi - win_start, BN):
+            o_c = tl.multiple_of(c0, BN) + tl.arange(0, BN)
+            o_n = win_start + o_c
+            b_m = tl.load(m_base + o_t[:, None] * stride_mn + o_c[None, :], mask=m_t[:, None], other=0.0)
+            m_x = (o_n < hi)[:, None] & m_d[None, :]
+            b_x = tl.load(x_base + o_n[:, None] * stride_xn + o_d[None, :], mask=m_x, other=0.0)
+            acc = dot(b_m, b_x, acc, DOT_PREC)
+    p_y = y_ptr + i_b64 * stride_yb + o_t[:, None] * stride_yn + o_d[None, :]
+    tl.store(p_y, (acc * scale).to(y_ptr.dtype.element_ty), mask=m_t[:, None] & m_d[None, :])
+
+
+# precision -> BM x BN tiles of the stored weights and score gradients, shared by every kernel here (each reads exactly
+# the tiles another stored); per kernel, the caps of its other blocks and its warps: weights (BS, warps), out (BS, BE,
+# warps), dscores (BS, BE, warps, stages: half precision unpipelined, 2 stages spilled 8 B at 255 registers on sm_80
+# in the default FLASH training launch), product (BD, warps). Not yet tuned on a GPU; spill-free on sm_80 and sm_90
+# (python -m flash_triton.aot).
 SHORT_TILES = {
-    "half": dict(BM=64, BN=64, weights=(128, 8), out=(64, 128, 8)),
-    "fp32": dict(BM=32, BN=32, weights=(32, 4), out=(32, 32, 4)),
+    "half": dict(BM=64, BN=64, weights=(128, 8), out=(64, 128, 8), dscores=(128, 64, 8, 1), product=(128, 8)),
+    "fp32": dict(BM=32, BN=32, weights=(32, 4), out=(32, 32, 4), dscores=(32, 32, 4, 2), product=(32, 4)),
 }
 
 
 def short_config(kind: str, window: int, qk_dim: int, v_dim: int, dtype: torch.dtype) -> dict:
-    """Tiles and warps of the short-window kernel ``kind`` ("weights" or "out")."""
+    """Tiles and warps of the short-window kernel ``kind``: "weights", "out", "dscores", or "product" (for a
+    product over the value width: ``v_dim``; over the query/key width: pass it as ``v_dim`` too)."""
     t = SHORT_TILES["fp32" if dtype == torch.float32 else "half"]
     fit = max(16, triton.next_power_of_2(window))
     s_fit = max(16, triton.next_power_of_2(qk_dim))
-    tiles = dict(BM=min(t["BM"], fit), BN=min(t["BN"], fit))  # the same in both kernels (the output pass reads
-    # exactly the tiles the weights kernel stores)
+    e_fit = max(16, triton.next_power_of_2(v_dim))
+    cfg = dict(BM=min(t["BM"], fit), BN=min(t["BN"], fit), num_stages=2)
     if kind == "weights":
-        bs, warps = t["weights"]
-        bs = min(bs, s_fit)
-        return dict(tiles, BS=bs, S_BLOCKS=triton.cdiv(qk_dim, bs), num_warps=warps, num_stages=2)
-    bs, be, warps = t["out"]
-    be = min(be, max(16, triton.next_power_of_2(v_dim)))
-    return dict(tiles, BS=min(bs, s_fit), BE=be, num_warps=warps, num_stages=2)
+        bs, cfg["num_warps"] = t["weights"]
+        return dict(cfg, BS=min(bs, s_fit), S_BLOCKS=triton.cdiv(qk_dim, min(bs, s_fit)))
+    if kind == "dscores":
+        bs, be, cfg["num_warps"], cfg["num_stages"] = t["dscores"]
+        return dict(cfg, BS=min(bs, s_fit), S_BLOCKS=triton.cdiv(qk_dim, min(bs, s_fit)), BE=min(be, e_fit))
+    if kind == "product":
+        bd, cfg["num_warps"] = t["product"]
+        return dict(cfg, BD=min(bd, e_fit))
+    bs, be, cfg["num_warps"] = t["out"]
+    return dict(cfg, BS=min(bs, s_fit), BE=min(be, e_fit))
 
 
 def short_window_fwd(
@@ -355,3 +564,139 @@ def short_window_fwd(
         **co,
     )
     return out, o_pre
+
+
+def _tile_product(
+    m: Tensor, x: Tensor, like: Tensor, scale: float, columns: bool, causal: bool, window: int, windows, g: int
+) -> Tensor:
+    """``_quad_tile_product_kernel`` over the stored tiles ``m``: (B, N, D), the gradient of ``like``."""
+    b, n, d = x.shape
+    cfg = short_config("product", window, d, d, x.dtype)
+    y = new_output(like, like.shape)
+    grid = (triton.cdiv(d, cfg["BD"]), g * triton.cdiv(window, cfg["BN"] if columns else cfg["BM"]), b)
+    _quad_tile_product_kernel[grid](
+        m_ptr=m,
+        x_ptr=x,
+        y_ptr=y,
+        win_ptr=windows if windows is not None else x.new_empty(0),
+        N=n,
+        W=window,
+        G=g,
+        D=d,
+        stride_mb=m.stride(0),
+        stride_mn=m.stride(1),
+        stride_xb=x.stride(0),
+        stride_xn=x.stride(1),
+        stride_yb=y.stride(0),
+        stride_yn=y.stride(1),
+        scale=scale,
+        COLUMNS=columns,
+        CAUSAL=causal,
+        VARLEN=windows is not None,
+        DOT_PREC=dot_precision(x.dtype),
+        enable_fp_fusion=FP_FUSION,
+        **cfg,
+    )
+    return y
+
+
+def short_window_bwd(
+    dy: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask_u8: Tensor | None,
+    t5_weight: Tensor | None,
+    lut: Tensor | None,
+    bias: Tensor | None,
+    seed: Tensor | None,
+    *,
+    scale: float,
+    t5_scale: float,
+    t5_max_distance: int,
+    bias_scale: float,
+    window: int,
+    causal: bool,
+    laplace: bool,
+    dropout_p: float,
+    need_dt5: bool,
+    need_dbias: bool,
+    windows: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    """:func:`.kernels.quad_attn_bwd` for windows of at most :data:`.kernels.SHORT_WINDOW` tokens (which prepares
+    its arguments and calls this): the weights and score gradients of every visited tile computed once and stored,
+    then dv = Aᵀ dy, dq = scale ds k and dk = scale dsᵀ q over the stored tiles."""
+    b, n, s = q.shape
+    e = v.shape[-1]
+    w = window
+    g = windows.shape[0] if windows is not None else triton.cdiv(n, w)
+    cfg = short_config("dscores", w, s, e, q.dtype)
+    cols = triton.cdiv(min(w, n), cfg["BN"]) * cfg["BN"]
+    weights, dscores = q.new_empty(b, n, cols, dtype=v.dtype), q.new_empty(b, n, cols)
+    check_row_offsets(weights=weights, dbias=torch.empty(b, n, n, device="meta") if need_dbias else None)
+    grid = (g * triton.cdiv(w, cfg["BM"]), triton.cdiv(min(w, n), cfg["BN"]), b)
+    nb = triton.next_power_of_2(t5_weight.numel()) if t5_weight is not None else 1
+    # programs that visit no tile leave their partial rows at zero
+    dt5_part = q.new_zeros(b * grid[0] * grid[1], nb, dtype=torch.float32) if need_dt5 else None
+    dbias = q.new_zeros(b, n, n, dtype=torch.float32) if need_dbias else None
+    dummy = q.new_empty(0)
+    bias_strides = (0, 0, 0) if bias is None else bias.expand(b, n, n).stride()
+    _quad_dscores_kernel[grid](
+        q_ptr=q,
+        k_ptr=k,
+        v_ptr=v,
+        dy_ptr=dy,
+        a_ptr=weights,
+        ds_ptr=dscores,
+        dt5_ptr=dt5_part if dt5_part is not None else dummy,
+        dbias_ptr=dbias if dbias is not None else dummy,
+        mask_ptr=mask_u8 if mask_u8 is not None else dummy,
+        t5_ptr=t5_weight if t5_weight is not None else dummy,
+        lut_ptr=lut if lut is not None else dummy,
+        bias_ptr=bias if bias is not None else dummy,
+        seed_ptr=seed if seed is not None else dummy,
+        win_ptr=windows if windows is not None else dummy,
+        N=n,
+        W=w,
+        G=g,
+        S=s,
+        E=e,
+        stride_qb=q.stride(0),
+        stride_qn=q.stride(1),
+        stride_kb=k.stride(0),
+        stride_kn=k.stride(1),
+        stride_vb=v.stride(0),
+        stride_vn=v.stride(1),
+        stride_dyb=dy.stride(0),
+        stride_dyn=dy.stride(1),
+        stride_ab=weights.stride(0),
+        stride_an=weights.stride(1),
+        stride_mb=mask_u8.stride(0) if mask_u8 is not None else 0,
+        stride_bb=bias_strides[0],
+        stride_bm=bias_strides[1],
+        stride_bn=bias_strides[2],
+        scale=scale,
+        t5_scale=t5_scale,
+        max_dist=t5_max_distance,
+        bias_scale=bias_scale,
+        dropout_p=dropout_p,
+        CAUSAL=causal,
+        LAPLACE=laplace,
+        VARLEN=windows is not None,
+        HAS_MASK=mask_u8 is not None,
+        HAS_T5=t5_weight is not None,
+        HAS_BIAS=bias is not None,
+        DROPOUT=dropout_p > 0,
+        DT5=need_dt5,
+        DBIAS=need_dbias,
+        NB=nb,
+        DOT_PREC=dot_precision(q.dtype),
+        enable_fp_fusion=FP_FUSION,
+        **cfg,
+    )
+    tiles = dict(causal=causal, window=w, windows=windows, g=g)
+    dv = _tile_product(weights, dy, v, 1.0, columns=True, **tiles)
+    dq = _tile_product(dscores, k, q, scale, columns=False, **tiles)
+    dk = _tile_product(dscores, q, k, scale, columns=True, **tiles)
+    dt5 = dt5_part.sum(0)[: t5_weight.numel()] if dt5_part is not None else None
+    return dq, dk, dv, dt5, dbias
