@@ -60,8 +60,9 @@ KERNEL_POINTER_TYPES = {
     "_group_state_kernel": {"out_ptr": "*fp32"},
     "_group_apply_kernel": {"m_ptr": "*fp32"},
     "_dropout_keep_kernel": {"out_ptr": "*u8"},
+    "_state_scan_kernel": {name: "*fp32" for name in ("x_ptr", "y_ptr", "init_ptr", "last_ptr")},
 }
-FLOAT_ARGS = {"scale", "t5_scale", "bias_scale", "dropout_p"}
+FLOAT_ARGS = {"scale", "t5_scale", "bias_scale", "dropout_p", "inv_group"}
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # (window, query_key_dim, value_dim) whose launch configs span what the launchers choose. The production shape
 # (the layers' defaults: g = 256, s = 128, e = 2 * 512; the largest tiles) is compiled with every flag combination
@@ -162,6 +163,13 @@ def kernel_launches(launch: Launch, window: int, every_path: bool = False) -> li
         ]
     if launch.flash:  # the forward's states lin_kᵀ v (masked keys dropped)
         out.append(("group_state", "_group_state_kernel", dict(HAS_MASK=launch.mask, VARLEN=launch.packed)))
+    if launch.flash and launch.causal and not launch.packed:  # their prefix (and in the backward its adjoint) by a
+        # scan; every flag set: a state in and out come with the decoding cache and the functional API
+        out += [
+            ("state_scan", "_state_scan_kernel", dict(REVERSE=r, HAS_INIT=i, HAS_LAST=la))
+            for r, i, la in itertools.product((False, True), repeat=3)
+            if launch.train or not r
+        ]
     if not launch.train:
         return out
     dbias = launch.bias and launch.bias_grad
@@ -200,6 +208,8 @@ def _tiles(name: str, w: int, s: int, e: int, dtype: torch.dtype, dropout: bool)
         return [(sw.short_config("product", w, d, d, dtype), {"D": d})]
     if name.startswith("quad_attn_"):
         return [(qa.launch_config(name.removeprefix("quad_attn_"), w, s, e, dtype, dropout), {"S": s, "E": e})]
+    if name == "state_scan":
+        return [(dict(mca.SCAN_CONFIG), {})]
     if name == "group_state":  # lin_kᵀ v and lin_qᵀ dY: both (s, e)
         return [(mca.state_config(w, s, e, dtype), {"DA": s, "DB": e})]
     return [  # lin_k dS / lin_q P: (s -> e); dY Pᵀ, v dSᵀ: (e -> s)
@@ -214,14 +224,18 @@ def variants(shapes: list, dtypes: list[str], launches: list[Launch], every_path
     arguments that are multiples of 16 at that shape and that the kernel lets triton specialise (as its launcher
     then does). ``every_path``: as in :func:`kernel_launches`."""
     seen, out = set(), []
-    for (w, s, e), dtype, launch in itertools.product(shapes, dtypes, launches):
+    for (w, s, e), data_dtype, launch in itertools.product(shapes, dtypes, launches):
         for name, fn, flags in kernel_launches(launch, w, every_path):
+            jit = kernel_fn(fn)
+            # a kernel without products (the state scan) reads and writes float32 whatever the data's dtype
+            dtype = data_dtype if "DOT_PREC" in jit.arg_names else "fp32"
             for cfg, widths in _tiles(name, w, s, e, TORCH_DTYPES[dtype], launch.dropout and name.startswith("quad")):
                 cfg = dict(cfg)
                 options = {k: cfg.pop(k) for k in ("num_warps", "num_stages")}
                 options["enable_fp_fusion"] = FP_FUSION
-                constexprs = dict(flags, DOT_PREC=dot_precision(TORCH_DTYPES[dtype]), **cfg)
-                jit = kernel_fn(fn)
+                constexprs = dict(flags, **cfg)
+                if "DOT_PREC" in jit.arg_names:
+                    constexprs["DOT_PREC"] = dot_precision(TORCH_DTYPES[dtype])
                 divisible = tuple(sorted(k for k, v in widths.items() if v % 16 == 0 and specialised(jit, k)))
                 key = (name, dtype, tuple(sorted(constexprs.items())), tuple(sorted(options.items())), divisible)
                 if key not in seen:

@@ -308,17 +308,17 @@ def core_launches(core: str, n: int, s: int, e: int, g: int, dtype: torch.dtype,
         return fwd + bwd
     out = [
         Launch("group_state (lin_kᵀ v)", gemm, n * p * (s + e), state),
-        Launch("torch: exclusive prefix / g", 0.0, 4 * state, 3 * state),
+        Launch("state_scan (exclusive prefix / g)", 0.0, state, state),
         *fwd,
     ]
     if backward:
         out += [
             *bwd,
             Launch("group_state (recomputed)", gemm, n * p * (s + e), state),
-            Launch("torch: exclusive prefix / g (recomputed)", 0.0, 4 * state, 3 * state),
+            Launch("state_scan (prefix, recomputed)", 0.0, state, state),
             Launch("group_apply (dY Pᵀ)", gemm, n * p * e + state, n * p * s),
             Launch("group_state (lin_qᵀ dY)", gemm, n * p * (s + e), state),
-            Launch("torch: adjoint of the prefix", 0.0, 4 * state, 3 * state),
+            Launch("state_scan (adjoint of the prefix)", 0.0, state, state),
             Launch("group_apply (v dSᵀ)", gemm, n * p * e + state, n * p * s),
             Launch("group_apply (lin_k dS)", gemm, n * p * s + state, n * p * e),
             Launch("torch: dv += lin_k dS", 0.0, 2.0 * n * p * e, n * p * e),

@@ -25,6 +25,7 @@ qa = pytest.importorskip("flash_triton.quad_attn.kernels")
 sw = pytest.importorskip("flash_triton.quad_attn.short_window")
 mca_kernels = pytest.importorskip("flash_triton.mixed_chunk_attn.kernels")
 op = pytest.importorskip("flash_triton.mixed_chunk_attn.op")
+state = pytest.importorskip("flash_triton.mixed_chunk_attn.state")
 
 pytestmark = pytest.mark.usefixtures("poison_outputs")
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 3e-2}
@@ -81,6 +82,28 @@ def check_against_reference(b, n, s, e, g, causal, reduce_group, masked, laplace
         assert torch.isfinite(g_ours).all(), name
         assert_close_scaled(g_ours.double(), g64, TOL[dtype], f"grad of {name}")
         close_to_reference(g_ours, g_ref, g64, dtype, f"grad of {name}")
+
+
+@pytest.mark.parametrize("s, e", [(3, 7), (40, 33)], ids=["one-block", "two-blocks"])
+@pytest.mark.parametrize("init", [False, True], ids=["", "init"])
+def test_state_scan_is_the_torch_state_algebra(s, e, init):
+    """The scan kernel of the causal prefix and of its adjoint against the torch functions of state.py (uniform
+    groups), with and without an initial state / final-state gradient, over one or two feature blocks."""
+    gen = torch.Generator().manual_seed(5)
+    b, g_count, group = 2, 5, 16
+    states, d_read = (torch.randn(b, g_count, s, e, generator=gen).to(DEVICE) for _ in range(2))
+    initial = torch.randn(b, s, e, generator=gen).to(DEVICE) if init else None
+    d_final = torch.randn(b, s, e, generator=gen).to(DEVICE) if init else None
+    n = g_count * group - 3
+    read, final = mca_kernels.state_scan(states, group, initial, True, reverse=False)
+    torch.testing.assert_close(read, state.window_state(states, n, group, True, True, initial), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(final, state.final_state(states, group, initial, None), rtol=1e-6, atol=1e-6)
+    d_states, d_init = mca_kernels.state_scan(d_read, group, d_final, True, reverse=True)
+    d_states_ref, d_init_ref = state.window_state_backward(d_read, n, group, True, True, d_final)
+    torch.testing.assert_close(d_states, d_states_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(d_init, d_init_ref, rtol=1e-6, atol=1e-6)
+    read_only, none = mca_kernels.state_scan(states, group, initial, False, reverse=False)
+    assert none is None and torch.equal(read_only, read)
 
 
 @pytest.mark.slow
@@ -200,7 +223,7 @@ def test_flash_layer_on_kernels_matches_upstream_and_runs_them(monkeypatch, kw, 
             "_quad_dscores_kernel",
             "_quad_tile_product_kernel",
         )
-        | count_launches(monkeypatch, mca_kernels, "_group_state_kernel")
+        | count_launches(monkeypatch, mca_kernels, "_group_state_kernel", "_state_scan_kernel")
     )
     kw = dict(kw, dim=24, group_size=16, query_key_dim=16)
     theirs = up.FLASH(**kw)
@@ -228,6 +251,7 @@ def test_flash_layer_on_kernels_matches_upstream_and_runs_them(monkeypatch, kw, 
         _quad_dscores_kernel=1,
         _quad_tile_product_kernel=3,  # dv, dq, dk
         _group_state_kernel=3,  # forward states; backward: states again, dP
+        _state_scan_kernel=3 if kw["causal"] else 0,  # the prefix, again in the backward, its adjoint
     )
 
 

@@ -146,10 +146,16 @@ def test_quick_profile_compiles_every_kernel_without_spills_on_tensor_cores(quic
     for k in kernels:
         assert not k["error"], k
         assert k["spill_bytes"] == 0, k  # target: no spills on sm_80 or sm_90
-        assert k["sass"]["mma_kind"] != "none", k  # half precision multiplies on tensor cores
+        if k["dtype"] != "fp32":  # half precision multiplies on tensor cores (the state scan has no products: fp32)
+            assert k["sass"]["mma_kind"] != "none", k
         assert k["blocks"] >= 2 or k["resident_warps"] >= 8, k  # target: >= 2 blocks or >= 8 warps per SM
-    fwd90 = [k for k in _bf16(kernels, 90) if k["kernel"] == "quad_attn_fwd"]
-    assert fwd90 and all(k["sass"]["mma_kind"] == "wgmma" for k in fwd90)
+    quad90 = [k for k in _bf16(kernels, 90) if k["kernel"].startswith("quad_attn_")]
+    # the streaming forward (GAU) and every short-window kernel (FLASH) multiply on wgmma on sm_90 (the streaming
+    # backward's 32-row tiles do not: the target below)
+    short = {"quad_attn_weights", "quad_attn_out", "quad_attn_dscores", "quad_attn_dv_product", "quad_attn_dq_product"}
+    assert {k["kernel"] for k in quad90} >= short | {"quad_attn_fwd", "quad_attn_dk_product"}
+    streaming_bwd = ("quad_attn_dv", "quad_attn_dk", "quad_attn_dq")
+    assert all(k["sass"]["mma_kind"] == "wgmma" for k in quad90 if k["kernel"] not in streaming_bwd)
 
 
 @target("GAU's streaming backward (32-row tiles) and FLASH's group_apply compile to mma.sync on sm_90")

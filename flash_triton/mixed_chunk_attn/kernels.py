@@ -128,6 +128,47 @@ def _group_apply_kernel(
     tl.store(p_y, acc.to(y_ptr.dtype.element_ty), mask=m_t[:, None] & m_y[None, :])
 
 
+@triton.jit(do_not_specialize=["G", "F"])
+def _state_scan_kernel(
+    x_ptr,  # (B, G, F) float32 per-group sums, F = S * E contiguous
+    y_ptr,  # (B, G, F) float32 out: the state each group reads (forward) or the adjoint per group (REVERSE)
+    init_ptr,  # (B, F) float32: the initial state (forward) or the final state's gradient (REVERSE), or dummy
+    last_ptr,  # (B, F) float32 out: the final state (forward) or the initial state's gradient (REVERSE), or dummy
+    G,
+    F,
+    inv_group,
+    REVERSE: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    HAS_LAST: tl.constexpr,
+    BF: tl.constexpr,
+):
+    """FLASH's causal state algebra in one pass over the groups, the running sum in fp32 registers. Forward:
+    ``y_j = init + Σ_{i<j} x_i / g`` (the exclusive prefix), ``last = init + Σ_i x_i / g``. REVERSE (its adjoint):
+    ``y_j = (init + Σ_{i>j} x_i) / g``, ``last = init + Σ_i x_i``."""
+    i_f, i_b = tl.program_id(0), tl.program_id(1)
+    o_f = i_f * BF + tl.arange(0, BF)
+    m_f = o_f < F
+    F64 = F.to(tl.int64)
+    base = i_b.to(tl.int64) * G * F64
+    run = tl.zeros((BF,), dtype=tl.float32)
+    if HAS_INIT:
+        run += tl.load(init_ptr + i_b.to(tl.int64) * F64 + o_f, mask=m_f, other=0.0)
+    for step in range(G):
+        j = step
+        if REVERSE:
+            j = G - 1 - step
+        off = base + j * F64 + o_f
+        x = tl.load(x_ptr + off, mask=m_f, other=0.0)
+        if REVERSE:
+            tl.store(y_ptr + off, run * inv_group, mask=m_f)
+            run += x
+        else:
+            tl.store(y_ptr + off, run, mask=m_f)
+            run += x * inv_group
+    if HAS_LAST:
+        tl.store(last_ptr + i_b.to(tl.int64) * F64 + o_f, run, mask=m_f)
+
+
 def _block(d: int, cap: int) -> int:
     return min(cap, max(16, triton.next_power_of_2(d)))
 
@@ -237,3 +278,40 @@ def group_apply(
         **cfg,
     )
     return y
+
+
+SCAN_CONFIG = dict(BF=1024, num_warps=4, num_stages=2)  # 8 fp32 per thread: two 16-byte vectors per group
+
+
+def state_scan(
+    states: Tensor, group: int, init: Tensor | None, want_last: bool, reverse: bool
+) -> tuple[Tensor, Tensor | None]:
+    """The causal state algebra of :mod:`.state` for uniform groups, in one kernel (fp32).
+
+    Forward (``reverse=False``): from the raw per-group sums ``states`` (B, G, S, E), the state each group reads,
+    ``init + Σ_{i<j} S_i / group`` (:func:`.state.window_state`, causal), and with ``want_last`` the final state
+    ``init + Σ_i S_i / group`` (:func:`.state.final_state`). Reverse: from the gradients of the states the groups
+    read, the gradients of the raw sums ``(init + Σ_{i>j} dP_i) / group`` and, with ``want_last``, of the initial
+    state ``init + Σ_i dP_i`` (:func:`.state.window_state_backward`, causal; ``init`` = the final state's gradient).
+    """
+    states = states.contiguous()
+    b, g, s, e = states.shape
+    f = s * e
+    y = new_output(states, states.shape, torch.float32)
+    last = new_output(states, (b, s, e), torch.float32) if want_last else None
+    dummy = states.new_empty(0)
+    _state_scan_kernel[(triton.cdiv(f, SCAN_CONFIG["BF"]), b)](
+        x_ptr=states,
+        y_ptr=y,
+        init_ptr=init.float().contiguous() if init is not None else dummy,
+        last_ptr=last if last is not None else dummy,
+        G=g,
+        F=f,
+        inv_group=1.0 / group,
+        REVERSE=reverse,
+        HAS_INIT=init is not None,
+        HAS_LAST=want_last,
+        enable_fp_fusion=FP_FUSION,
+        **SCAN_CONFIG,
+    )
+    return y, last

@@ -34,6 +34,29 @@ def _within_groups(
     )
 
 
+def _read_state(
+    lin_k: Tensor,
+    v: Tensor,
+    key_mask: Tensor | None,
+    windows: Tensor | None,
+    varlen: tuple[Tensor, Tensor] | None,
+    n: int,
+    group: int,
+    causal: bool,
+    reduce_group: bool,
+    initial_state: Tensor | None,
+    want_final: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """The state each group's linear queries read (B, G, S, E) float32, and the final state when wanted: the raw
+    per-group sums ``lin_kᵀ v`` by a kernel, then the causal prefix by a scan kernel (uniform groups), or the torch
+    algebra of :mod:`.state` (packed batches, non-causal)."""
+    states = kernels.group_state(lin_k, v, group, row_mask=key_mask, windows=windows)
+    if causal and varlen is None:
+        return kernels.state_scan(states, group, initial_state, want_final, reverse=False)
+    read = window_state(states, n, group, causal, reduce_group, initial_state, varlen)
+    return read, final_state(states, group, initial_state, varlen) if want_final else None
+
+
 def _fwd(
     quad_q: Tensor,
     quad_k: Tensor,
@@ -60,8 +83,9 @@ def _fwd(
 ) -> tuple[Tensor, Tensor, Tensor]:
     n, g = v.shape[1], group_size
     varlen = varlen_info(windows, win_seq, cu_seqlens)
-    states = kernels.group_state(lin_k, v, g, row_mask=key_mask, windows=windows)
-    read_state = window_state(states, n, g, causal, reduce_group, initial_state, varlen)
+    read_state, final = _read_state(
+        lin_k, v, key_mask, windows, varlen, n, g, causal, reduce_group, initial_state, output_final_state
+    )
     out, o_pre = quad_kernels.quad_attn_fwd(
         quad_q,
         quad_k,
@@ -77,7 +101,6 @@ def _fwd(
         state=read_state,
         windows=windows,
     )
-    final = final_state(states, g, initial_state, varlen) if output_final_state else None
     return out, or_empty(o_pre, v), or_empty(final, v, torch.float32)
 
 
@@ -122,11 +145,13 @@ def _bwd(
         windows=windows,
     )
     # linear half: lin_i = lin_q_i P[g(i)], P = window_state(S), S_j = Σ_{t in j} lin_k_tᵀ v_t (states recomputed)
-    states = kernels.group_state(lin_k, v, g, row_mask=key_mask, windows=windows)
-    read_state = window_state(states, n, g, causal, reduce_group, initial_state, varlen)
+    read_state, _ = _read_state(lin_k, v, key_mask, windows, varlen, n, g, causal, reduce_group, initial_state, False)
     dlq = kernels.group_apply(dy, read_state.transpose(-1, -2), g, 1.0, out_dtype=lin_q.dtype, windows=windows)
     d_read = kernels.group_state(lin_q, dy, g, windows=windows)
-    d_states, d_init = window_state_backward(d_read, n, g, causal, reduce_group, d_final, varlen)
+    if causal and varlen is None:  # the adjoint of the prefix in one reverse scan
+        d_states, d_init = kernels.state_scan(d_read, g, d_final, initial_state is not None, reverse=True)
+    else:
+        d_states, d_init = window_state_backward(d_read, n, g, causal, reduce_group, d_final, varlen)
     dlk = kernels.group_apply(
         v, d_states.transpose(-1, -2), g, 1.0, row_mask=key_mask, out_dtype=lin_k.dtype, windows=windows
     )

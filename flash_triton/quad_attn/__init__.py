@@ -5,7 +5,8 @@ Every piece carries the op's name:
 - :func:`quad_attn` (here): the public differentiable function; picks the kernel or the reference in one step;
 - :mod:`.op`: the custom ops ``flash_triton::quad_attn_fwd`` / ``_bwd`` (named contracts, fake and autograd
   registrations) and :func:`.op.quad_attn_triton`, the differentiable kernel path;
-- :mod:`.kernels`: the ``@triton.jit`` kernels, their launch configs and typed launchers;
+- :mod:`.kernels`: the ``@triton.jit`` kernels, their launch configs and typed launchers (the streaming kernels);
+  :mod:`.short_window`: the kernels of windows of at most ``kernels.SHORT_WINDOW`` tokens (tiles stored once);
 - :func:`flash_triton.reference.quad_attn`: the pure-PyTorch reference, the spec and the tests' oracle;
 - ``tests/test_quad_attn.py``, the benchmark subject ``quad-attn``, the README status row "quad_attn".
 

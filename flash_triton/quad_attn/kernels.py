@@ -7,10 +7,12 @@ Scores, per window of W tokens (W = n for GAU, the group size for FLASH), i = qu
     o_i = Σ_j A[i, j] v_j;   out_i = gate_i * o_i
 
 No softmax, so no running statistics: the output is a plain sum over key tiles. Key tiles outside the window or
-above the causal diagonal are never visited. The backward recomputes the scores tile by tile; nothing of size
-W x W is stored. Dropout uses Philox keyed by a seed tensor on (row, column-in-window), so the backward
-regenerates the forward's mask. T5 buckets come from a (2 * max_distance + 1) lookup table that the reference
-bucket function fills on the tensors' device, so kernel and reference agree on every boundary.
+above the causal diagonal are never visited. These are the streaming kernels, for windows longer than
+``SHORT_WINDOW``: the backward recomputes the scores tile by tile and nothing of size W x W is stored. Shorter
+windows (FLASH's groups) go to :mod:`.short_window`, which stores each tile's weights and score gradients once.
+Dropout uses Philox keyed by a seed tensor on (row, column-in-window), so the backward regenerates the forward's
+mask. T5 buckets come from a (2 * max_distance + 1) lookup table that the reference bucket function fills on the
+tensors' device, so kernel and reference agree on every boundary.
 """
 
 import functools

@@ -1,21 +1,31 @@
-"""Short windows (FLASH's groups; GAU on short sequences): each window's attention weights computed once, stored,
-then multiplied into the value width in one GEMM pass. Triton kernels and the typed launcher.
+"""Short windows (FLASH's groups; GAU on short sequences): each window's attention weights and, in the backward,
+score gradients computed once and stored, then multiplied into the feature widths in GEMM passes. Triton kernels and
+the typed launchers that :func:`.kernels.quad_attn_fwd` / :func:`.kernels.quad_attn_bwd` call for such windows.
 
-The streaming forward of :mod:`.kernels` splits the value width E over programs, and each program recomputes the
-scores ``q·kᵀ`` of its tiles: E / BE times in all (16 at FLASH's s = 128, e = 1024). For windows of at most
-``kernels.SHORT_WINDOW`` tokens the weights of a window are small (``N · W`` per batch row, stored in v's dtype,
-the dtype the streaming kernel rounds them to before its product), so they are computed once instead:
+The streaming kernels of :mod:`.kernels` split the value width E over programs, and each program recomputes the
+scores ``q·kᵀ`` of its tiles: E / BE times in all (16 at FLASH's s = 128, e = 1024); their backward recomputes
+``dy·vᵀ`` in dk and in dq. For windows of at most ``kernels.SHORT_WINDOW`` tokens the weights of a window are small
+(``N · W`` per batch row, stored in the dtype the streaming kernels round them to before their products), so each
+tile is computed once instead. Tiles are BM x BN, the same in every kernel here (each reads exactly the tiles
+another stored), laid out at ``M[b, i, j - window start]`` in rows padded to whole tiles; key tiles past the
+window's end or above the causal diagonal are neither computed, stored nor read.
 
-1. ``_quad_weights_kernel``, one program per (query tile, key tile) of each window: ``A = act(s) · dropout ·
-   keep`` (the scores and masks of :mod:`.kernels`, the same Philox draw), stored at ``A[b, i, j - window
-   start]``. Key tiles past the window's end or above the causal diagonal are neither computed nor stored.
-2. ``_quad_out_kernel``, one program per (value block, query tile): ``acc = Σ_j A[i, j] v_j`` over the stored
-   tiles, plus FLASH's linear half ``lin_q · P[window]``; the pre-gate output stored when asked, the gate applied.
-   Value blocks of one query tile are neighbours in the grid, so the weights they share are read from L2.
+Forward:
+1. ``_quad_weights_kernel``, one program per (query tile, key tile): ``A = act(s) · dropout · keep`` (the scores
+   and masks of :mod:`.kernels`, the same Philox draw), stored with zeros past the window's end.
+2. ``_quad_out_kernel``, one program per (value block, query tile): ``Σ_j A[i, j] v_j`` over the stored tiles, plus
+   FLASH's linear half ``lin_q · P[window]``; the pre-gate output stored when asked, the gate applied. Value blocks
+   of one query tile are neighbours in the grid, so the weights they share come from L2.
 
-Executed FLOPs: the scores once and A·v once (the streaming kernel: the scores E / BE times). Extra HBM traffic:
-the weights written once and read once, ``2 · W · itemsize`` bytes per token (1 KiB at W = 256 in bf16, against
-~31 KiB the FLASH core moves at e = 1024). The backward (:func:`.kernels.quad_attn_bwd`) is unchanged.
+Backward (``dy``: the gradient before the gate):
+1. ``_quad_dscores_kernel``, per (query tile, key tile): ``dA = dy·vᵀ`` over the whole value width, the scores,
+   then A and ``ds = dA · act'(s) · dropout · keep`` stored; the T5 table's per-bucket partials and the caller's
+   bias gradient from ds.
+2. ``_quad_tile_product_kernel`` three times: ``dv = Aᵀ dy``, ``dq = scale · ds k``, ``dk = scale · dsᵀ q``.
+
+Executed FLOPs: every tile's scores once per pass, A·v and dy·vᵀ once. Extra HBM traffic: the stored tiles, written
+once and read once per product, about ``7 · W / 2 · itemsize`` bytes per token causal (~1.8 KiB at W = 256 in bf16,
+against ~31 KiB the FLASH core moves at e = 1024).
 """
 
 import torch
