@@ -208,8 +208,8 @@ def _tiles(name: str, w: int, s: int, e: int, dtype: torch.dtype, dropout: bool)
         return [(sw.short_config("product", w, d, d, dtype), {"D": d})]
     if name.startswith("quad_attn_"):
         return [(qa.launch_config(name.removeprefix("quad_attn_"), w, s, e, dtype, dropout), {"S": s, "E": e})]
-    if name == "state_scan":
-        return [(dict(mca.SCAN_CONFIG), {})]
+    if name == "state_scan":  # per batch row, s * e state elements
+        return [(dict(mca.SCAN_CONFIG), {"F": s * e})]
     if name == "group_state":  # lin_kᵀ v and lin_qᵀ dY: both (s, e)
         return [(mca.state_config(w, s, e, dtype), {"DA": s, "DB": e})]
     return [  # lin_k dS / lin_q P: (s -> e); dY Pᵀ, v dSᵀ: (e -> s)

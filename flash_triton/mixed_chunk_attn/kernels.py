@@ -128,7 +128,7 @@ def _group_apply_kernel(
     tl.store(p_y, acc.to(y_ptr.dtype.element_ty), mask=m_t[:, None] & m_y[None, :])
 
 
-@triton.jit(do_not_specialize=["G", "F"])
+@triton.jit(do_not_specialize=["G"])  # F = S * E is a model width (a multiple of 16: 16-byte vectors), G varies
 def _state_scan_kernel(
     x_ptr,  # (B, G, F) float32 per-group sums, F = S * E contiguous
     y_ptr,  # (B, G, F) float32 out: the state each group reads (forward) or the adjoint per group (REVERSE)
