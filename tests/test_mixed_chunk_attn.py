@@ -117,7 +117,7 @@ def test_kernels_at_production_widths(dtype):
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "noncausal"])
-def test_non_contiguous_inputs_give_the_contiguous_results(causal):
+def test_non_contiguous_inputs_give_the_contiguous_results(causal, kernel_path):
     """All seven tensor inputs and the bool key mask as views non-contiguous in every dimension: the same output and
     gradients as contiguous inputs (a transposed mask was once read as if contiguous: off by 1.25 non-causal)."""
     b, n, s, e = 2, 45, 24, 20
@@ -186,7 +186,7 @@ def test_group_state_and_apply_match_einsum():
     assert_close_scaled(y, expected, 1e-5, "group_apply")
 
 
-def test_dropout_forward_and_backward_use_the_same_mask():
+def test_dropout_forward_and_backward_use_the_same_mask(kernel_path):
     b, n, s, e, g, p = 2, 40, 16, 16, 16, 0.3
     gen = torch.Generator().manual_seed(3)
     tensors = [torch.randn(b, n, s, generator=gen) for _ in range(4)] + [torch.randn(b, n, e, generator=gen)]
@@ -362,7 +362,7 @@ def test_state_is_for_causal_attention_only():
     [(True, True, False), (True, True, True), (False, True, False), (False, False, False)],
     ids=["causal", "causal-state", "noncausal-reduce", "noncausal-pergroup"],
 )
-def test_varlen_packed_batch_matches_a_per_sequence_loop(causal, reduce_group, with_state):
+def test_varlen_packed_batch_matches_a_per_sequence_loop(causal, reduce_group, with_state, kernel_path):
     """Sequences packed along one row with cu_seqlens: groups restart at every sequence and so does the linear
     state; kernels against the reference, which runs one call per sequence."""
     lengths, s, e, g = [5, 37, 16, 1, 23], 16, 24, 16

@@ -98,7 +98,7 @@ def _through_views(fn, tensors: dict, grad_out, make_view, **kw):
 
 
 @pytest.mark.parametrize("window, causal", [(None, False), (None, True), (16, True)], ids=["gau", "gau-causal", "w16"])
-def test_non_contiguous_inputs_give_the_contiguous_results(window, causal):
+def test_non_contiguous_inputs_give_the_contiguous_results(window, causal, kernel_path):
     """Every tensor the kernels read (q, k, v, gate, the T5 table, the bias and the bool key mask) as a view that is
     non-contiguous in every dimension: the same output and gradients as contiguous inputs (a transposed mask was
     once read as if contiguous, silently wrong)."""
@@ -136,7 +136,7 @@ def test_dropout_keep_mask_statistics_and_determinism():
 
 
 @pytest.mark.parametrize("window, causal", [(None, True), (16, False)], ids=["gau-causal", "w16"])
-def test_dropout_forward_and_backward_use_the_same_mask(window, causal):
+def test_dropout_forward_and_backward_use_the_same_mask(window, causal, kernel_path):
     """The kernel's forward and backward regenerate one keep-mask: feeding that mask to the reference reproduces
     the output and every gradient."""
     b, n, s, e, p = 2, 37, 16, 24, 0.25
