@@ -165,7 +165,8 @@ def test_target_every_bf16_kernel_on_wgmma_on_sm90(quick):
 
 
 @target(
-    "the streaming kernels and the group-state kernels do not specialise their feature widths: bf16 loads of 2 bytes"
+    "the streaming kernels (GAU at n 8192) do not specialise their feature widths: bf16 loads of 2 bytes; the T5 "
+    "gathers and the fp32 state reads of every kernel are 4-byte loads"
 )
 def test_target_bf16_loads_are_16_byte_vectors(quick):
     kernels, _ = quick

@@ -17,8 +17,9 @@ from torch import Tensor
 
 from ..common.jit import FP_FUSION, check_row_offsets, dot, dot_precision, new_output, row_mask_u8, window_bounds
 
-# as in flash_triton.quad_attn.kernels: neither lengths nor (yet) feature widths specialised
-_NOSPEC = ["N", "GS", "DA", "DB", "DX", "DY"]
+# lengths vary per call; the feature widths DA, DB, DX, DY are specialised (16-byte loads where they are multiples
+# of 16; each such width compiles its own variant)
+_NOSPEC = ["N", "GS"]
 
 
 @triton.jit(do_not_specialize=_NOSPEC)
