@@ -455,6 +455,69 @@ def short_config(kind: str, window: int, qk_dim: int, v_dim: int, dtype: torch.d
     return dict(cfg, BS=min(bs, s_fit), BE=min(be, e_fit))
 
 
+def _score_args(
+    q: Tensor,
+    k: Tensor,
+    mask_u8: Tensor | None,
+    t5_weight: Tensor | None,
+    lut: Tensor | None,
+    bias: Tensor | None,
+    seed: Tensor | None,
+    windows: Tensor | None,
+    g: int,
+    *,
+    scale: float,
+    t5_scale: float,
+    t5_max_distance: int,
+    bias_scale: float,
+    window: int,
+    causal: bool,
+    laplace: bool,
+    dropout_p: float,
+) -> dict:
+    """The launch arguments ``_quad_weights_kernel`` and ``_quad_dscores_kernel`` share: what the scores, their masks
+    and the dropout draw read, the scalars and the flags (each launch adds its own outputs and blocks)."""
+    b, n, s = q.shape
+    dummy = q.new_empty(0)
+    bias_strides = (0, 0, 0) if bias is None else bias.expand(b, n, n).stride()
+    return dict(
+        q_ptr=q,
+        k_ptr=k,
+        mask_ptr=mask_u8 if mask_u8 is not None else dummy,
+        t5_ptr=t5_weight if t5_weight is not None else dummy,
+        lut_ptr=lut if lut is not None else dummy,
+        bias_ptr=bias if bias is not None else dummy,
+        seed_ptr=seed if seed is not None else dummy,
+        win_ptr=windows if windows is not None else dummy,
+        N=n,
+        W=window,
+        G=g,
+        S=s,
+        stride_qb=q.stride(0),
+        stride_qn=q.stride(1),
+        stride_kb=k.stride(0),
+        stride_kn=k.stride(1),
+        stride_mb=mask_u8.stride(0) if mask_u8 is not None else 0,
+        stride_bb=bias_strides[0],
+        stride_bm=bias_strides[1],
+        stride_bn=bias_strides[2],
+        scale=scale,
+        t5_scale=t5_scale,
+        max_dist=t5_max_distance,
+        bias_scale=bias_scale,
+        dropout_p=dropout_p,
+        CAUSAL=causal,
+        LAPLACE=laplace,
+        VARLEN=windows is not None,
+        HAS_MASK=mask_u8 is not None,
+        HAS_T5=t5_weight is not None,
+        HAS_BIAS=bias is not None,
+        DROPOUT=dropout_p > 0,
+        DOT_PREC=dot_precision(q.dtype),
+        enable_fp_fusion=FP_FUSION,
+    )
+
+
 def short_window_fwd(
     q: Tensor,
     k: Tensor,
@@ -492,46 +555,19 @@ def short_window_fwd(
     # rows of whole column tiles (16-byte aligned); tiles the output pass does not read are never written
     weights = q.new_empty(b, n, triton.cdiv(wc, cw["BN"]) * cw["BN"], dtype=v.dtype)
     check_row_offsets(weights=weights)
-    bias_strides = (0, 0, 0) if bias is None else bias.expand(b, n, n).stride()
-    _quad_weights_kernel[(g * triton.cdiv(w, cw["BM"]), triton.cdiv(wc, cw["BN"]), b)](
-        q_ptr=q,
-        k_ptr=k,
-        a_ptr=weights,
-        mask_ptr=mask_u8 if mask_u8 is not None else dummy,
-        t5_ptr=t5_weight if t5_weight is not None else dummy,
-        lut_ptr=lut if lut is not None else dummy,
-        bias_ptr=bias if bias is not None else dummy,
-        seed_ptr=seed if seed is not None else dummy,
-        win_ptr=windows if windows is not None else dummy,
-        N=n,
-        W=w,
-        G=g,
-        S=s,
-        stride_ab=weights.stride(0),
-        stride_an=weights.stride(1),
-        stride_qb=q.stride(0),
-        stride_qn=q.stride(1),
-        stride_kb=k.stride(0),
-        stride_kn=k.stride(1),
-        stride_mb=mask_u8.stride(0) if mask_u8 is not None else 0,
-        stride_bb=bias_strides[0],
-        stride_bm=bias_strides[1],
-        stride_bn=bias_strides[2],
+    scalars = dict(
         scale=scale,
         t5_scale=t5_scale,
-        max_dist=t5_max_distance,
+        t5_max_distance=t5_max_distance,
         bias_scale=bias_scale,
+        window=window,
+        causal=causal,
+        laplace=laplace,
         dropout_p=dropout_p,
-        CAUSAL=causal,
-        LAPLACE=laplace,
-        VARLEN=windows is not None,
-        HAS_MASK=mask_u8 is not None,
-        HAS_T5=t5_weight is not None,
-        HAS_BIAS=bias is not None,
-        DROPOUT=dropout_p > 0,
-        DOT_PREC=dot_precision(q.dtype),
-        enable_fp_fusion=FP_FUSION,
-        **cw,
+    )
+    scores = _score_args(q, k, mask_u8, t5_weight, lut, bias, seed, windows, g, **scalars)
+    _quad_weights_kernel[(g * triton.cdiv(w, cw["BM"]), triton.cdiv(wc, cw["BN"]), b)](
+        a_ptr=weights, stride_ab=weights.stride(0), stride_an=weights.stride(1), **scores, **cw
     )
     out = new_output(v, v.shape)
     o_pre = new_output(v, v.shape) if store_pre else None
@@ -649,59 +685,35 @@ def short_window_bwd(
     # programs that visit no tile leave their partial rows at zero
     dt5_part = q.new_zeros(b * grid[0] * grid[1], nb, dtype=torch.float32) if need_dt5 else None
     dbias = q.new_zeros(b, n, n, dtype=torch.float32) if need_dbias else None
+    scalars = dict(
+        scale=scale,
+        t5_scale=t5_scale,
+        t5_max_distance=t5_max_distance,
+        bias_scale=bias_scale,
+        window=window,
+        causal=causal,
+        laplace=laplace,
+        dropout_p=dropout_p,
+    )
     dummy = q.new_empty(0)
-    bias_strides = (0, 0, 0) if bias is None else bias.expand(b, n, n).stride()
     _quad_dscores_kernel[grid](
-        q_ptr=q,
-        k_ptr=k,
         v_ptr=v,
         dy_ptr=dy,
         a_ptr=weights,
         ds_ptr=dscores,
         dt5_ptr=dt5_part if dt5_part is not None else dummy,
         dbias_ptr=dbias if dbias is not None else dummy,
-        mask_ptr=mask_u8 if mask_u8 is not None else dummy,
-        t5_ptr=t5_weight if t5_weight is not None else dummy,
-        lut_ptr=lut if lut is not None else dummy,
-        bias_ptr=bias if bias is not None else dummy,
-        seed_ptr=seed if seed is not None else dummy,
-        win_ptr=windows if windows is not None else dummy,
-        N=n,
-        W=w,
-        G=g,
-        S=s,
         E=e,
-        stride_qb=q.stride(0),
-        stride_qn=q.stride(1),
-        stride_kb=k.stride(0),
-        stride_kn=k.stride(1),
         stride_vb=v.stride(0),
         stride_vn=v.stride(1),
         stride_dyb=dy.stride(0),
         stride_dyn=dy.stride(1),
         stride_ab=weights.stride(0),
         stride_an=weights.stride(1),
-        stride_mb=mask_u8.stride(0) if mask_u8 is not None else 0,
-        stride_bb=bias_strides[0],
-        stride_bm=bias_strides[1],
-        stride_bn=bias_strides[2],
-        scale=scale,
-        t5_scale=t5_scale,
-        max_dist=t5_max_distance,
-        bias_scale=bias_scale,
-        dropout_p=dropout_p,
-        CAUSAL=causal,
-        LAPLACE=laplace,
-        VARLEN=windows is not None,
-        HAS_MASK=mask_u8 is not None,
-        HAS_T5=t5_weight is not None,
-        HAS_BIAS=bias is not None,
-        DROPOUT=dropout_p > 0,
         DT5=need_dt5,
         DBIAS=need_dbias,
         NB=nb,
-        DOT_PREC=dot_precision(q.dtype),
-        enable_fp_fusion=FP_FUSION,
+        **_score_args(q, k, mask_u8, t5_weight, lut, bias, seed, windows, g, **scalars),
         **cfg,
     )
     tiles = dict(causal=causal, window=w, windows=windows, g=g)
