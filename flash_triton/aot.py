@@ -491,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         configs += [c for c in variants(SHAPES_OTHER, dtypes, layer_launches(True)) if c not in configs]
     if args.kernel:
+        unknown = sorted(set(args.kernel) - {c[0] for c in configs})
+        if unknown:  # a typo would otherwise check nothing and pass
+            parser.error(f"--kernel: no such kernel {', '.join(unknown)} (known: {sorted({c[0] for c in configs})})")
         configs = [c for c in configs if c[0] in args.kernel]
     jobs = [(n, fn, d, c, arch, opts, True, div) for arch in args.arch for n, fn, d, c, opts, div in configs]
     print(f"triton {triton.__version__}; ptxas: " + ", ".join(f"sm_{a} {ptxas_path(a)}" for a in args.arch))
