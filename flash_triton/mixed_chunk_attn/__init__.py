@@ -7,11 +7,12 @@ Every piece carries the op's name:
   the kernel or the reference in one step;
 - :mod:`.op`: the custom ops ``flash_triton::mixed_chunk_attn_fwd`` / ``_bwd`` (named contracts, fake and autograd
   registrations) and :func:`.op.mixed_chunk_attn_triton`, the differentiable kernel path;
-- :mod:`.kernels`: the ``@triton.jit`` per-group state kernels (``group_state``, ``group_apply``) and their
-  launchers; the within-group half runs on the kernels of :mod:`flash_triton.quad_attn.kernels`, with the linear
-  half and the gate fused into their output tile;
+- :mod:`.kernels`: the ``@triton.jit`` per-group state kernels (``group_state``, ``group_apply``), the causal
+  state scan (``state_scan``) and their launchers; the within-group half runs on the kernels of
+  :mod:`flash_triton.quad_attn` (groups of at most 256 tokens: :mod:`flash_triton.quad_attn.short_window`), with the
+  linear half and the gate fused into their output tile;
 - :mod:`.state`: the torch-side state algebra (the state each group reads, the final state, their adjoint, the
-  group table of packed batches);
+  group table of packed batches): packed and non-causal batches, and the state scan's test oracle;
 - :func:`flash_triton.reference.mixed_chunk_attn`: the pure-PyTorch reference, the spec and the tests' oracle;
 - ``tests/test_mixed_chunk_attn.py``, the benchmark subject ``mixed-chunk-attn``, the README status row
   "mixed_chunk_attn".

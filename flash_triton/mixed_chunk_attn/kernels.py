@@ -8,6 +8,8 @@ past n are never read, so nothing is padded or copied):
 - ``group_apply(x, m)``: ``y_t = scale * x_t m[b, group(t)]``, e.g. ``lin_q P`` and the backward's
   ``dY Pᵀ``, ``v dSᵀ``, ``lin_k dS``; ``m`` is read through strides, so a transposed state costs no copy. An
   optional row mask zeroes rows of ``y``.
+
+And ``state_scan``: the causal prefix of those states (and, in reverse, its adjoint) in one pass over the groups.
 """
 
 import torch

@@ -3,9 +3,10 @@
 signature of :func:`flash_triton.reference.mixed_chunk_attn`. Importing this module imports triton.
 
 The forward: the per-group states ``lin_kᵀ v`` (:func:`.kernels.group_state`), the state each group reads
-(:mod:`.state`), then the quadratic kernel of :mod:`flash_triton.quad_attn.kernels` with the linear half
-``lin_q @ state`` and the gate fused into its output tile (its ``HAS_LIN`` path). The backward: the quadratic
-kernels' dq/dk/dv, then the linear half's gradients through the state products of :mod:`.kernels`.
+(causal, uniform groups: :func:`.kernels.state_scan`; otherwise :mod:`.state`), then the quadratic kernels of
+:mod:`flash_triton.quad_attn` with the linear half ``lin_q @ state`` and the gate fused into their output tile (their
+``HAS_LIN`` path). The backward: the quadratic kernels' dq/dk/dv, then the linear half's gradients through the state
+products of :mod:`.kernels` and the prefix's adjoint (the scan in reverse, or :mod:`.state`).
 """
 
 import torch
