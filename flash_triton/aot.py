@@ -143,23 +143,14 @@ def kernel_launches(launch: Launch, window: int, every_path: bool = False) -> li
     )
     out = []
     short = window <= qa.SHORT_WINDOW
+    tiles = dict(CAUSAL=launch.causal, VARLEN=launch.packed)  # what the short-window GEMM passes take
+    epilogue = dict(HAS_LIN=launch.flash, HAS_GATE=True, STORE_PRE=launch.train)
     if every_path or not short:
-        flags = dict(common, HAS_LIN=launch.flash, HAS_GATE=True, STORE_PRE=launch.train)
-        out.append(("quad_attn_fwd", "_quad_attn_fwd_kernel", flags))
+        out.append(("quad_attn_fwd", "_quad_attn_fwd_kernel", dict(common, **epilogue)))
     if short:
         out += [
             ("quad_attn_weights", "_quad_weights_kernel", common),
-            (
-                "quad_attn_out",
-                "_quad_out_kernel",
-                dict(
-                    CAUSAL=launch.causal,
-                    VARLEN=launch.packed,
-                    HAS_LIN=launch.flash,
-                    HAS_GATE=True,
-                    STORE_PRE=launch.train,
-                ),
-            ),
+            ("quad_attn_out", "_quad_out_kernel", dict(tiles, **epilogue)),
         ]
     if launch.flash:  # the forward's states lin_kᵀ v (masked keys dropped)
         out.append(("group_state", "_group_state_kernel", dict(HAS_MASK=launch.mask, VARLEN=launch.packed)))
@@ -180,7 +171,6 @@ def kernel_launches(launch: Launch, window: int, every_path: bool = False) -> li
             ("quad_attn_dq", "_quad_attn_bwd_dqk_kernel", dict(common, KEY_TILES=False, DT5=False, DBIAS=dbias, NB=32)),
         ]
     if short:  # the weights and score gradients stored, then dv = Aᵀ dy, dq = ds k, dk = dsᵀ q over them
-        tiles = dict(CAUSAL=launch.causal, VARLEN=launch.packed)
         out += [
             ("quad_attn_dscores", "_quad_dscores_kernel", dict(common, DT5=True, DBIAS=dbias, NB=32)),
             ("quad_attn_dv_product", "_quad_tile_product_kernel", dict(tiles, COLUMNS=True)),

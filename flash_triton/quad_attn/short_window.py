@@ -455,6 +455,14 @@ def short_config(kind: str, window: int, qk_dim: int, v_dim: int, dtype: torch.d
     return dict(cfg, BS=min(bs, s_fit), BE=min(be, e_fit))
 
 
+def _tile_store(like: Tensor, window: int, cfg: dict, dtype: torch.dtype) -> Tensor:
+    """(B, N, C) buffer of the stored tiles (weights or score gradients) for ``like`` (B, N, ...): each row holds the
+    whole BN-wide column tiles covering min(window, N) keys (16-byte aligned rows, the layout every kernel here
+    reads); the tiles no kernel reads are never written."""
+    b, n = like.shape[:2]
+    return like.new_empty(b, n, triton.cdiv(min(window, n), cfg["BN"]) * cfg["BN"], dtype=dtype)
+
+
 def _score_args(
     q: Tensor,
     k: Tensor,
@@ -547,13 +555,11 @@ def short_window_fwd(
     b, n, s = q.shape
     e = v.shape[-1]
     w = window
-    wc = min(w, n)
     g = windows.shape[0] if windows is not None else triton.cdiv(n, w)
     dummy = q.new_empty(0)
     cw = short_config("weights", w, s, e, q.dtype)
     co = short_config("out", w, s, e, q.dtype)
-    # rows of whole column tiles (16-byte aligned); tiles the output pass does not read are never written
-    weights = q.new_empty(b, n, triton.cdiv(wc, cw["BN"]) * cw["BN"], dtype=v.dtype)
+    weights = _tile_store(q, w, cw, v.dtype)
     check_row_offsets(weights=weights)
     scalars = dict(
         scale=scale,
@@ -566,7 +572,7 @@ def short_window_fwd(
         dropout_p=dropout_p,
     )
     scores = _score_args(q, k, mask_u8, t5_weight, lut, bias, seed, windows, g, **scalars)
-    _quad_weights_kernel[(g * triton.cdiv(w, cw["BM"]), triton.cdiv(wc, cw["BN"]), b)](
+    _quad_weights_kernel[(g * triton.cdiv(w, cw["BM"]), weights.shape[-1] // cw["BN"], b)](
         a_ptr=weights, stride_ab=weights.stride(0), stride_an=weights.stride(1), **scores, **cw
     )
     out = new_output(v, v.shape)
@@ -677,10 +683,9 @@ def short_window_bwd(
     w = window
     g = windows.shape[0] if windows is not None else triton.cdiv(n, w)
     cfg = short_config("dscores", w, s, e, q.dtype)
-    cols = triton.cdiv(min(w, n), cfg["BN"]) * cfg["BN"]
-    weights, dscores = q.new_empty(b, n, cols, dtype=v.dtype), q.new_empty(b, n, cols)
+    weights, dscores = _tile_store(q, w, cfg, v.dtype), _tile_store(q, w, cfg, q.dtype)
     check_row_offsets(weights=weights, dbias=torch.empty(b, n, n, device="meta") if need_dbias else None)
-    grid = (g * triton.cdiv(w, cfg["BM"]), triton.cdiv(min(w, n), cfg["BN"]), b)
+    grid = (g * triton.cdiv(w, cfg["BM"]), weights.shape[-1] // cfg["BN"], b)
     nb = triton.next_power_of_2(t5_weight.numel()) if t5_weight is not None else 1
     # programs that visit no tile leave their partial rows at zero
     dt5_part = q.new_zeros(b * grid[0] * grid[1], nb, dtype=torch.float32) if need_dt5 else None
