@@ -13,7 +13,8 @@ allowance, reported as ``ok*`` with its bytes: at most SPILL_ALLOWANCE spilled b
 outside every loop of the SASS (``nvdisasm``), i.e. touched once per program, never per loop iteration.
 Each kernel is compiled as triton's launcher specialises it: 16-byte-aligned pointers, strides, and the feature
 widths (S, E; DA, DB, DX, DY) that are multiples of 16 where the kernel does not exclude them from specialisation,
-marked divisible by 16.
+marked divisible by 16, and a stride that the layers pass as 1 (``group_apply``'s state, read as stored or through a
+transposed view) as the constant 1.
 Registers and spills come from ``ptxas -v`` on the generated PTX, run with the ptxas that triton itself uses for
 that architecture; shared memory from the compiler's metadata (Triton allocates it dynamically, so ptxas does not
 see it). Must run without ``TRITON_INTERPRET=1`` (under the interpreter ``triton.jit`` yields functions that
@@ -202,9 +203,12 @@ def _tiles(name: str, w: int, s: int, e: int, dtype: torch.dtype, dropout: bool)
         return [(dict(mca.SCAN_CONFIG), {"F": s * e})]
     if name == "group_state":  # lin_kᵀ v and lin_qᵀ dY: both (s, e)
         return [(mca.state_config(w, s, e, dtype), {"DA": s, "DB": e})]
-    return [  # lin_k dS / lin_q P: (s -> e); dY Pᵀ, v dSᵀ: (e -> s)
-        (mca.apply_config(w, s, e, dtype), {"DX": s, "DY": e}),
-        (mca.apply_config(w, e, s, dtype), {"DX": e, "DY": s}),
+    # lin_k dS: (s -> e), the state read as stored (unit stride along DY); dY Pᵀ, v dSᵀ: (e -> s), through a
+    # transposed view (unit stride along DX). Triton's launcher passes an integer argument equal to 1 as the
+    # constant 1, so each compiles with that stride fixed (what lets the fp32 state load as 16-byte vectors)
+    return [
+        (dict(mca.apply_config(w, s, e, dtype), stride_my=1), {"DX": s, "DY": e}),
+        (dict(mca.apply_config(w, e, s, dtype), stride_mx=1), {"DX": e, "DY": s}),
     ]
 
 
@@ -422,7 +426,8 @@ def describe(constexprs: dict, divisible: tuple = ()) -> tuple[str, str]:
     """("BM64xBN32x...", "E%16 S%16 [CAUSAL,...]"): a compile's tiles, and its divisible widths and flags set."""
     tiles = "x".join(f"{k}{v}" for k, v in constexprs.items() if k.startswith("B") and isinstance(v, int))
     flags = ",".join(k for k, v in constexprs.items() if v is True)
-    return tiles, "".join(f"{k}%16 " for k in divisible) + f"[{flags}]"
+    units = "".join(f"{k}=1 " for k, v in constexprs.items() if k.startswith("stride_") and v == 1)
+    return tiles, "".join(f"{k}%16 " for k in divisible) + units + f"[{flags}]"
 
 
 def check(

@@ -149,24 +149,31 @@ def test_quick_profile_compiles_every_kernel_without_spills_on_tensor_cores(quic
         if k["dtype"] != "fp32":  # half precision multiplies on tensor cores (the state scan has no products: fp32)
             assert k["sass"]["mma_kind"] != "none", k
         assert k["blocks"] >= 2 or k["resident_warps"] >= 8, k  # target: >= 2 blocks or >= 8 warps per SM
-    quad90 = [k for k in _bf16(kernels, 90) if k["kernel"].startswith("quad_attn_")]
-    # the streaming forward (GAU) and every short-window kernel (FLASH) multiply on wgmma on sm_90 (the streaming
-    # backward's 32-row tiles do not: the target below)
+    bf90 = _bf16(kernels, 90)
+    # the streaming forward (GAU), every short-window kernel and FLASH's group kernels multiply on wgmma on sm_90
+    # (the streaming backward's 32-row tiles do not: the target below)
     short = {"quad_attn_weights", "quad_attn_out", "quad_attn_dscores", "quad_attn_dv_product", "quad_attn_dq_product"}
-    assert {k["kernel"] for k in quad90} >= short | {"quad_attn_fwd", "quad_attn_dk_product"}
+    group = {"group_state", "group_apply"}
+    assert {k["kernel"] for k in bf90} >= short | group | {"quad_attn_fwd", "quad_attn_dk_product"}
     streaming_bwd = ("quad_attn_dv", "quad_attn_dk", "quad_attn_dq")
-    assert all(k["sass"]["mma_kind"] == "wgmma" for k in quad90 if k["kernel"] not in streaming_bwd)
+    assert all(k["sass"]["mma_kind"] == "wgmma" for k in bf90 if k["kernel"] not in streaming_bwd)
+    # feature widths specialised in every kernel but the streaming dk / dq: no bf16 element is loaded alone
+    # (2-byte loads), in or out of cp.async; what else is narrower than 16 bytes is the T5 gathers, the window table
+    # and the key mask
+    for k in _bf16(kernels):
+        if k["kernel"] not in ("quad_attn_dk", "quad_attn_dq"):
+            assert "2" not in k["sass"]["loads"] and "2" not in k["sass"]["cp_async"], k
 
 
-@target("GAU's streaming backward (32-row tiles) and FLASH's group_apply compile to mma.sync on sm_90")
+@target("GAU's streaming dk and dq (32 x 32 tiles) and dv's q kᵀ (32-row query steps) compile to mma.sync on sm_90")
 def test_target_every_bf16_kernel_on_wgmma_on_sm90(quick):
     kernels, _ = quick
     assert all(k["sass"]["mma_kind"] == "wgmma" for k in _bf16(kernels, 90))
 
 
 @target(
-    "the streaming kernels (GAU at n 8192) do not specialise their feature widths: bf16 loads of 2 bytes; the T5 "
-    "gathers and the fp32 state reads of every kernel are 4-byte loads"
+    "GAU's streaming dk and dq keep their feature widths unspecialised (2-byte loads; specialised, triton 3.9 "
+    "spills them on sm_90); the T5 bias gathers are 4-byte loads in every kernel that computes scores"
 )
 def test_target_bf16_loads_are_16_byte_vectors(quick):
     kernels, _ = quick
@@ -183,8 +190,9 @@ def test_target_bf16_loads_are_16_byte_vectors(quick):
             "quad_attn",
             id="gau",
             marks=target(
-                "GAU's window (n 8192) is past SHORT_WINDOW: its streaming kernels recompute the scores per 64-wide "
-                "value block and dy vᵀ per feature block"
+                "GAU's window (n 8192) is past SHORT_WINDOW: its streaming kernels recompute the scores per 256-wide "
+                "value block (forward 1.34x) and dy vᵀ in both dk and dq (backward 1.79x); float32 dk / dq per "
+                "32- / 16-wide feature block (backward 8.4x)"
             ),
         ),
     ],

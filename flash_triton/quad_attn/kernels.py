@@ -35,11 +35,14 @@ _MU = tl.constexpr(0.7071067811865476)
 _C = tl.constexpr(2.5066282746310002)
 _SQRT2 = tl.constexpr(1.4142135623730951)
 
-# not specialised: lengths and counts (they vary per call). The feature widths S and E are not specialised either
-# yet: specialising them gives 16-byte vector loads and 17-51 fewer registers (benchmarks/RESULTS.md, static
-# profile), but spilled inside a loop in one float32 configuration on triton 3.9; it lands with the retune of
-# issue 13
-_NOSPEC = ["N", "W", "G", "S", "E"]
+# not specialised: lengths and counts (they vary per call). The feature widths S and E are specialised: a width that
+# is a multiple of 16 lets triton prove the feature masks 16-aligned, so half-precision operands load as 16-byte
+# vectors and software-pipeline (cp.async); at the benchmark shape that also frees 17-51 registers per kernel
+_NOSPEC = ["N", "W", "G"]
+# dk / dq keep S and E unspecialised (2-byte operand loads): specialised, triton 3.9's ptxas for sm_90 holds their
+# half-precision 32 x 32 tiles to 128 registers and spills 40-56 B (in the key loop for some flag sets), where the
+# unspecialised build takes 172 and spills nothing; they need new tiles (issue 13), not just the widths
+_NOSPEC_DQK = ["N", "W", "G", "S", "E"]
 
 
 @triton.jit
@@ -487,7 +490,7 @@ def _quad_attn_bwd_dv_kernel(
     tl.store(p_dv, acc.to(dv_ptr.dtype.element_ty), mask=m_n[:, None] & m_e[None, :])
 
 
-@triton.jit(do_not_specialize=_NOSPEC)
+@triton.jit(do_not_specialize=_NOSPEC_DQK)
 def _quad_attn_bwd_dqk_kernel(
     q_ptr,  # (B, N, S)
     k_ptr,  # (B, N, S)
@@ -678,18 +681,25 @@ def _dropout_keep_kernel(
 # configuration, with every flag combination the layers launch, compiles without register spills on sm_80 and
 # sm_90 under triton 3.6 and 3.9 (``python -m flash_triton.aot``). float32 keeps exact (non-TF32) products,
 # which run on FMA units with operands held in registers: small tiles. Not yet tuned on a GPU.
-# Retuned for triton 3.9 and the layers' flag sets: the half forward was 64 x 64 at 4 warps without dropout (22 of
-# its 64 layer flag sets spilled on sm_80 under 3.6, the production FLASH forward among them; 4 under 3.9) and
-# 32 x 32 at 4 warps with dropout (spilled on sm_90 under 3.9, and ran on mma.sync there); 64 x 32 at 8 warps spills
-# in neither and multiplies on wgmma on sm_90. The float32 forward was 16 x 16 with 16-wide query/key steps (6 of
-# 96 flag sets spilled a saved predicate mask on sm_90, once per program); 32 x 16 with 32-wide steps spills in none
-# (<= 139 registers).
+# History: the half forward was 64 x 64 at 4 warps without dropout (spilled on sm_80) and 32 x 32 at 4 warps with
+# dropout (mma.sync on sm_90); 64 x 32 at 8 warps spills in neither and multiplies on wgmma. The float32 forward was
+# 16 x 16 with 16-wide query/key steps (spilled a saved predicate mask on sm_90); 32 x 16 with 32-wide steps does not.
+# Issue 13 (feature widths specialised): BE sets how often the scores are recomputed (once per value block: E / BE
+# times), so the forward and dv take the widest value block that stays spill-free: 256 in half precision, 128 in
+# float32 (was 64 / 16). That takes GAU's forward at n 8192 from 2.7x to 1.34x the minimal FLOPs and its backward
+# from 2.5x to 1.8x. With dropout the half forward takes 128 in 32-wide query/key steps (256, and 128 in 64-wide
+# steps, spilled on sm_80 with every flag on at a query/key width of 200) and the float32 one 64. dv's query step
+# is 32 rows (64 spilled in the loop on sm_90 with a mask and a caller's bias), so its q kᵀ stays on mma.sync there
+# while Aᵀ dy (64 key rows) runs on wgmma. dk and dq stay 32 x 32: at 64 x 64 (wgmma) dk spilled 68-152 B in the
+# loop (the T5 bucket sums) and dq spilled on sm_80; float32 dk/dq with one 128-wide feature block (dy vᵀ not
+# recomputed per block) spilled 184-1,100 B.
 TILES = {
-    **{("fwd", "half", drop): (64, 32, 64, 64, 8) for drop in (False, True)},
-    ("dv", "half", False): (32, 64, 128, 64, 4),
-    ("dv", "half", True): (32, 32, 128, 64, 4),
+    ("fwd", "half", False): (64, 32, 64, 256, 8),
+    ("fwd", "half", True): (64, 32, 32, 128, 8),
+    **{("dv", "half", drop): (32, 64, 128, 256, 8) for drop in (False, True)},
     **{(kind, "half", drop): (32, 32, 128, 64, 8) for kind in ("dk", "dq") for drop in (False, True)},
-    **{("fwd", "fp32", drop): (32, 16, 32, 16, 4) for drop in (False, True)},
+    ("fwd", "fp32", False): (32, 16, 32, 128, 8),
+    ("fwd", "fp32", True): (32, 16, 32, 64, 8),  # 128 spilled in the loop on sm_90 at width 200 (triton 3.9)
     **{("dk", "fp32", drop): (32, 32, 32, 32, 8) for drop in (False, True)},
     **{("dv", "fp32", drop): (32, 32, 32, 32, 4) for drop in (False, True)},
     ("dq", "fp32", False): (32, 16, 16, 32, 4),
