@@ -376,6 +376,10 @@ def _main(argv: list[str] | None) -> int:
             dist_env=dist_env,
             control_group=control_group,
         )
+        if dist_env.enabled and result.status == "done":  # every rank (all finish the same steps) past its last
+            # collective before any tears its connections down: a gloo rank that left first aborted its peer's exit
+            # once, on a loaded machine
+            dist.barrier(group=control_group)
     except (CheckpointError, BackendUnavailableError) as err:  # raised before anything is written
         return _error(str(err), dist_env)
     except TrainingDiverged as err:  # nothing non-finite written; the last checkpoint stays the latest
