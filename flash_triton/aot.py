@@ -178,12 +178,14 @@ def kernel_launches(launch: Launch, window: int, every_path: bool = False) -> li
             ("quad_attn_dq_product", "_quad_tile_product_kernel", dict(tiles, COLUMNS=False)),
             ("quad_attn_dk_product", "_quad_tile_product_kernel", dict(tiles, COLUMNS=True)),
         ]
-    if launch.flash:  # states again (masked), dP = lin_qᵀ dY (unmasked); dY Pᵀ (unmasked), v dSᵀ and lin_k dS
+    if launch.flash:  # states again (masked), dP = lin_qᵀ dY (unmasked); dY Pᵀ (unmasked), v dSᵀ (masked) and
+        # dv += lin_k dS (masked, added to the quadratic half's dv in the epilogue)
         varlen = dict(VARLEN=launch.packed)
         out += [
             ("group_state", "_group_state_kernel", dict(HAS_MASK=False, **varlen)),
-            ("group_apply", "_group_apply_kernel", dict(HAS_MASK=False, **varlen)),
-            ("group_apply", "_group_apply_kernel", dict(HAS_MASK=launch.mask, **varlen)),
+            ("group_apply", "_group_apply_kernel", dict(HAS_MASK=False, ACCUMULATE=False, **varlen)),
+            ("group_apply", "_group_apply_kernel", dict(HAS_MASK=launch.mask, ACCUMULATE=False, **varlen)),
+            ("group_apply", "_group_apply_kernel", dict(HAS_MASK=launch.mask, ACCUMULATE=True, **varlen)),
         ]
     return out
 

@@ -320,8 +320,7 @@ def core_launches(core: str, n: int, s: int, e: int, g: int, dtype: torch.dtype,
             Launch("group_state (lin_qᵀ dY)", gemm, n * p * (s + e), state),
             Launch("state_scan (adjoint of the prefix)", 0.0, state, state),
             Launch("group_apply (v dSᵀ)", gemm, n * p * e + state, n * p * s),
-            Launch("group_apply (lin_k dS)", gemm, n * p * s + state, n * p * e),
-            Launch("torch: dv += lin_k dS", 0.0, 2.0 * n * p * e, n * p * e),
+            Launch("group_apply (dv += lin_k dS)", gemm, n * p * (s + e) + state, n * p * e),
         ]
     return out
 

@@ -184,6 +184,17 @@ def test_group_state_and_apply_match_einsum():
     expected = torch.einsum("bgte,bged->bgtd", pad(b_, (0, 0, 0, 11)).unflatten(1, (3, 16)), m).flatten(1, 2)[:, :37]
     expected = expected.masked_fill(~mask[..., None], 0) * 0.5
     assert_close_scaled(y, expected, 1e-5, "group_apply")
+    # accumulate: added in place to an existing partial result; rows the mask drops keep their value
+    base = torch.randn(2, 37, 24, generator=gen).to(DEVICE)
+    into = base.clone()
+    y2 = mca_kernels.group_apply(b_, m, 16, 0.5, row_mask=mask, accumulate=into)
+    assert y2 is into
+    assert_close_scaled(into, base + expected, 1e-5, "group_apply accumulate")
+    torch.testing.assert_close(into[~mask], base[~mask], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="accumulate must be a contiguous tensor of shape"):
+        mca_kernels.group_apply(b_, m, 16, 0.5, accumulate=base.transpose(0, 1).contiguous().transpose(0, 1))
+    with pytest.raises(ValueError, match="accumulate must be a contiguous tensor of shape"):
+        mca_kernels.group_apply(b_, m, 16, 0.5, accumulate=base[:, :5])
 
 
 def test_dropout_forward_and_backward_use_the_same_mask(kernel_path):

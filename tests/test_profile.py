@@ -207,7 +207,7 @@ def test_target_executed_flops_near_the_minimum(quick, core):
 
 
 @target(
-    "FLASH 2.5x: fp32 states recomputed in the backward, dy = d_out gate and dgate as torch ops, the stored tiles; "
+    "FLASH 2.4x: fp32 states recomputed in the backward, dy = d_out gate and dgate as torch ops, the stored tiles; "
     "GAU 2x: each of its three streaming backward kernels reads q, k, v and dy"
 )
 def test_target_core_bytes_within_1_5x_the_floor(quick):

@@ -7,7 +7,8 @@ past n are never read, so nothing is padded or copied):
   forward and ``lin_qᵀ dY`` of the backward. An optional row mask drops tokens of ``a`` (masked keys).
 - ``group_apply(x, m)``: ``y_t = scale * x_t m[b, group(t)]``, e.g. ``lin_q P`` and the backward's
   ``dY Pᵀ``, ``v dSᵀ``, ``lin_k dS``; ``m`` is read through strides, so a transposed state costs no copy. An
-  optional row mask zeroes rows of ``y``.
+  optional row mask zeroes rows of ``y``; with ``accumulate`` the product is added to an existing ``y`` in place
+  (the backward's ``dv += lin_k dS``).
 
 And ``state_scan``: the causal prefix of those states (and, in reverse, its adjoint) in one pass over the groups.
 """
@@ -96,6 +97,7 @@ def _group_apply_kernel(
     scale,
     HAS_MASK: tl.constexpr,
     VARLEN: tl.constexpr,
+    ACCUMULATE: tl.constexpr,  # y += (instead of y =): y holds a partial result (dv of the quadratic half)
     BT: tl.constexpr,
     BX: tl.constexpr,
     BY: tl.constexpr,
@@ -128,7 +130,10 @@ def _group_apply_kernel(
         keep = tl.load(mask_ptr + i_b64 * stride_kb + o_t, mask=m_t, other=0) != 0
         acc = tl.where(keep[:, None], acc, 0.0)
     p_y = y_ptr + i_b64 * stride_yb + o_t[:, None] * stride_yn + o_y[None, :]
-    tl.store(p_y, acc.to(y_ptr.dtype.element_ty), mask=m_t[:, None] & m_y[None, :])
+    m_out = m_t[:, None] & m_y[None, :]
+    if ACCUMULATE:  # one rounding of the sum, in y's dtype
+        acc += tl.load(p_y, mask=m_out, other=0.0).to(tl.float32)
+    tl.store(p_y, acc.to(y_ptr.dtype.element_ty), mask=m_out)
 
 
 @triton.jit(do_not_specialize=["G"])  # F = S * E is a model width (a multiple of 16: 16-byte vectors), G varies
@@ -246,14 +251,24 @@ def group_apply(
     row_mask: Tensor | None = None,
     out_dtype=None,
     windows: Tensor | None = None,
+    accumulate: Tensor | None = None,
 ) -> Tensor:
     """(B, N, DY) ``scale * x_t m[b, group(t)]`` for x (B, N, DX) and m (B, G, DX, DY) float32 (any strides);
-    ``windows`` as in :func:`group_state`."""
+    ``windows`` as in :func:`group_state`. With ``accumulate`` (a contiguous (B, N, DY) tensor), the product is
+    added to it in place (the sum rounded once) and it is returned; rows the mask drops keep their value."""
     x = _unit_stride(x)
     check_row_offsets(x=x, y=torch.empty(x.shape[0], x.shape[1], m.shape[-1], device="meta"))
     bsz, n, dx = x.shape
     dy = m.shape[-1]
-    y = new_output(x, (bsz, n, dy), out_dtype or x.dtype)
+    if accumulate is not None:
+        if accumulate.shape != (bsz, n, dy) or not accumulate.is_contiguous():
+            raise ValueError(
+                f"accumulate must be a contiguous tensor of shape {(bsz, n, dy)}, got {tuple(accumulate.shape)} "
+                f"with strides {accumulate.stride()}"
+            )
+        y = accumulate
+    else:
+        y = new_output(x, (bsz, n, dy), out_dtype or x.dtype)
     mask = row_mask_u8(row_mask)
     cfg = apply_config(group, dx, dy, x.dtype)
     g = windows.shape[0] if windows is not None else triton.cdiv(n, group)
@@ -280,6 +295,7 @@ def group_apply(
         scale,
         HAS_MASK=mask is not None,
         VARLEN=windows is not None,
+        ACCUMULATE=accumulate is not None,
         DOT_PREC=dot_precision(x.dtype),
         enable_fp_fusion=FP_FUSION,
         **cfg,

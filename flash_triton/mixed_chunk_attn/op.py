@@ -156,7 +156,8 @@ def _bwd(
     dlk = kernels.group_apply(
         v, d_states.transpose(-1, -2), g, 1.0, row_mask=key_mask, out_dtype=lin_k.dtype, windows=windows
     )
-    dv = dv + kernels.group_apply(lin_k, d_states, g, 1.0, row_mask=key_mask, out_dtype=v.dtype, windows=windows)
+    # dv += lin_k dS in the kernel's epilogue (dv: the quadratic half's fresh, contiguous output)
+    dv = kernels.group_apply(lin_k, d_states, g, 1.0, row_mask=key_mask, windows=windows, accumulate=dv)
     d_init = d_init if initial_state is not None else None
     return dqq, dqk, dlq, dlk, dv, or_empty(dt5, v, torch.float32), or_empty(d_init, v, torch.float32)
 
