@@ -34,10 +34,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..common.jit import FP_FUSION, check_row_offsets, dot, dot_precision, new_output, window_bounds
-from .kernels import _act, _act_grad, _dropout_scale, _keep, _scores, t5_bucket_sums
-
-# lengths and counts vary per call; the feature widths S and E are specialised (16-byte loads where aligned)
-_NOSPEC = ["N", "W", "G"]
+from .kernels import _NOSPEC, _act, _act_grad, _bias_strides, _dropout_scale, _keep, _scores, t5_bucket_sums
 
 
 @triton.jit(do_not_specialize=_NOSPEC)
@@ -487,7 +484,7 @@ def _score_args(
     and the dropout draw read, the scalars and the flags (each launch adds its own outputs and blocks)."""
     b, n, s = q.shape
     dummy = q.new_empty(0)
-    bias_strides = (0, 0, 0) if bias is None else bias.expand(b, n, n).stride()
+    bias_strides = _bias_strides(bias, b, n)
     return dict(
         q_ptr=q,
         k_ptr=k,
