@@ -165,11 +165,19 @@ def kernel_launches(launch: Launch, window: int, every_path: bool = False) -> li
     if not launch.train:
         return out
     dbias = launch.bias and launch.bias_grad
+    dqk = dict(KEY_TILES=True, DT5=True, NB=32)
     if every_path or not short:
         out += [
             ("quad_attn_dv", "_quad_attn_bwd_dv_kernel", common),
-            ("quad_attn_dk", "_quad_attn_bwd_dqk_kernel", dict(common, KEY_TILES=True, DT5=True, DBIAS=False, NB=32)),
-            ("quad_attn_dq", "_quad_attn_bwd_dqk_kernel", dict(common, KEY_TILES=False, DT5=False, DBIAS=dbias, NB=32)),
+            # dq added into float32 atomically from the key tiles (the default), or, with torch's deterministic
+            # algorithms, a query-tile pass of its own
+            ("quad_attn_dkq", "_quad_attn_bwd_dqk_kernel", dict(common, **dqk, DQ_ATOMIC=True, DBIAS=dbias)),
+            ("quad_attn_dk", "_quad_attn_bwd_dqk_kernel", dict(common, **dqk, DQ_ATOMIC=False, DBIAS=False)),
+            (
+                "quad_attn_dq",
+                "_quad_attn_bwd_dqk_kernel",
+                dict(common, KEY_TILES=False, DQ_ATOMIC=False, DT5=False, DBIAS=dbias, NB=32),
+            ),
         ]
     if short:  # the weights and score gradients stored, then dv = Aᵀ dy, dq = ds k, dk = dsᵀ q over them
         out += [
@@ -227,7 +235,7 @@ def variants(shapes: list, dtypes: list[str], launches: list[Launch], every_path
             dtype = data_dtype if "DOT_PREC" in jit.arg_names else "fp32"
             for cfg, widths in _tiles(name, w, s, e, TORCH_DTYPES[dtype], launch.dropout and name.startswith("quad")):
                 cfg = dict(cfg)
-                options = {k: cfg.pop(k) for k in ("num_warps", "num_stages")}
+                options = {k: cfg.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in cfg}
                 options["enable_fp_fusion"] = FP_FUSION
                 constexprs = dict(flags, **cfg)
                 if "DOT_PREC" in jit.arg_names:

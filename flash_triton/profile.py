@@ -223,15 +223,18 @@ def short_backward(n: int, w: int, s: int, e: int, dtype: torch.dtype, causal: b
     return dscores, products, float(tiles * bm * bn)
 
 
-def quad_backward(n: int, w: int, s: int, e: int, dtype: torch.dtype, causal: bool) -> float:
+def quad_backward(
+    n: int, w: int, s: int, e: int, dtype: torch.dtype, causal: bool, deterministic: bool = False
+) -> float:
     """Executed FLOPs of the backward the launcher picks: :func:`short_backward` for windows of at most
-    ``SHORT_WINDOW`` tokens; else the dv kernel (scores and Aᵀ dy per key tile and value block) and the dk / dq kernels
-    (per tile and query/key feature block: dA = dy vᵀ over all of E, the scores over the padded width, and the
-    tile's dsᵀ q or ds k over its feature block)."""
+    ``SHORT_WINDOW`` tokens; else the dv kernel (scores and Aᵀ dy per key tile and value block) and the dk kernel
+    with dq added atomically ("dkq": per key tile and query/key feature block, dA = dy vᵀ over all of E, the scores
+    over the padded width, the tile's dsᵀ q and ds k over its feature block); with ``deterministic`` (torch's
+    deterministic algorithms) the dk and dq kernels instead, each with dA and the scores of its own."""
     if w <= qa.SHORT_WINDOW:
         return sum(short_backward(n, w, s, e, dtype, causal)[:2])
     total = 0.0
-    for kind in ("dv", "dk", "dq"):
+    for kind in ("dv", "dk", "dq") if deterministic else ("dv", "dkq"):
         c = quad_tiles(kind, w, s, e, dtype)
         bm, bn, bs, be = c["BM"], c["BN"], c["BS"], c["BE"]
         s_pad, e_pad = c["S_BLOCKS"] * bs, _cdiv(e, be) * be
@@ -241,10 +244,11 @@ def quad_backward(n: int, w: int, s: int, e: int, dtype: torch.dtype, causal: bo
                 for k0 in range(ws, we, bn):
                     steps = _cdiv(we - (k0 if causal else ws), bm)
                     total += _cdiv(e, be) * steps * 2.0 * bm * bn * (s_pad + be)
-            elif kind == "dk":
+            elif kind in ("dk", "dkq"):
+                products = bs if kind == "dk" else 2 * bs  # dsᵀ q (and ds k)
                 for k0 in range(ws, we, bn):
                     steps = _cdiv(we - (k0 if causal else ws), bm)
-                    total += c["S_BLOCKS"] * steps * 2.0 * bm * bn * (e_pad + s_pad + bs)
+                    total += c["S_BLOCKS"] * steps * 2.0 * bm * bn * (e_pad + s_pad + products)
             else:
                 for q0 in range(ws, we, bm):
                     hi = min(we, q0 + bm) if causal else we
@@ -287,13 +291,15 @@ def _gated_quad(
         ]
     return fwd, [
         gate,
-        # dv reads q, k, dy; dk and dq read q, k, v, dy each
+        # dv reads q, k, dy; dk (dq added atomically into float32, which stays in L2 until written once) reads q, k,
+        # v, dy
         Launch(
-            "quad_attn_bwd (dv, dk, dq)",
+            "quad_attn_bwd (dv, dk + atomic dq)",
             quad_backward(n, w, s, e, dtype, True),
-            n * p * (6 * s + 5 * e),
-            n * p * (2 * s + e),
+            n * p * (4 * s + 3 * e),
+            n * p * (s + e) + n * 4.0 * s,
         ),
+        Launch("torch: dq accumulator zeroed, cast to the input dtype", 0.0, n * 4.0 * s, n * 4.0 * s + n * p * s),
     ]
 
 

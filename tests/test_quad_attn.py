@@ -120,6 +120,42 @@ def test_non_contiguous_inputs_give_the_contiguous_results(window, causal, kerne
         torch.testing.assert_close(grads_v[name], grads[name], rtol=1e-6, atol=1e-6, msg=f"grad of {name}")
 
 
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.bfloat16], ids=lambda d: {torch.float32: "fp32", torch.bfloat16: "bf16"}[d]
+)
+@pytest.mark.parametrize("causal, bias", [(True, None), (False, "bnn")], ids=["causal", "bias"])
+def test_streaming_backward_deterministic_pass_matches_the_atomic_one(monkeypatch, causal, bias, dtype):
+    """The streaming backward adds dq in from its key tiles with float32 atomics (dy vᵀ and the scores computed once
+    for dq and dk); under ``torch.use_deterministic_algorithms`` a query-tile pass computes dq in a fixed order
+    instead. Both match the reference, each other to float32 summation order, and the deterministic pass repeats
+    itself bit for bit."""
+    monkeypatch.setattr(qa, "SHORT_WINDOW", 0)
+    b, n, s, e = 2, 45, 24, 40
+    tensors, key_mask = make_inputs(b, n, s, e, dtype, mask=True, bias=bias)
+    kw = dict(scale=1.0 / n, window=None, causal=causal, key_mask=key_mask, t5_scale=0.7, bias_scale=1.0 / n)
+    grad_out = torch.randn(b, n, e, device=DEVICE)
+    counters = count_launches(monkeypatch, qa, "_quad_attn_bwd_dqk_kernel")
+    _, atomic = run(op.quad_attn_triton, tensors, dtype, grad_out, **kw)
+    assert counters["_quad_attn_bwd_dqk_kernel"].launches == 1  # dk, with dq added in
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        _, fixed = run(op.quad_attn_triton, tensors, dtype, grad_out, **kw)
+        _, again = run(op.quad_attn_triton, tensors, dtype, grad_out, **kw)
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    assert counters["_quad_attn_bwd_dqk_kernel"].launches == 1 + 2 * 2  # then dk and dq, twice
+    _, grads_ref = run(ref.quad_attn, tensors, dtype, grad_out, **kw)
+    _, grads64 = run(ref.quad_attn, tensors, torch.float64, grad_out, **kw)
+    assert atomic.keys() == fixed.keys() == grads64.keys() and "q" in atomic
+    for name in atomic:
+        assert torch.equal(fixed[name], again[name]), f"deterministic grad of {name} changed between runs"
+        close_to_reference(atomic[name], grads_ref[name], grads64[name], dtype, f"atomic-dq grad of {name}")
+        close_to_reference(fixed[name], grads_ref[name], grads64[name], dtype, f"deterministic grad of {name}")
+    tol = 1e-5 if dtype == torch.float32 else 1e-2  # bf16: one rounding of a float32 sum in another order
+    assert_close_scaled(atomic["q"], fixed["q"], tol, "dq, atomic against deterministic")
+
+
 def test_dropout_keep_mask_statistics_and_determinism():
     p = 0.3
     seed = torch.tensor([123], dtype=torch.int64, device=DEVICE)

@@ -70,7 +70,8 @@ def _group_state_kernel(
         p_b = b_ptr + i_b64 * stride_bb + o_t[:, None] * stride_bn + o_b[None, :]
         b_b = tl.load(p_b, mask=m_t[:, None] & m_b[None, :], other=0.0)
         acc = dot(b_at, b_b, acc, DOT_PREC)
-    p_out = out_ptr + i_b64 * stride_ob + i_g * stride_og + o_a[:, None] * stride_oa + o_b[None, :]
+    # the group's offset in 64 bits: a batch row's states pass 2**31 elements at 1M tokens in groups of 64
+    p_out = out_ptr + i_b64 * stride_ob + i_g.to(tl.int64) * stride_og + o_a[:, None] * stride_oa + o_b[None, :]
     tl.store(p_out, acc, mask=m_a[:, None] & m_b[None, :])
 
 
@@ -113,6 +114,7 @@ def _group_apply_kernel(
     o_y = i_dy * BY + tl.arange(0, BY)
     m_y = o_y < DY
     i_b64 = i_b.to(tl.int64)
+    m_base = m_ptr + i_b64 * stride_mb + i_g.to(tl.int64) * stride_mg  # 64-bit, as in _group_state_kernel
     acc = tl.zeros((BT, BY), dtype=tl.float32)
     for x0 in range(0, DX, BX):
         o_x = x0 + tl.arange(0, BX)
@@ -122,7 +124,7 @@ def _group_apply_kernel(
             mask=m_t[:, None] & m_x[None, :],
             other=0.0,
         )
-        p_m = m_ptr + i_b64 * stride_mb + i_g * stride_mg + o_x[:, None] * stride_mx + o_y[None, :] * stride_my
+        p_m = m_base + o_x[:, None] * stride_mx + o_y[None, :] * stride_my
         b_m = tl.load(p_m, mask=m_x[:, None] & m_y[None, :], other=0.0)
         acc = dot(b_x, b_m.to(b_x.dtype), acc, DOT_PREC)  # fp32 states meet x's precision
     acc = acc * scale

@@ -39,10 +39,6 @@ _SQRT2 = tl.constexpr(1.4142135623730951)
 # is a multiple of 16 lets triton prove the feature masks 16-aligned, so half-precision operands load as 16-byte
 # vectors and software-pipeline (cp.async); at the benchmark shape that also frees 17-51 registers per kernel
 _NOSPEC = ["N", "W", "G"]
-# dk / dq keep S and E unspecialised (2-byte operand loads): specialised, triton 3.9's ptxas for sm_90 holds their
-# half-precision 32 x 32 tiles to 128 registers and spills 40-56 B (in the key loop for some flag sets), where the
-# unspecialised build takes 172 and spills nothing; they need new tiles (issue 13), not just the widths
-_NOSPEC_DQK = ["N", "W", "G", "S", "E"]
 
 
 @triton.jit
@@ -263,7 +259,7 @@ def _quad_attn_fwd_kernel(
     if HAS_LIN:
         # FLASH's linear half in the same output tile: acc += lin_q P[window] (the window's state, fp32)
         lq_base = lq_ptr + i_b64 * stride_lqb
-        p_base = p_ptr + i_b64 * stride_pb + i_w * stride_pg
+        p_base = p_ptr + i_b64 * stride_pb + i_w.to(tl.int64) * stride_pg
         for s0 in range(0, S, BS):
             o_s = s0 + tl.arange(0, BS)
             m_s = o_s < S
@@ -490,13 +486,14 @@ def _quad_attn_bwd_dv_kernel(
     tl.store(p_dv, acc.to(dv_ptr.dtype.element_ty), mask=m_n[:, None] & m_e[None, :])
 
 
-@triton.jit(do_not_specialize=_NOSPEC_DQK)
+@triton.jit(do_not_specialize=_NOSPEC)
 def _quad_attn_bwd_dqk_kernel(
     q_ptr,  # (B, N, S)
     k_ptr,  # (B, N, S)
     v_ptr,  # (B, N, E)
     dy_ptr,  # (B, N, E)
     dx_ptr,  # (B, N, S): dq when KEY_TILES is False, dk when True
+    dqa_ptr,  # (B, N, S) float32 zeros that dq is added into atomically (DQ_ATOMIC), or dummy
     dt5_ptr,  # (num programs, NB) float32 partial sums of the T5 table gradient, or dummy
     dbias_ptr,  # (B, N, N) float32 score gradient times bias_scale, or dummy
     mask_ptr,
@@ -530,6 +527,7 @@ def _quad_attn_bwd_dqk_kernel(
     bias_scale,
     dropout_p,
     KEY_TILES: tl.constexpr,
+    DQ_ATOMIC: tl.constexpr,
     CAUSAL: tl.constexpr,
     LAPLACE: tl.constexpr,
     VARLEN: tl.constexpr,
@@ -547,8 +545,11 @@ def _quad_attn_bwd_dqk_kernel(
     BE: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    """dq[i] = scale Σ_j ds[i, j] k_j per query tile (KEY_TILES=False; also dbias), or
-    dk[j] = scale Σ_i ds[i, j] q_i per key tile (KEY_TILES=True; also the T5 partials). One feature block each."""
+    """dq[i] = scale Σ_j ds[i, j] k_j per query tile (KEY_TILES=False), or dk[j] = scale Σ_i ds[i, j] q_i per key
+    tile (KEY_TILES=True; also the T5 partials). One feature block each. With DQ_ATOMIC (key tiles), each tile's
+    score gradients also give its share of dq, added into the float32 ``dqa`` with atomics: dy vᵀ and the scores are
+    computed once for dq and dk, not once each. DBIAS stores the score gradients (times bias_scale) of every tile
+    the program visits."""
     i_t, i_s, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     BT: tl.constexpr = BN if KEY_TILES else BM  # this program's tile
     BO: tl.constexpr = BM if KEY_TILES else BN  # the tiles it loops over
@@ -582,6 +583,8 @@ def _quad_attn_bwd_dqk_kernel(
     o_nb = tl.arange(0, NB)
     acc_t5 = tl.zeros((NB,), dtype=tl.float32)
     acc = tl.zeros((BT, BS), dtype=tl.float32)
+    if DQ_ATOMIC:  # this key tile's k, for its share of dq: loaded once
+        b_kt = tl.load(k_base + o_t[:, None] * stride_kn + o_f[None, :], mask=m_t[:, None] & m_f[None, :], other=0.0)
     for x0 in range(lo, hi, BO):
         o_x = x0 + tl.arange(0, BO)
         m_x = o_x < hi
@@ -634,16 +637,20 @@ def _quad_attn_bwd_dqk_kernel(
         if KEY_TILES:
             b_q = tl.load(q_base + o_m[:, None] * stride_qn + o_f[None, :], mask=m_m[:, None] & m_f[None, :], other=0.0)
             acc = dot(tl.trans(ds).to(b_q.dtype), b_q, acc, DOT_PREC)
+            if DQ_ATOMIC:
+                dq_part = dot(ds.to(b_kt.dtype), b_kt, tl.zeros((BO, BS), dtype=tl.float32), DOT_PREC)
+                p_dqa = dqa_ptr + i_b64 * N * S + o_m[:, None] * S + o_f[None, :]
+                tl.atomic_add(p_dqa, dq_part * scale, mask=m_m[:, None] & m_f[None, :], sem="relaxed")
             if DT5:
                 if i_s == 0:
                     acc_t5 = t5_bucket_sums(acc_t5, ds, o_m, o_n, lut_ptr, max_dist, NB)
         else:
             b_k = tl.load(k_base + o_n[:, None] * stride_kn + o_f[None, :], mask=m_n[:, None] & m_f[None, :], other=0.0)
             acc = dot(ds.to(b_k.dtype), b_k, acc, DOT_PREC)
-            if DBIAS:
-                if i_s == 0:
-                    p_db = dbias_ptr + i_b64 * N * N + o_m[:, None] * N + o_n[None, :]
-                    tl.store(p_db, ds * bias_scale, mask=m_m[:, None] & m_n[None, :])
+        if DBIAS:
+            if i_s == 0:
+                p_db = dbias_ptr + i_b64 * N * N + o_m[:, None] * N + o_n[None, :]
+                tl.store(p_db, ds * bias_scale, mask=m_m[:, None] & m_n[None, :])
     p_dx = dx_ptr + i_b64 * stride_dxb + o_t[:, None] * stride_dxn + o_f[None, :]
     tl.store(p_dx, (acc * scale).to(dx_ptr.dtype.element_ty), mask=m_t[:, None] & m_f[None, :])
     if DT5:
@@ -692,15 +699,19 @@ def _dropout_keep_kernel(
 # is 32 rows (64 spilled in the loop on sm_90 with a mask and a caller's bias), so its q kᵀ stays on mma.sync there
 # while Aᵀ dy (64 key rows) runs on wgmma. dk and dq stay 32 x 32: at 64 x 64 (wgmma) dk spilled 68-152 B in the
 # loop (the T5 bucket sums) and dq spilled on sm_80; float32 dk/dq with one 128-wide feature block (dy vᵀ not
-# recomputed per block) spilled 184-1,100 B.
+# recomputed per block) spilled 184-1,100 B. "dkq" is dk that also adds each tile's share of dq into float32 with
+# atomics (dy vᵀ and the scores once for both: GAU's bf16 backward 1.79x -> 1.29x the minimal FLOPs, float32 8.4x ->
+# 4.4x); its float32 key tile is 16 rows (32 spilled on sm_80). dk / dq / dkq specialise their widths too (16-byte
+# operand loads) in one stage with every register allowed (see launch_config).
 TILES = {
     ("fwd", "half", False): (64, 32, 64, 256, 8),
     ("fwd", "half", True): (64, 32, 32, 128, 8),
     **{("dv", "half", drop): (32, 64, 128, 256, 8) for drop in (False, True)},
-    **{(kind, "half", drop): (32, 32, 128, 64, 8) for kind in ("dk", "dq") for drop in (False, True)},
+    **{(kind, "half", drop): (32, 32, 128, 64, 8) for kind in ("dk", "dkq", "dq") for drop in (False, True)},
     ("fwd", "fp32", False): (32, 16, 32, 128, 8),
     ("fwd", "fp32", True): (32, 16, 32, 64, 8),  # 128 spilled in the loop on sm_90 at width 200 (triton 3.9)
     **{("dk", "fp32", drop): (32, 32, 32, 32, 8) for drop in (False, True)},
+    **{("dkq", "fp32", drop): (32, 16, 32, 32, 8) for drop in (False, True)},
     **{("dv", "fp32", drop): (32, 32, 32, 32, 4) for drop in (False, True)},
     ("dq", "fp32", False): (32, 16, 16, 32, 4),
     ("dq", "fp32", True): (32, 16, 16, 32, 8),  # at 4 warps it spilled inside the key loop on sm_80 (triton 3.9)
@@ -709,23 +720,31 @@ TILES = {
 
 def launch_config(kind: str, window: int, qk_dim: int, v_dim: int, dtype: torch.dtype, dropout: bool) -> dict:
     """Tile sizes (powers of two, >= 16 for tl.dot, no larger than needed) and warps of kernel ``kind``
-    ("fwd", "dv", "dk", "dq") for a window, query/key width, value width, dtype and dropout on/off."""
+    ("fwd", "dv", "dk", "dq"; "dkq": dk with dq added in atomically) for a window, query/key width, value width,
+    dtype and dropout on/off."""
     precision = "fp32" if dtype == torch.float32 else "half"
     bm, bn, bs, be, warps = TILES[(kind, precision, dropout)]
     fit = max(16, triton.next_power_of_2(window))
     bs = min(bs, max(16, triton.next_power_of_2(qk_dim)))
     be = min(be, max(16, triton.next_power_of_2(v_dim)))
     # 16 x 16 score tiles (windows of <= 16 tokens): 4 warps where 8 spilled inside the loop (float32 dk on sm_90,
-    # half-precision dk with dropout on sm_80; a half dk without dropout spills at 4 instead)
-    if fit <= 16 and (precision == "fp32" or (kind == "dk" and dropout)):
+    # half-precision dk with dropout on sm_80; a half dk without dropout spills at 4 instead, and so does dk when it
+    # adds dq in, in either precision, with dropout or not)
+    if fit <= 16 and ((precision == "fp32" and kind != "dkq") or (kind == "dk" and dropout)):
         warps = min(warps, 4)
     if kind == "dq" and precision == "half" and qk_dim <= 64:  # 8 warps spilled in the key loop on sm_80 (triton
         warps = 4  # 3.6) at query/key width 64; 4 spill nowhere there, but do at width 128 on sm_90
     if kind == "dq" and precision == "half" and dropout and qk_dim > bs:  # two 128-wide blocks with dropout spilled
         bs = 64  # inside the loop on sm_90 (triton 3.6); 64-wide blocks spill nowhere
-    return dict(
+    cfg = dict(
         BM=min(bm, fit), BN=min(bn, fit), BS=bs, S_BLOCKS=triton.cdiv(qk_dim, bs), BE=be, num_warps=warps, num_stages=2
     )
+    if kind in ("dk", "dq", "dkq"):
+        # ptxas, left to itself, holds some of these builds to 128 registers (two blocks per SM) and spills inside
+        # the loop (sm_80, 16-wide tiles with dropout; width 64; specialised widths): allow it every register. One
+        # stage: their feature widths are specialised (16-byte loads) but a second stage of buffers spills them
+        cfg.update(maxnreg=255, num_stages=1)
+    return cfg
 
 
 @functools.lru_cache(maxsize=32)
@@ -934,11 +953,16 @@ def quad_attn_bwd(
             need_dbias=need_dbias and bias is not None,
             windows=windows,
         )
-    cfgs = {kind: launch_config(kind, w, s, e, q.dtype, dropout_p > 0) for kind in ("dv", "dk", "dq")}
-    dq, dk, dv = new_output(q, q.shape), new_output(k, k.shape), new_output(v, v.shape)
+    # dq from the key tiles' score gradients with float32 atomics (dy vᵀ and the scores once for dq and dk), unless
+    # torch is asked for deterministic algorithms: then a query-tile pass recomputes them and sums in a fixed order
+    atomic_dq = not torch.are_deterministic_algorithms_enabled()
+    cfgs = {kind: launch_config(kind, w, s, e, q.dtype, dropout_p > 0) for kind in ("dv", "dk", "dkq", "dq")}
+    dk, dv = new_output(k, k.shape), new_output(v, v.shape)
+    dqa = q.new_zeros(q.shape, dtype=torch.float32) if atomic_dq else None
+    dq = new_output(q, q.shape) if not atomic_dq else None
     dummy = q.new_empty(0)
     nb = triton.next_power_of_2(t5_weight.numel()) if t5_weight is not None else 1
-    key_tiles = g * triton.cdiv(w, cfgs["dk"]["BN"])
+    key_tiles = g * triton.cdiv(w, cfgs["dkq" if atomic_dq else "dk"]["BN"])
     query_tiles = g * triton.cdiv(w, cfgs["dq"]["BM"])
     need_dt5 = need_dt5 and t5_weight is not None
     need_dbias = need_dbias and bias is not None
@@ -996,14 +1020,16 @@ def quad_attn_bwd(
         **common,
         **cfg,
     )
-    for key, tiles, dx in ((True, key_tiles, dk), (False, query_tiles, dq)):
-        cfg = cfgs["dk" if key else "dq"]
+    passes = ((True, key_tiles, dk),) if atomic_dq else ((True, key_tiles, dk), (False, query_tiles, dq))
+    for key, tiles, dx in passes:
+        cfg = cfgs[("dkq" if atomic_dq else "dk") if key else "dq"]
         _quad_attn_bwd_dqk_kernel[(tiles, cfg["S_BLOCKS"], b)](
             q,
             k,
             v,
             dy,
             dx,
+            dqa if dqa is not None else dummy,
             dt5_part if dt5_part is not None else dummy,
             dbias if dbias is not None else dummy,
             *tables,
@@ -1024,13 +1050,16 @@ def quad_attn_bwd(
             dx.stride(1),
             *tail,
             KEY_TILES=key,
+            DQ_ATOMIC=atomic_dq,
             DT5=need_dt5 and key,
-            DBIAS=need_dbias and not key,
+            DBIAS=need_dbias and key == atomic_dq,
             NB=nb,
             enable_fp_fusion=FP_FUSION,
             **common,
             **cfg,
         )
+    if atomic_dq:
+        dq = dqa.to(q.dtype)
     dt5 = dt5_part.sum(0)[: t5_weight.numel()] if dt5_part is not None else None
     return dq, dk, dv, dt5, dbias
 
