@@ -956,14 +956,15 @@ def quad_attn_bwd(
     # dq from the key tiles' score gradients with float32 atomics (dy vᵀ and the scores once for dq and dk), unless
     # torch is asked for deterministic algorithms: then a query-tile pass recomputes them and sums in a fixed order
     atomic_dq = not torch.are_deterministic_algorithms_enabled()
-    cfgs = {kind: launch_config(kind, w, s, e, q.dtype, dropout_p > 0) for kind in ("dv", "dk", "dkq", "dq")}
+    key_kind = "dkq" if atomic_dq else "dk"
+    kinds = ("dv", key_kind) if atomic_dq else ("dv", key_kind, "dq")
+    cfgs = {kind: launch_config(kind, w, s, e, q.dtype, dropout_p > 0) for kind in kinds}
     dk, dv = new_output(k, k.shape), new_output(v, v.shape)
     dqa = q.new_zeros(q.shape, dtype=torch.float32) if atomic_dq else None
     dq = new_output(q, q.shape) if not atomic_dq else None
     dummy = q.new_empty(0)
     nb = triton.next_power_of_2(t5_weight.numel()) if t5_weight is not None else 1
-    key_tiles = g * triton.cdiv(w, cfgs["dkq" if atomic_dq else "dk"]["BN"])
-    query_tiles = g * triton.cdiv(w, cfgs["dq"]["BM"])
+    key_tiles = g * triton.cdiv(w, cfgs[key_kind]["BN"])
     need_dt5 = need_dt5 and t5_weight is not None
     need_dbias = need_dbias and bias is not None
     dt5_part = new_output(q, (b * key_tiles, nb), torch.float32) if need_dt5 else None
@@ -1020,9 +1021,11 @@ def quad_attn_bwd(
         **common,
         **cfg,
     )
-    passes = ((True, key_tiles, dk),) if atomic_dq else ((True, key_tiles, dk), (False, query_tiles, dq))
-    for key, tiles, dx in passes:
-        cfg = cfgs[("dkq" if atomic_dq else "dk") if key else "dq"]
+    passes = [(key_kind, True, key_tiles, dk)]
+    if not atomic_dq:
+        passes.append(("dq", False, g * triton.cdiv(w, cfgs["dq"]["BM"]), dq))
+    for kind, key, tiles, dx in passes:
+        cfg = cfgs[kind]
         _quad_attn_bwd_dqk_kernel[(tiles, cfg["S_BLOCKS"], b)](
             q,
             k,
