@@ -37,6 +37,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from .common import gate
 from .common.jit import FP_FUSION, dot_precision
 from .mixed_chunk_attn import kernels as mca
 from .quad_attn import kernels as qa
@@ -53,15 +54,16 @@ POINTER_TYPES = {
     "bias_ptr": "*fp32",
     "dt5_ptr": "*fp32",
     "dbias_ptr": "*fp32",
-    "p_ptr": "*fp32",
     "win_ptr": "*i32",
 }
 # per-kernel exceptions
 KERNEL_POINTER_TYPES = {
     "_group_state_kernel": {"out_ptr": "*fp32"},
-    "_group_apply_kernel": {"m_ptr": "*fp32"},
     "_dropout_keep_kernel": {"out_ptr": "*u8"},
-    "_state_scan_kernel": {name: "*fp32" for name in ("x_ptr", "y_ptr", "init_ptr", "last_ptr")},
+    # the per-group sums in, the running sums' ends in and out in float32; the states the groups read (y) are
+    # stored in the data's dtype, as every state a kernel reads (p_ptr, m_ptr)
+    "_state_scan_kernel": {name: "*fp32" for name in ("x_ptr", "init_ptr", "last_ptr")},
+    "_group_scan_kernel": {name: "*fp32" for name in ("init_ptr", "last_ptr")},
 }
 FLOAT_ARGS = {"scale", "t5_scale", "bias_scale", "dropout_p", "inv_group"}
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -153,17 +155,32 @@ def kernel_launches(launch: Launch, window: int, every_path: bool = False) -> li
             ("quad_attn_weights", "_quad_weights_kernel", common),
             ("quad_attn_out", "_quad_out_kernel", dict(tiles, **epilogue)),
         ]
+    scan = launch.flash and launch.causal and not launch.packed
     if launch.flash:  # the forward's states lin_kᵀ v (masked keys dropped)
         out.append(("group_state", "_group_state_kernel", dict(HAS_MASK=launch.mask, VARLEN=launch.packed)))
-    if launch.flash and launch.causal and not launch.packed:  # their prefix (and in the backward its adjoint) by a
-        # scan; every flag set: a state in and out come with the decoding cache and the functional API
+    if scan:  # their prefix (and in the backward its adjoint): by a scan over the per-group sums, or, when the
+        # launcher fuses the two (mca.fused_scan_fits), in one kernel; every flag set: a state in and out come with
+        # the decoding cache and the functional API. Backward: the prefix again (keys masked, no final state), its
+        # adjoint (lin_qᵀ dY, unmasked)
         out += [
             ("state_scan", "_state_scan_kernel", dict(REVERSE=r, HAS_INIT=i, HAS_LAST=la))
             for r, i, la in itertools.product((False, True), repeat=3)
             if launch.train or not r
         ]
+        out += [
+            (
+                "group_scan",
+                "_group_scan_kernel",
+                dict(REVERSE=r, HAS_MASK=launch.mask and not r, HAS_INIT=i, HAS_LAST=la),
+            )
+            for r, i, la in itertools.product((False, True), repeat=3)
+            if launch.train or not r
+        ]
     if not launch.train:
         return out
+    # the backward's first step: dy = d_out * gate and dgate = d_out * o_pre (dy alone for a gate that wants no
+    # gradient)
+    out += [("gate_backward", "_gate_backward_kernel", dict(HAS_DGATE=d)) for d in (True, False)]
     dbias = launch.bias and launch.bias_grad
     dqk = dict(KEY_TILES=True, DT5=True, NB=32)
     if every_path or not short:
@@ -211,6 +228,10 @@ def _tiles(name: str, w: int, s: int, e: int, dtype: torch.dtype, dropout: bool)
         return [(qa.launch_config(name.removeprefix("quad_attn_"), w, s, e, dtype, dropout), {"S": s, "E": e})]
     if name == "state_scan":  # per batch row, s * e state elements
         return [(dict(mca.SCAN_CONFIG), {"F": s * e})]
+    if name == "gate_backward":  # (B, N, e) element-wise
+        return [(gate.gate_config(e), {"E": e})]
+    if name == "group_scan":  # as group_state, the prefix fused
+        return [(mca.scan_config(w, s, e, dtype), {"DA": s, "DB": e})]
     if name == "group_state":  # lin_kᵀ v and lin_qᵀ dY: both (s, e)
         return [(mca.state_config(w, s, e, dtype), {"DA": s, "DB": e})]
     # lin_k dS: (s -> e), the state read as stored (unit stride along DY); dY Pᵀ, v dSᵀ: (e -> s), through a
@@ -231,8 +252,7 @@ def variants(shapes: list, dtypes: list[str], launches: list[Launch], every_path
     for (w, s, e), data_dtype, launch in itertools.product(shapes, dtypes, launches):
         for name, fn, flags in kernel_launches(launch, w, every_path):
             jit = kernel_fn(fn)
-            # a kernel without products (the state scan) reads and writes float32 whatever the data's dtype
-            dtype = data_dtype if "DOT_PREC" in jit.arg_names else "fp32"
+            dtype = data_dtype
             for cfg, widths in _tiles(name, w, s, e, TORCH_DTYPES[dtype], launch.dropout and name.startswith("quad")):
                 cfg = dict(cfg)
                 options = {k: cfg.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in cfg}
@@ -330,6 +350,9 @@ def tensor_core_ops(ptx: str) -> dict[str, int]:
     return counts
 
 
+WITHOUT_PRODUCTS = {"state_scan", "gate_backward"}  # check names of kernels that multiply no matrices
+
+
 @dataclass
 class Result:
     kernel: str
@@ -353,7 +376,10 @@ class Result:
     @property
     def tensor_cores_ok(self) -> bool:
         """Half-precision kernels multiply on tensor cores in their own type (bf16 stays bf16: the interpreter's
-        upcast is not compiled in); float32 ones use exact FMA products, no tensor cores."""
+        upcast is not compiled in); float32 ones use exact FMA products, no tensor cores; kernels without products
+        (the state scan, the gate's backward: their data-typed pointers are element-wise) none."""
+        if self.kernel in WITHOUT_PRODUCTS:
+            return not self.mma
         if self.dtype in _PTX_TYPE:
             return bool(self.mma) and all(kind.endswith("." + _PTX_TYPE[self.dtype]) for kind in self.mma)
         return not self.mma
@@ -390,7 +416,7 @@ class Binary:
 
 def kernel_fn(fn_name: str):
     """The ``@triton.jit`` function of that name in the op packages."""
-    return getattr(next(m for m in (mca, sw, qa) if hasattr(m, fn_name)), fn_name)
+    return getattr(next(m for m in (mca, sw, qa, gate) if hasattr(m, fn_name)), fn_name)
 
 
 def compile_kernel(

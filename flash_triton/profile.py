@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import aot
+from .mixed_chunk_attn import kernels as mca
 from .quad_attn import kernels as qa
 from .quad_attn import short_window as sw
 
@@ -260,7 +261,7 @@ def _gated_quad(
     n: int, w: int, s: int, e: int, dtype: torch.dtype, backward: bool, lin: bool, state: float
 ) -> tuple[list[Launch], list[Launch]]:
     """The quadratic part of a core (GAU's whole core, FLASH's within-group half with lin_q P fused when ``lin``):
-    its forward launch, and its backward launches (the gate's torch ops and the dv, dk, dq kernels)."""
+    its forward launch, and its backward launches (the gate's backward and the dv, dk, dq kernels)."""
     p = dtype.itemsize
     qk = n * p * 2 * s
     values = n * p * ((s if lin else 0) + 2 * e) + (state if lin else 0.0)  # v, gate (and lin_q, the states)
@@ -278,7 +279,7 @@ def _gated_quad(
         ]
     if not backward:
         return fwd, []
-    gate = Launch("torch: dy = d_out * gate, dgate = d_out * o_pre", 0.0, 4.0 * n * p * e, 2.0 * n * p * e)
+    gate = Launch("gate_backward (dy = d_out * gate, dgate = d_out * o_pre)", 0.0, 3.0 * n * p * e, 2.0 * n * p * e)
     if w <= qa.SHORT_WINDOW:  # weights and score gradients stored once, each read back by its products
         dscores, products, stored = short_backward(n, w, s, e, dtype, True)
         return fwd, [
@@ -303,28 +304,35 @@ def _gated_quad(
     ]
 
 
-def core_launches(core: str, n: int, s: int, e: int, g: int, dtype: torch.dtype, backward: bool) -> list[Launch]:
-    """The launches of one causal training (or, without ``backward``, inference) call of a core, batch 1, no key
-    mask, T5 bias on: ``core`` is "quad_attn" (window n) or "mixed_chunk_attn"."""
+def core_launches(
+    core: str, n: int, s: int, e: int, g: int, dtype: torch.dtype, backward: bool, batch: int = BATCH
+) -> list[Launch]:
+    """The launches of one causal training (or, without ``backward``, inference) call of a core, per batch row, no
+    key mask, T5 bias on: ``core`` is "quad_attn" (window n) or "mixed_chunk_attn". ``batch`` decides what the
+    launchers choose where that depends on it (the fused state scan)."""
     p = dtype.itemsize
-    state = 4.0 * _cdiv(n, g) * s * e  # one fp32 s x e state per group
+    sums = 4.0 * _cdiv(n, g) * s * e  # one fp32 s x e per-group sum per group (the unfused scan's input)
+    state = p * _cdiv(n, g) * s * e  # the states the kernels read, stored in the inputs' dtype
     gemm = 2.0 * n * s * e  # one per-group state product (group_state / group_apply)
     fwd, bwd = _gated_quad(n, n if core == "quad_attn" else g, s, e, dtype, backward, core != "quad_attn", state)
     if core == "quad_attn":
         return fwd + bwd
-    out = [
-        Launch("group_state (lin_kᵀ v)", gemm, n * p * (s + e), state),
-        Launch("state_scan (exclusive prefix / g)", 0.0, state, state),
-        *fwd,
-    ]
+
+    def scan(what: str) -> list[Launch]:  # per-group sums of a product and their prefix (or its adjoint)
+        if mca.fused_scan_fits(batch, n, g, s, e, dtype):
+            return [Launch(f"group_scan ({what}, sums in registers)", gemm, n * p * (s + e), state)]
+        return [
+            Launch(f"group_state ({what})", gemm, n * p * (s + e), sums),
+            Launch("state_scan", 0.0, sums, state),
+        ]
+
+    out = [*scan("lin_kᵀ v, exclusive prefix / g"), *fwd]
     if backward:
         out += [
             *bwd,
-            Launch("group_state (recomputed)", gemm, n * p * (s + e), state),
-            Launch("state_scan (prefix, recomputed)", 0.0, state, state),
+            *scan("lin_kᵀ v recomputed, prefix"),
             Launch("group_apply (dY Pᵀ)", gemm, n * p * e + state, n * p * s),
-            Launch("group_state (lin_qᵀ dY)", gemm, n * p * (s + e), state),
-            Launch("state_scan (adjoint of the prefix)", 0.0, state, state),
+            *scan("lin_qᵀ dY, adjoint of the prefix"),
             Launch("group_apply (v dSᵀ)", gemm, n * p * e + state, n * p * s),
             Launch("group_apply (dv += lin_k dS)", gemm, n * p * (s + e) + state, n * p * e),
         ]

@@ -32,7 +32,7 @@ def test_kernels_compile_for_sm80_and_sm90_without_spills(tmp_path):
     assert " 0 failed" in report
     assert "sm_80" in report and "sm_90" in report
     kernels = ("quad_attn_fwd", "quad_attn_dv", "quad_attn_dkq", "quad_attn_dk", "quad_attn_dq", "group_state")
-    for kernel in (*kernels, "group_apply"):
+    for kernel in (*kernels, "group_apply", "group_scan", "state_scan", "gate_backward"):
         assert kernel in report
     # the production FLASH forward (causal, T5, fused linear half, gate, pre-gate output stored) is among them
     assert "[CAUSAL,HAS_T5,HAS_LIN,HAS_GATE,STORE_PRE]" in report

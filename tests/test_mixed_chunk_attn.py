@@ -2,6 +2,8 @@
 gate in the output tile) against the reference: output and every gradient, and through FLASH / FLASHTransformer
 against the reference path and FLASH-pytorch 0.1.9. CUDA when present, else the CPU interpreter."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -104,6 +106,64 @@ def test_state_scan_is_the_torch_state_algebra(s, e, init):
     torch.testing.assert_close(d_init, d_init_ref, rtol=1e-6, atol=1e-6)
     read_only, none = mca_kernels.state_scan(states, group, initial, False, reverse=False)
     assert none is None and torch.equal(read_only, read)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize(
+    "b, n, group, da, db, masked, init",
+    [
+        pytest.param(2, 75, 16, 24, 40, True, True, id="partial-last-group-mask-init"),
+        pytest.param(1, 64, 32, 16, 16, False, False, id="whole-groups"),
+        pytest.param(2, 130, 64, 70, 33, False, True, id="two-by-one-blocks-init"),
+    ],
+)
+def test_group_scan_fused_and_unfused_match_the_state_algebra(b, n, group, da, db, masked, init, dtype):
+    """group_scan both ways (the fused kernel, each group's sum kept in registers; group_state then state_scan)
+    against state.py's algebra on float64 per-group sums: the prefix and the final state, the adjoint and the
+    initial state's gradient, stored in float32 and in the inputs' dtype."""
+    gen = torch.Generator().manual_seed(7)
+    a, b_ = (torch.randn(b, n, d, generator=gen).to(DEVICE, dtype) for d in (da, db))
+    mask = (torch.rand(b, n, generator=gen) > 0.3).to(DEVICE) if masked else None
+    ini = torch.randn(b, da, db, generator=gen).to(DEVICE) if init else None
+    a64 = a.double() * (mask[..., None] if masked else 1)
+    pad = (0, 0, 0, -n % group)
+    chunks = (torch.nn.functional.pad(x, pad).unflatten(1, (-1, group)) for x in (a64, b_.double()))
+    sums = torch.einsum("bgta,bgtc->bgac", *chunks)
+    ini64 = ini.double() if init else None
+    expected = {
+        False: (
+            state.window_state(sums, n, group, True, True, ini64, dtype=torch.float64),
+            state.final_state(sums, group, ini64, None),
+        ),
+        True: state.window_state_backward(sums, n, group, True, True, ini64, dtype=torch.float64),
+    }
+    for reverse in (False, True):
+        ys = {}
+        for fused, out_dtype in itertools.product((True, False), (torch.float32, dtype)):
+            what = f"reverse={reverse} fused={fused} out={out_dtype}"
+            y, last = mca_kernels.group_scan(a, b_, group, ini, True, reverse, mask, out_dtype, fused=fused)
+            assert y.shape == (b, -(-n // group), da, db) and y.dtype == out_dtype, what
+            assert last.shape == (b, da, db) and last.dtype == torch.float32, what
+            # float32 sums of exact products: rounding only; a half-precision store: its own rounding (2**-11)
+            assert_close_scaled(y.double(), expected[reverse][0], 1e-5 if out_dtype == torch.float32 else 2e-3, what)
+            assert_close_scaled(last.double(), expected[reverse][1], 1e-5, what)
+            ys[fused, out_dtype] = y
+        torch.testing.assert_close(ys[True, torch.float32], ys[False, torch.float32], rtol=1e-5, atol=1e-5)
+        y, none = mca_kernels.group_scan(a, b_, group, ini, False, reverse, mask, fused=True)
+        assert none is None and y.dtype == dtype and torch.equal(y, ys[True, dtype])
+
+
+def test_group_scan_fuses_where_it_fits_and_refuses_what_it_cannot():
+    """The launcher's choice (fused_scan_fits) at the benchmark's training shape (batch 4: enough programs), at
+    1M tokens in one row (4096 groups walked by 32 programs: the parallel pair instead), for groups that are not a
+    multiple of 16 (never fused); and an explicit fused request for such a group raises instead of falling back."""
+    assert mca_kernels.fused_scan_fits(4, 8192, 256, 128, 1024, torch.bfloat16)
+    assert mca_kernels.fused_scan_fits(1, 4096, 256, 128, 1024, torch.bfloat16)  # 16 groups: a short walk
+    assert not mca_kernels.fused_scan_fits(1, 2**20, 256, 128, 1024, torch.bfloat16)
+    assert not mca_kernels.fused_scan_fits(8, 64, 24, 16, 16, torch.float32)
+    a = torch.randn(1, 48, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="group=24"):
+        mca_kernels.group_scan(a, a, 24, None, False, False, fused=True)
 
 
 @pytest.mark.slow
@@ -234,7 +294,7 @@ def test_flash_layer_on_kernels_matches_upstream_and_runs_them(monkeypatch, kw, 
             "_quad_dscores_kernel",
             "_quad_tile_product_kernel",
         )
-        | count_launches(monkeypatch, mca_kernels, "_group_state_kernel", "_state_scan_kernel")
+        | count_launches(monkeypatch, mca_kernels, "_group_state_kernel", "_state_scan_kernel", "_group_scan_kernel")
     )
     kw = dict(kw, dim=24, group_size=16, query_key_dim=16)
     theirs = up.FLASH(**kw)
@@ -261,8 +321,11 @@ def test_flash_layer_on_kernels_matches_upstream_and_runs_them(monkeypatch, kw, 
         _quad_out_kernel=1,
         _quad_dscores_kernel=1,
         _quad_tile_product_kernel=3,  # dv, dq, dk
-        _group_state_kernel=3,  # forward states; backward: states again, dP
-        _state_scan_kernel=3 if kw["causal"] else 0,  # the prefix, again in the backward, its adjoint
+        # forward states; backward: states again, dP. Causal: each with its prefix (or adjoint) fused into one
+        # scan kernel (few groups), so neither the per-group sums nor the separate scan run
+        _group_state_kernel=0 if kw["causal"] else 3,
+        _state_scan_kernel=0,
+        _group_scan_kernel=3 if kw["causal"] else 0,
     )
 
 

@@ -43,6 +43,18 @@ def dot(a, b, acc, DOT_PREC: tl.constexpr):
     return tl.dot(a, b, acc, input_precision=DOT_PREC)
 
 
+@triton.jit
+def rounded(x, dtype: tl.constexpr):
+    """float32 ``x`` in ``dtype``, rounded to nearest even as on a GPU. The interpreter's float32 -> bfloat16 cast
+    truncates (rounds toward zero: a bias of half a unit in the last place, which a sum of many such values shows);
+    under the interpreter only, the rounding increment is added to the bits first. Pruned from every GPU compile."""
+    if INTERPRETING:  # noqa: SIM102 (the interpreter-only branch, pruned first, as in dot)
+        if dtype == tl.bfloat16:
+            bits = x.to(tl.uint32, bitcast=True)
+            x = (bits + 0x7FFF + ((bits >> 16) & 1)).to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
 # FMA contraction (a * b + c in one instruction, one rounding instead of two) stays on, as in every triton release
 # so far; passed to every launch explicitly because triton 3.9 warns that its default turns off in 3.10. The
 # accuracy tests' bounds hold either way (the kernels' error is dominated by the input dtype's rounding).

@@ -8,7 +8,8 @@ Every piece carries the op's name:
 - :mod:`.op`: the custom ops ``flash_triton::mixed_chunk_attn_fwd`` / ``_bwd`` (named contracts, fake and autograd
   registrations) and :func:`.op.mixed_chunk_attn_triton`, the differentiable kernel path;
 - :mod:`.kernels`: the ``@triton.jit`` per-group state kernels (``group_state``, ``group_apply``), the causal
-  state scan (``state_scan``) and their launchers; the within-group half runs on the kernels of
+  state scan (``state_scan``), the two fused (``group_scan``: each group's sum kept in registers) and their
+  launchers; the within-group half runs on the kernels of
   :mod:`flash_triton.quad_attn` (groups of at most 256 tokens: :mod:`flash_triton.quad_attn.short_window`), with the
   linear half and the gate fused into their output tile;
 - :mod:`.state`: the torch-side state algebra (the state each group reads, the final state, their adjoint, the

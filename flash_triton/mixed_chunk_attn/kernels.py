@@ -10,7 +10,9 @@ past n are never read, so nothing is padded or copied):
   optional row mask zeroes rows of ``y``; with ``accumulate`` the product is added to an existing ``y`` in place
   (the backward's ``dv += lin_k dS``).
 
-And ``state_scan``: the causal prefix of those states (and, in reverse, its adjoint) in one pass over the groups.
+And ``state_scan``: the causal prefix of those states (and, in reverse, its adjoint) in one pass over the groups;
+``group_scan``: ``group_state`` and ``state_scan`` in one kernel for uniform groups (each group's sum kept in
+registers; the default where the launch holds enough programs or few groups), the states stored in the inputs' dtype.
 """
 
 import torch
@@ -78,7 +80,7 @@ def _group_state_kernel(
 @triton.jit(do_not_specialize=_NOSPEC)
 def _group_apply_kernel(
     x_ptr,  # (B, N, DX)
-    m_ptr,  # (B, G, DX, DY) float32, addressed through strides (a transposed view is fine)
+    m_ptr,  # (B, G, DX, DY) states (read in x's precision), addressed through strides (a transposed view is fine)
     y_ptr,  # (B, N, DY)
     mask_ptr,  # (B, N) uint8 row mask of y, or dummy
     win_ptr,  # (G, 2) int32 group bounds of a packed variable-length batch, or dummy
@@ -179,6 +181,86 @@ def _state_scan_kernel(
         tl.store(last_ptr + i_b.to(tl.int64) * F64 + o_f, run, mask=m_f)
 
 
+@triton.jit(do_not_specialize=["N", "GS", "G", "STEPS"])
+def _group_scan_kernel(
+    a_ptr,  # (B, N, DA)
+    b_ptr,  # (B, N, DB)
+    y_ptr,  # (B, G, DA, DB) out, the states' dtype: the state each group reads, or the adjoint per group (REVERSE)
+    mask_ptr,  # (B, N) uint8 row mask of a, or dummy
+    init_ptr,  # (B, DA, DB) float32: the initial state (forward) or the final state's gradient (REVERSE), or dummy
+    last_ptr,  # (B, DA, DB) float32 out: the final state (forward) or the initial state's gradient (REVERSE), or dummy
+    N,
+    GS,  # tokens per group, a multiple of BT
+    G,  # groups: ceil(N / GS)
+    STEPS,  # GS // BT token steps per group
+    DA,
+    DB,
+    stride_ab,
+    stride_an,
+    stride_bb,
+    stride_bn,
+    stride_mb,
+    inv_group,
+    REVERSE: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    HAS_LAST: tl.constexpr,
+    BT: tl.constexpr,
+    BA: tl.constexpr,
+    BB: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """``group_state`` and ``state_scan`` in one pass: each program owns one (BA, BB) tile of the state and walks
+    the groups in order (REVERSE: last to first) in one flat loop of token steps (pipelined across group
+    boundaries), so a group's sum ``S_j = Σ_{t in j} a_tᵀ b_t`` lives only in registers. Forward: stores
+    ``y_j = init + Σ_{i<j} S_i / g`` before adding S_j, ``last = init + Σ_i S_i / g``. REVERSE (the adjoint):
+    ``y_j = (init + Σ_{i>j} S_i) / g``, ``last = init + Σ_i S_i``. The per-group sums never reach memory."""
+    i_ab, i_b = tl.program_id(0), tl.program_id(1)
+    b_blocks = tl.cdiv(DB, BB)
+    o_a = (i_ab // b_blocks) * BA + tl.arange(0, BA)
+    o_b = (i_ab % b_blocks) * BB + tl.arange(0, BB)
+    m_a, m_b = o_a < DA, o_b < DB
+    m_ab = m_a[:, None] & m_b[None, :]
+    i_b64 = i_b.to(tl.int64)
+    state_elems = DA * DB
+    o_ab = o_a[:, None] * DB + o_b[None, :]  # offsets in one contiguous (DA, DB) state
+    run = tl.zeros((BA, BB), dtype=tl.float32)
+    if HAS_INIT:
+        run += tl.load(init_ptr + i_b64 * state_elems + o_ab, mask=m_ab, other=0.0)
+    acc = tl.zeros((BA, BB), dtype=tl.float32)
+    for r in range(G * STEPS):
+        j = r // STEPS
+        if REVERSE:
+            j = G - 1 - j
+        o_t = j * GS + (r % STEPS) * BT + tl.arange(0, BT)
+        m_t = o_t < N
+        if HAS_MASK:
+            m_t = m_t & (tl.load(mask_ptr + i_b64 * stride_mb + o_t, mask=m_t, other=0) != 0)
+        b_at = tl.load(
+            a_ptr + i_b64 * stride_ab + o_a[:, None] + o_t[None, :] * stride_an,
+            mask=m_a[:, None] & m_t[None, :],
+            other=0.0,
+        )  # (BA, BT): a transposed
+        b_b = tl.load(
+            b_ptr + i_b64 * stride_bb + o_t[:, None] * stride_bn + o_b[None, :],
+            mask=m_t[:, None] & m_b[None, :],
+            other=0.0,
+        )
+        acc = dot(b_at, b_b, acc, DOT_PREC)
+        if r % STEPS == STEPS - 1:  # the group's last step: its sum is complete
+            # 64-bit group offset: a batch row's states pass 2**31 elements at 1M tokens in groups of 64
+            p_y = y_ptr + (i_b64 * G + j) * state_elems + o_ab
+            if REVERSE:
+                tl.store(p_y, (run * inv_group).to(y_ptr.dtype.element_ty), mask=m_ab)
+                run += acc
+            else:
+                tl.store(p_y, run.to(y_ptr.dtype.element_ty), mask=m_ab)
+                run += acc * inv_group
+            acc = tl.zeros((BA, BB), dtype=tl.float32)
+    if HAS_LAST:
+        tl.store(last_ptr + i_b64 * state_elems + o_ab, run, mask=m_ab)
+
+
 def _block(d: int, cap: int) -> int:
     return min(cap, max(16, triton.next_power_of_2(d)))
 
@@ -255,7 +337,7 @@ def group_apply(
     windows: Tensor | None = None,
     accumulate: Tensor | None = None,
 ) -> Tensor:
-    """(B, N, DY) ``scale * x_t m[b, group(t)]`` for x (B, N, DX) and m (B, G, DX, DY) float32 (any strides);
+    """(B, N, DY) ``scale * x_t m[b, group(t)]`` for x (B, N, DX) and m (B, G, DX, DY) (any float dtype and strides);
     ``windows`` as in :func:`group_state`. With ``accumulate`` (a contiguous (B, N, DY) tensor), the product is
     added to it in place (the sum rounded once) and it is returned; rows the mask drops keep their value."""
     x = _unit_stride(x)
@@ -309,7 +391,12 @@ SCAN_CONFIG = dict(BF=1024, num_warps=4, num_stages=2)  # 8 fp32 per thread: two
 
 
 def state_scan(
-    states: Tensor, group: int, init: Tensor | None, want_last: bool, reverse: bool
+    states: Tensor,
+    group: int,
+    init: Tensor | None,
+    want_last: bool,
+    reverse: bool,
+    out_dtype: torch.dtype = torch.float32,
 ) -> tuple[Tensor, Tensor | None]:
     """The causal state algebra of :mod:`.state` for uniform groups, in one kernel (fp32).
 
@@ -318,11 +405,12 @@ def state_scan(
     ``init + Σ_i S_i / group`` (:func:`.state.final_state`). Reverse: from the gradients of the states the groups
     read, the gradients of the raw sums ``(init + Σ_{i>j} dP_i) / group`` and, with ``want_last``, of the initial
     state ``init + Σ_i dP_i`` (:func:`.state.window_state_backward`, causal; ``init`` = the final state's gradient).
+    The per-group result is stored in ``out_dtype`` (the running sums are float32; ``last`` is float32).
     """
     states = states.contiguous()
     b, g, s, e = states.shape
     f = s * e
-    y = new_output(states, states.shape, torch.float32)
+    y = new_output(states, states.shape, out_dtype)
     last = new_output(states, (b, s, e), torch.float32) if want_last else None
     dummy = states.new_empty(0)
     _state_scan_kernel[(triton.cdiv(f, SCAN_CONFIG["BF"]), b)](
@@ -338,5 +426,102 @@ def state_scan(
         HAS_LAST=want_last,
         enable_fp_fusion=FP_FUSION,
         **SCAN_CONFIG,
+    )
+    return y, last
+
+
+def scan_config(group: int, da: int, db: int, dtype: torch.dtype) -> dict:
+    """Blocks and warps of the fused ``group_scan`` (``group`` a multiple of 16): token steps that divide the group
+    (the loop walks whole groups), state tiles as in :func:`state_config`; three stages in half precision (the loop
+    streams every token of the sequence through one program, so the loads are what it waits on)."""
+    bt = 16
+    while bt < 64 and group % (2 * bt) == 0:
+        bt *= 2
+    if dtype == torch.float32:  # as group_state: the exact FMA dot holds its operands in registers (8 warps; ptxas
+        # capped one flag set at 128 registers and spilled in the loop on sm_90: maxnreg lifts the cap)
+        return dict(BT=16, BA=_block(da, 64), BB=_block(db, 64), num_warps=8, num_stages=2, maxnreg=255)
+    return dict(BT=bt, BA=_block(da, 64), BB=_block(db, 64), num_warps=4, num_stages=3)
+
+
+# The fused scan runs one program per (state tile, batch row), each walking every group of its row in order; the
+# unfused pair runs one program per (group, state tile) and round-trips the float32 per-group sums through memory.
+# The fused form moves 2 x 4 x s x e / g fewer bytes per token and per scan, but holds fewer programs: it is chosen
+# when there are enough programs to fill a GPU, or few enough groups that the walk is short. A static model, not a
+# measurement: the tuning of issue 13 is to set these on a GPU.
+FUSED_SCAN_MIN_PROGRAMS = 96
+FUSED_SCAN_MAX_GROUPS = 32
+
+
+def fused_scan_fits(batch: int, n: int, group: int, da: int, db: int, dtype: torch.dtype) -> bool:
+    """Whether :func:`group_scan` picks the fused kernel for this shape (see ``FUSED_SCAN_MIN_PROGRAMS``)."""
+    if group % 16:
+        return False
+    cfg = scan_config(group, da, db, dtype)
+    programs = batch * triton.cdiv(da, cfg["BA"]) * triton.cdiv(db, cfg["BB"])
+    return programs >= FUSED_SCAN_MIN_PROGRAMS or triton.cdiv(n, group) <= FUSED_SCAN_MAX_GROUPS
+
+
+def group_scan(
+    a: Tensor,
+    b: Tensor,
+    group: int,
+    init: Tensor | None,
+    want_last: bool,
+    reverse: bool,
+    row_mask: Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+    fused: bool | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """``state_scan(group_state(a, b, group, row_mask), group, init, want_last, reverse)`` for uniform groups:
+    (B, G, DA, DB) in ``out_dtype`` (default: a's dtype; the consumers read the states in the inputs' precision),
+    and the float32 (B, DA, DB) last state when ``want_last``.
+
+    ``fused`` (default: :func:`fused_scan_fits`) runs the single kernel that keeps each group's sum in registers;
+    ``False`` the two kernels. Fusing needs ``group`` to be a multiple of 16; asked for otherwise, it raises.
+    """
+    a, b = _unit_stride(a), _unit_stride(b)
+    bsz, n, da = a.shape
+    db = b.shape[-1]
+    out_dtype = out_dtype or a.dtype
+    if fused is None:
+        fused = fused_scan_fits(bsz, n, group, da, db, a.dtype)
+    elif fused and group % 16:
+        raise ValueError(f"the fused group scan needs a group size that is a multiple of 16, got group={group}")
+    if not fused:
+        states = group_state(a, b, group, row_mask=row_mask)
+        return state_scan(states, group, init, want_last, reverse, out_dtype)
+    check_row_offsets(a=a, b=b)
+    g = triton.cdiv(n, group)
+    y = new_output(a, (bsz, g, da, db), out_dtype)
+    last = new_output(a, (bsz, da, db), torch.float32) if want_last else None
+    mask = row_mask_u8(row_mask)
+    cfg = scan_config(group, da, db, a.dtype)
+    dummy = a.new_empty(0)
+    _group_scan_kernel[(triton.cdiv(da, cfg["BA"]) * triton.cdiv(db, cfg["BB"]), bsz)](
+        a_ptr=a,
+        b_ptr=b,
+        y_ptr=y,
+        mask_ptr=mask if mask is not None else dummy,
+        init_ptr=init.float().contiguous() if init is not None else dummy,
+        last_ptr=last if last is not None else dummy,
+        N=n,
+        GS=group,
+        G=g,
+        STEPS=group // cfg["BT"],
+        DA=da,
+        DB=db,
+        stride_ab=a.stride(0),
+        stride_an=a.stride(1),
+        stride_bb=b.stride(0),
+        stride_bn=b.stride(1),
+        stride_mb=mask.stride(0) if mask is not None else 0,
+        inv_group=1.0 / group,
+        REVERSE=reverse,
+        HAS_MASK=mask is not None,
+        HAS_INIT=init is not None,
+        HAS_LAST=want_last,
+        DOT_PREC=dot_precision(a.dtype),
+        enable_fp_fusion=FP_FUSION,
+        **cfg,
     )
     return y, last

@@ -2,8 +2,10 @@
 ``torch.compile(fullgraph=True)``), and :func:`mixed_chunk_attn_triton`, the differentiable function with the
 signature of :func:`flash_triton.reference.mixed_chunk_attn`. Importing this module imports triton.
 
-The forward: the per-group states ``lin_kᵀ v`` (:func:`.kernels.group_state`), the state each group reads
-(causal, uniform groups: :func:`.kernels.state_scan`; otherwise :mod:`.state`), then the quadratic kernels of
+The forward: the state each group reads, from the per-group states ``lin_kᵀ v`` (causal, uniform groups: their
+prefix by :func:`.kernels.group_scan`, one kernel where it fits; otherwise :func:`.kernels.group_state` and the
+torch algebra of :mod:`.state`), stored in the inputs' dtype (the kernels read it in that precision), then the
+quadratic kernels of
 :mod:`flash_triton.quad_attn` with the linear half ``lin_q @ state`` and the gate fused into their output tile (their
 ``HAS_LIN`` path). The backward: the quadratic kernels' dq/dk/dv, then the linear half's gradients through the state
 products of :mod:`.kernels` and the prefix's adjoint (the scan in reverse, or :mod:`.state`).
@@ -13,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..common.custom_op import EMPTY, Contract, common_dtype, or_empty, resolve_seed
+from ..common.gate import gate_backward_op
 from ..quad_attn import kernels as quad_kernels
 from . import kernels
 from .state import final_state, varlen_info, varlen_windows, window_state, window_state_backward
@@ -48,13 +51,15 @@ def _read_state(
     initial_state: Tensor | None,
     want_final: bool,
 ) -> tuple[Tensor, Tensor | None]:
-    """The state each group's linear queries read (B, G, S, E) float32, and the final state when wanted: the raw
-    per-group sums ``lin_kᵀ v`` by a kernel, then the causal prefix by a scan kernel (uniform groups), or the torch
-    algebra of :mod:`.state` (packed batches, non-causal)."""
-    states = kernels.group_state(lin_k, v, group, row_mask=key_mask, windows=windows)
+    """The state each group's linear queries read (B, G, S, E) in v's dtype, and the float32 final state when
+    wanted: the causal prefix of the per-group sums ``lin_kᵀ v`` by :func:`.kernels.group_scan` (uniform groups),
+    or the sums by a kernel and the torch algebra of :mod:`.state` (packed batches, non-causal)."""
     if causal and varlen is None:
-        return kernels.state_scan(states, group, initial_state, want_final, reverse=False)
-    read = window_state(states, n, group, causal, reduce_group, initial_state, varlen)
+        return kernels.group_scan(
+            lin_k, v, group, initial_state, want_final, reverse=False, row_mask=key_mask, out_dtype=v.dtype
+        )
+    states = kernels.group_state(lin_k, v, group, row_mask=key_mask, windows=windows)
+    read = window_state(states, n, group, causal, reduce_group, initial_state, varlen, dtype=v.dtype)
     return read, final_state(states, group, initial_state, varlen) if want_final else None
 
 
@@ -148,11 +153,13 @@ def _bwd(
     # linear half: lin_i = lin_q_i P[g(i)], P = window_state(S), S_j = Σ_{t in j} lin_k_tᵀ v_t (states recomputed)
     read_state, _ = _read_state(lin_k, v, key_mask, windows, varlen, n, g, causal, reduce_group, initial_state, False)
     dlq = kernels.group_apply(dy, read_state.transpose(-1, -2), g, 1.0, out_dtype=lin_q.dtype, windows=windows)
-    d_read = kernels.group_state(lin_q, dy, g, windows=windows)
-    if causal and varlen is None:  # the adjoint of the prefix in one reverse scan
-        d_states, d_init = kernels.state_scan(d_read, g, d_final, initial_state is not None, reverse=True)
+    if causal and varlen is None:  # dP = lin_qᵀ dY per group and the adjoint of the prefix, in one reverse scan
+        d_states, d_init = kernels.group_scan(
+            lin_q, dy, g, d_final, initial_state is not None, reverse=True, out_dtype=v.dtype
+        )
     else:
-        d_states, d_init = window_state_backward(d_read, n, g, causal, reduce_group, d_final, varlen)
+        d_read = kernels.group_state(lin_q, dy, g, windows=windows)
+        d_states, d_init = window_state_backward(d_read, n, g, causal, reduce_group, d_final, varlen, dtype=v.dtype)
     dlk = kernels.group_apply(
         v, d_states.transpose(-1, -2), g, 1.0, row_mask=key_mask, out_dtype=lin_k.dtype, windows=windows
     )
@@ -199,10 +206,12 @@ def _backward(ctx, d_out, _d_pre, d_final):
     *saved, o_pre = ctx.saved_tensors
     a = dict(zip(FWD.tensors, saved, strict=True))
     needs = FWD.needs_grad(ctx)
-    dgate = d_out * o_pre if needs["gate"] else None
+    # dy = d_out * gate and dgate = d_out * o_pre in one pass
+    dy, dgate = gate_backward_op(d_out, a["gate"], o_pre if needs["gate"] else None)
+    dgate = dgate if needs["gate"] else None
     d_final = d_final if ctx.output_final_state and d_final is not None and d_final.numel() else None
     dqq, dqk, dlq, dlk, dv, dt5, d_init = mixed_chunk_attn_bwd(
-        **BWD.pick(a, **ctx.scalars, dy=d_out * a["gate"], d_final=d_final, need_dt5=needs["t5_weight"])
+        **BWD.pick(a, **ctx.scalars, dy=dy, d_final=d_final, need_dt5=needs["t5_weight"])
     )
     dt5 = dt5.to(a["t5_weight"].dtype) if needs["t5_weight"] else None
     d_init = d_init.to(a["initial_state"].dtype) if needs["initial_state"] else None

@@ -20,9 +20,11 @@ def window_state(
     reduce_group: bool,
     initial: Tensor | None,
     varlen: tuple[Tensor, Tensor] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """(B, G, S, E) float32 state that group j's linear queries read, from the raw per-group sums. ``varlen``:
-    (sequence index of each window, sequence lengths) of a packed batch (B = 1): sums restart at each sequence."""
+    """(B, G, S, E) state that group j's linear queries read, from the raw per-group sums (float32), computed in
+    float32 and stored in ``dtype`` (the kernels read it in the inputs' precision). ``varlen``: (sequence index of
+    each window, sequence lengths) of a packed batch (B = 1): sums restart at each sequence."""
     if varlen is not None:
         win_seq, lengths = varlen
         raw = states[0]
@@ -30,16 +32,16 @@ def window_state(
         if causal:  # exclusive prefix within the sequence: all windows before j, less those of earlier sequences
             before = (seg.cumsum(dim=0) - seg)[win_seq]
             prefix = (raw.cumsum(dim=0) - raw - before) / group
-            return (prefix if initial is None else prefix + initial[win_seq])[None]
+            return (prefix if initial is None else prefix + initial[win_seq])[None].to(dtype)
         if reduce_group:
-            return (seg / lengths[:, None, None])[win_seq][None]
-        return (raw / lengths[win_seq][:, None, None])[None]
+            return (seg / lengths[:, None, None]).to(dtype)[win_seq][None]
+        return (raw / lengths[win_seq][:, None, None])[None].to(dtype)
     if causal:  # exclusive prefix: group j reads the initial state and groups 0 .. j-1
         prefix = (states.cumsum(dim=1) - states) / group
-        return prefix if initial is None else prefix + initial[:, None]
+        return (prefix if initial is None else prefix + initial[:, None]).to(dtype)
     if reduce_group:
-        return (states.sum(dim=1, keepdim=True) / n).expand_as(states)
-    return states / n
+        return (states.sum(dim=1, keepdim=True) / n).to(dtype).expand_as(states)
+    return (states / n).to(dtype)
 
 
 def final_state(states: Tensor, group: int, initial: Tensor | None, varlen: tuple[Tensor, Tensor] | None) -> Tensor:
@@ -57,9 +59,10 @@ def window_state_backward(
     reduce_group: bool,
     d_final: Tensor | None,
     varlen: tuple[Tensor, Tensor] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[Tensor, Tensor | None]:
-    """Adjoint of :func:`window_state` (and of :func:`final_state`): gradients of the raw per-group sums and of
-    the initial state."""
+    """Adjoint of :func:`window_state` (and of :func:`final_state`): gradients of the raw per-group sums (stored in
+    ``dtype``) and of the initial state (float32)."""
     if varlen is not None:
         win_seq, lengths = varlen
         raw = d_state[0]
@@ -69,20 +72,20 @@ def window_state_backward(
             upto = raw.cumsum(dim=0) - before  # Σ over the sequence's windows up to and including j
             d_states = (seg[win_seq] - upto) / group
             if d_final is None:
-                return d_states[None], seg
-            return (d_states + d_final[win_seq] / group)[None], seg + d_final
+                return d_states[None].to(dtype), seg
+            return (d_states + d_final[win_seq] / group)[None].to(dtype), seg + d_final
         if reduce_group:
-            return (seg / lengths[:, None, None])[win_seq][None], None
-        return (raw / lengths[win_seq][:, None, None])[None], None
+            return (seg / lengths[:, None, None]).to(dtype)[win_seq][None], None
+        return (raw / lengths[win_seq][:, None, None])[None].to(dtype), None
     if causal:  # group j's sum feeds every later group, and the final state
         total = d_state.sum(dim=1, keepdim=True)
         d_states = (total - d_state.cumsum(dim=1)) / group
         if d_final is None:
-            return d_states, total[:, 0]
-        return d_states + d_final[:, None] / group, total[:, 0] + d_final
+            return d_states.to(dtype), total[:, 0]
+        return (d_states + d_final[:, None] / group).to(dtype), total[:, 0] + d_final
     if reduce_group:
-        return (d_state.sum(dim=1, keepdim=True) / n).expand_as(d_state), None
-    return d_state / n, None
+        return (d_state.sum(dim=1, keepdim=True) / n).to(dtype).expand_as(d_state), None
+    return (d_state / n).to(dtype), None
 
 
 def varlen_info(

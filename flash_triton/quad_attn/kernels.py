@@ -151,7 +151,7 @@ def _quad_attn_fwd_kernel(
     bias_ptr,  # (B, N, N) through strides (0 where broadcast) or dummy
     seed_ptr,  # (1,) int64 dropout seed or dummy
     lq_ptr,  # (B, N, S) FLASH's linear-attention queries, or dummy
-    p_ptr,  # (B, G, S, E) float32 state each window's queries read (FLASH's prefix), or dummy
+    p_ptr,  # (B, G, S, E) state each window's queries read (FLASH's prefix; read in lin_q's precision), or dummy
     win_ptr,  # (G, 2) int32 window bounds of a packed variable-length batch, or dummy
     N,
     W,
@@ -791,7 +791,8 @@ def quad_attn_fwd(
 
     q, k (B, N, S) and v, gate (B, N, E) with unit feature stride; key_mask (B, N) bool; t5_weight (num_buckets,);
     bias broadcastable to (B, N, N); seed (1,) int64 when dropout_p > 0. With ``lin_q`` (B, N, S) and ``state``
-    (B, G, S, E) float32 (any strides), each window's queries also add ``lin_q @ state[window]`` before the gate.
+    (B, G, S, E) (any float dtype, read in lin_q's precision; any strides), each window's queries also add
+    ``lin_q @ state[window]`` before the gate.
     ``windows`` (G, 2) int32 [start, end) rows replace the uniform windows (packed variable-length batches, B = 1).
     """
     q, k, v, gate, lin_q, t5_weight = _last_dim_contiguous(q, k, v, gate, lin_q, t5_weight)  # the T5 table and the

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from ..common.custom_op import EMPTY, Contract, common_dtype, or_empty, resolve_seed
+from ..common.gate import gate_backward_op
 from . import kernels
 
 
@@ -90,8 +91,10 @@ def _backward(ctx, d_out, _d_pre):
     a = dict(zip(FWD.tensors, saved, strict=True))
     needs = FWD.needs_grad(ctx)
     gate, t5_weight, bias = a["gate"], a["t5_weight"], a["bias"]
-    dy = d_out if gate is None else d_out * gate
-    dgate = d_out * o_pre if gate is not None and needs["gate"] else None
+    dy, dgate = d_out, None
+    if gate is not None:  # dy = d_out * gate and dgate = d_out * o_pre in one pass
+        dy, dgate = gate_backward_op(d_out, gate, o_pre if needs["gate"] else None)
+        dgate = dgate if needs["gate"] else None
     dq, dk, dv, dt5, dbias = quad_attn_bwd(
         **BWD.pick(a, **ctx.scalars, dy=dy, need_dt5=needs["t5_weight"], need_dbias=needs["bias"])
     )

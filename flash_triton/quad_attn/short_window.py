@@ -140,7 +140,7 @@ def _quad_out_kernel(
     o_ptr,  # (B, N, E) gated output
     opre_ptr,  # (B, N, E) output before the gate (saved for dgate), or dummy
     lq_ptr,  # (B, N, S) FLASH's linear-attention queries, or dummy
-    p_ptr,  # (B, G, S, E) float32 state each window's queries read (FLASH's prefix), or dummy
+    p_ptr,  # (B, G, S, E) state each window's queries read (FLASH's prefix; read in lin_q's precision), or dummy
     win_ptr,  # (G, 2) int32 window bounds of a packed variable-length batch, or dummy
     N,
     W,
