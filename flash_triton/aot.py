@@ -215,9 +215,21 @@ def kernel_launches(launch: Launch, window: int, every_path: bool = False) -> li
     return out
 
 
-def _tiles(name: str, w: int, s: int, e: int, dtype: torch.dtype, dropout: bool) -> list[tuple[dict, dict]]:
-    """The launch configs (tiles and options) that the launchers pick for kernel ``name`` at this shape, each with
-    the values of the kernel's feature-width arguments (which triton specialises on divisibility by 16)."""
+def _tiles(
+    name: str,
+    w: int,
+    s: int,
+    e: int,
+    dtype: torch.dtype,
+    dropout: bool,
+    arch: int | None = None,
+    lin: bool = False,
+    bias: bool = False,
+) -> list[tuple[dict, dict]]:
+    """The launch configs (tiles and options) that the launchers pick for kernel ``name`` at this shape on a GPU of
+    compute capability ``arch`` (None: the configs for every GPU; ``lin``: FLASH's launch; ``bias``: with a caller's
+    bias), each with the values of the kernel's feature-width arguments (which triton specialises on divisibility by
+    16)."""
     if name in ("quad_attn_weights", "quad_attn_out", "quad_attn_dscores"):
         kind = name.removeprefix("quad_attn_")
         return [(sw.short_config(kind, w, s, e, dtype), {"S": s} if kind == "weights" else {"S": s, "E": e})]
@@ -225,7 +237,8 @@ def _tiles(name: str, w: int, s: int, e: int, dtype: torch.dtype, dropout: bool)
         d = e if name == "quad_attn_dv_product" else s
         return [(sw.short_config("product", w, d, d, dtype), {"D": d})]
     if name.startswith("quad_attn_"):
-        return [(qa.launch_config(name.removeprefix("quad_attn_"), w, s, e, dtype, dropout), {"S": s, "E": e})]
+        kind = name.removeprefix("quad_attn_")
+        return [(qa.launch_config(kind, w, s, e, dtype, dropout, arch, lin, bias), {"S": s, "E": e})]
     if name == "state_scan":  # per batch row, s * e state elements
         return [(dict(mca.SCAN_CONFIG), {"F": s * e})]
     if name == "gate_backward":  # (B, N, e) element-wise
@@ -243,17 +256,22 @@ def _tiles(name: str, w: int, s: int, e: int, dtype: torch.dtype, dropout: bool)
     ]
 
 
-def variants(shapes: list, dtypes: list[str], launches: list[Launch], every_path: bool = True) -> list[tuple]:
+def variants(
+    shapes: list, dtypes: list[str], launches: list[Launch], every_path: bool = True, arch: int | None = None
+) -> list[tuple]:
     """(check name, jit function name, dtype, constexprs, options, divisible) of every distinct compile: each kernel
-    of each launch, at each shape and dtype, in the config its launcher picks; ``divisible`` names the feature-width
-    arguments that are multiples of 16 at that shape and that the kernel lets triton specialise (as its launcher
-    then does). ``every_path``: as in :func:`kernel_launches`."""
+    of each launch, at each shape and dtype, in the config its launcher picks on a GPU of compute capability
+    ``arch`` (None: the configs for every GPU); ``divisible`` names the feature-width arguments that are multiples
+    of 16 at that shape and that the kernel lets triton specialise (as its launcher then does). ``every_path``: as in
+    :func:`kernel_launches`."""
     seen, out = set(), []
     for (w, s, e), data_dtype, launch in itertools.product(shapes, dtypes, launches):
         for name, fn, flags in kernel_launches(launch, w, every_path):
             jit = kernel_fn(fn)
             dtype = data_dtype
-            for cfg, widths in _tiles(name, w, s, e, TORCH_DTYPES[dtype], launch.dropout and name.startswith("quad")):
+            dropout = launch.dropout and name.startswith("quad")
+            tiles = _tiles(name, w, s, e, TORCH_DTYPES[dtype], dropout, arch, launch.flash, launch.bias)
+            for cfg, widths in tiles:
                 cfg = dict(cfg)
                 options = {k: cfg.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in cfg}
                 options["enable_fp_fusion"] = FP_FUSION
@@ -518,15 +536,19 @@ def main(argv: list[str] | None = None) -> int:
         print("unset TRITON_INTERPRET: the interpreter's functions cannot be compiled for a GPU", file=sys.stderr)
         return 2
     dtypes = args.dtype or (DTYPES_QUICK if args.quick else list(TORCH_DTYPES))
-    configs = variants([SHAPE_PRODUCTION], dtypes, layer_launches(args.quick))
-    if not args.quick:
-        configs += [c for c in variants(SHAPES_OTHER, dtypes, layer_launches(True)) if c not in configs]
-    if args.kernel:
-        unknown = sorted(set(args.kernel) - {c[0] for c in configs})
-        if unknown:  # a typo would otherwise check nothing and pass
-            parser.error(f"--kernel: no such kernel {', '.join(unknown)} (known: {sorted({c[0] for c in configs})})")
-        configs = [c for c in configs if c[0] in args.kernel]
-    jobs = [(n, fn, d, c, arch, opts, True, div) for arch in args.arch for n, fn, d, c, opts, div in configs]
+    jobs = []
+    for arch in args.arch:  # each GPU compiles what its launchers pick there (the configs are keyed by arch)
+        configs = variants([SHAPE_PRODUCTION], dtypes, layer_launches(args.quick), arch=arch)
+        if not args.quick:
+            other = variants(SHAPES_OTHER, dtypes, layer_launches(True), arch=arch)
+            configs += [c for c in other if c not in configs]
+        if args.kernel:
+            unknown = sorted(set(args.kernel) - {c[0] for c in configs})
+            if unknown:  # a typo would otherwise check nothing and pass
+                known = sorted({c[0] for c in configs})
+                parser.error(f"--kernel: no such kernel {', '.join(unknown)} (known: {known})")
+            configs = [c for c in configs if c[0] in args.kernel]
+        jobs += [(n, fn, d, c, arch, opts, True, div) for n, fn, d, c, opts, div in configs]
     print(f"triton {triton.__version__}; ptxas: " + ", ".join(f"sm_{a} {ptxas_path(a)}" for a in args.arch))
     t0 = time.perf_counter()
     results = []

@@ -3,12 +3,12 @@ read from their SASS, plus a model of the executed FLOPs and the HBM bytes of th
 
     python -m flash_triton.profile [--arch 90 80] [--dtype bf16 fp16] [--quick] [--jobs N]
 
-Per kernel, in the launch configuration its launcher picks at the benchmark shapes (FLASH: s 128, e 1024, g 256;
-GAU: window n = 8192; causal), for the flag combinations the layers launch (``--quick``: the causal training
-launch of each layer, bf16 only): registers, spill bytes, shared memory, resident blocks and warps per SM, the MMA
-kind (wgmma / mma.sync / none) and count, global loads by width (16-byte vectors vs narrower), cp.async and TMA
-loads, and the hot loop (the loop of the SASS holding the most MMA work; nested loops counted once): its
-instructions and the MMA FLOPs per warp instruction.
+Per kernel, in the launch configuration its launcher picks on that architecture at the benchmark shapes (FLASH: s
+128, e 1024, g 256; GAU: window n = 8192; causal), for the flag combinations the layers launch (``--quick``: the
+causal training launch of each layer, bf16 only): registers, spill bytes, shared memory, resident blocks and warps
+per SM, the MMA kind (wgmma / mma.sync / none) and count, global loads by width (16-byte vectors vs narrower),
+cp.async and TMA loads, and the hot loop (the loop of the SASS holding the most MMA work; nested loops counted
+once): its instructions and the MMA FLOPs per warp instruction.
 
 Per core (n 8192, batch 1, the default flags), from the launch grids and loop bounds of the launchers: executed
 MMA FLOPs over the minimum of :mod:`benchmarks.formulas` (the same convention: useful products only, causal
@@ -160,7 +160,7 @@ class Launch:
 
 
 def quad_tiles(kind: str, w: int, s: int, e: int, dtype: torch.dtype) -> dict:
-    return qa.launch_config(kind, w, s, e, dtype, False)
+    return qa.launch_config(kind, w, s, e, dtype, False, arch=90)  # the model's GPU: an H100
 
 
 def short_forward(n: int, w: int, s: int, e: int, dtype: torch.dtype, causal: bool, lin: bool) -> tuple:
@@ -425,8 +425,10 @@ def profile_jobs(quick: bool, dtypes: list[str], archs: list[int]) -> list[tuple
     for layer, launch in profile_launches(quick):
         w = G if launch.flash else N
         for dtype in dtypes:
-            for name, fn_name, dtype_, constexprs, options, divisible in aot.variants([(w, S, E)], [dtype], [launch]):
-                for arch in archs:
+            for arch in archs:
+                for name, fn_name, dtype_, constexprs, options, divisible in aot.variants(
+                    [(w, S, E)], [dtype], [launch], arch=arch
+                ):
                     key = (layer, name, arch, dtype_, tuple(sorted(constexprs.items())), divisible)
                     if key not in seen:
                         seen.add(key)

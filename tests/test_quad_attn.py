@@ -88,6 +88,48 @@ def test_kernel_matches_reference(b, n, s, e, window, causal, laplace, mask, bia
         close_to_reference(grads[name], grads_ref[name], grads64[name], dtype, f"grad of {name}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_streaming_forward_in_its_hopper_tiles_matches_reference(monkeypatch, dtype):
+    """The half-precision streaming forward's sm_90 tiles (512-wide value blocks, the query/key width in one
+    128-wide block, 16 warps), which the launcher picks only on a GPU of compute capability 9.0: forced here by
+    reporting that capability, at a value width past one block (the second one partial), query/key width padded
+    from 100 to 128, causal, masked keys; output and every gradient against the reference."""
+    monkeypatch.setattr(qa, "SHORT_WINDOW", 0)
+    monkeypatch.setattr(qa, "device_arch", lambda device: 90)
+    picked, launch_config = [], qa.launch_config
+
+    def spy(kind, *args, **kwargs):
+        picked.append((kind, launch_config(kind, *args, **kwargs)))
+        return picked[-1][1]
+
+    monkeypatch.setattr(qa, "launch_config", spy)
+    b, n, s, e = 1, 40, 100, 520
+    tensors, key_mask = make_inputs(b, n, s, e, dtype, mask=True, bias=None)
+    kw = dict(scale=1.0 / n, window=None, causal=True, key_mask=key_mask, t5_scale=0.7, bias_scale=1.0 / n)
+    grad_out = torch.randn(b, n, e, device=DEVICE)
+    out, grads = run(op.quad_attn_triton, tensors, dtype, grad_out, **kw)
+    fwd = [cfg for kind, cfg in picked if kind == "fwd"]
+    assert fwd and all((c["BE"], c["BS"], c["S_BLOCKS"], c["num_warps"]) == (512, 128, 1, 16) for c in fwd), fwd
+    out_ref, grads_ref = run(ref.quad_attn, tensors, dtype, grad_out, **kw)
+    out64, grads64 = run(ref.quad_attn, tensors, torch.float64, grad_out, **kw)
+    close_to_reference(out, out_ref, out64, dtype, "output")
+    for name in grads64:
+        close_to_reference(grads[name], grads_ref[name], grads64[name], dtype, f"grad of {name}")
+    # elsewhere (sm_80, the interpreter: arch None), with dropout, in float32, with FLASH's linear half (its state
+    # tile would not fit in shared memory), past one 128-wide query/key block, and at value widths within the
+    # default block: the tiles that compile everywhere
+    cases = [(80, dtype, False, 128, 1024, False), (None, dtype, False, 128, 1024, False)]
+    cases += [(90, dtype, True, 128, 1024, False), (90, torch.float32, False, 128, 1024, False)]
+    cases += [
+        (90, dtype, False, 128, 1024, True),
+        (90, dtype, False, 200, 1024, False),
+        (90, dtype, False, 64, 48, False),
+    ]
+    for arch, dt, dropout, qk, v, lin in cases:
+        cfg = launch_config("fwd", 8192, qk, v, dt, dropout, arch, lin=lin)
+        assert cfg["BE"] <= 256 and cfg["num_warps"] <= 8, (arch, dt, dropout, qk, v, lin)
+
+
 def _through_views(fn, tensors: dict, grad_out, make_view, **kw):
     """``fn`` on ``make_view`` of every tensor input (mask included), and the gradients of the leaves behind them."""
     leaves = {k: t.detach().clone().requires_grad_(t.is_floating_point()) for k, t in tensors.items()}

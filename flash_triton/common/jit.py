@@ -1,5 +1,6 @@
 """Triton helpers shared by the kernels and launchers of every op (importing this module imports triton)."""
 
+import functools
 import os
 
 import torch
@@ -72,6 +73,20 @@ def new_output(like: Tensor, shape, dtype: torch.dtype | None = None) -> Tensor:
     if POISON_OUTPUTS:
         out.fill_(float("nan") if out.is_floating_point() else -1)
     return out
+
+
+@functools.cache
+def _cuda_arch(index: int) -> int:
+    major, minor = torch.cuda.get_device_capability(index)
+    return 10 * major + minor
+
+
+def device_arch(device: torch.device) -> int | None:
+    """The compute capability of a CUDA device as the launch configs key it (90: H100 / H200, 80: A100), None off
+    CUDA (the CPU interpreter runs the default configs)."""
+    if device.type != "cuda":
+        return None
+    return _cuda_arch(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def row_mask_u8(mask: Tensor | None) -> Tensor | None:

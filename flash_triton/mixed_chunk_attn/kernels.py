@@ -128,7 +128,7 @@ def _group_apply_kernel(
         )
         p_m = m_base + o_x[:, None] * stride_mx + o_y[None, :] * stride_my
         b_m = tl.load(p_m, mask=m_x[:, None] & m_y[None, :], other=0.0)
-        acc = dot(b_x, b_m.to(b_x.dtype), acc, DOT_PREC)  # fp32 states meet x's precision
+        acc = dot(b_x, b_m.to(b_x.dtype), acc, DOT_PREC)  # the states (any float dtype) meet x's precision
     acc = acc * scale
     if HAS_MASK:
         keep = tl.load(mask_ptr + i_b64 * stride_kb + o_t, mask=m_t, other=0) != 0

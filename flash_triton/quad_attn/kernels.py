@@ -22,7 +22,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..common.jit import FP_FUSION, check_row_offsets, dot, dot_precision, new_output, row_mask_u8, window_bounds
+from ..common.jit import (
+    FP_FUSION,
+    check_row_offsets,
+    device_arch,
+    dot,
+    dot_precision,
+    new_output,
+    row_mask_u8,
+    window_bounds,
+)
 from ..reference.t5_bias import t5_relative_position_bucket
 
 # windows of at most this many tokens (FLASH's groups, GAU on short sequences) take the forward of
@@ -257,7 +266,7 @@ def _quad_attn_fwd_kernel(
         b_v = tl.load(v_base + o_n[:, None] * stride_vn + o_e[None, :], mask=m_n[:, None] & m_e[None, :], other=0.0)
         acc = dot(a.to(b_v.dtype), b_v, acc, DOT_PREC)
     if HAS_LIN:
-        # FLASH's linear half in the same output tile: acc += lin_q P[window] (the window's state, fp32)
+        # FLASH's linear half in the same output tile: acc += lin_q P[window] (the window's state)
         lq_base = lq_ptr + i_b64 * stride_lqb
         p_base = p_ptr + i_b64 * stride_pb + i_w.to(tl.int64) * stride_pg
         for s0 in range(0, S, BS):
@@ -716,14 +725,39 @@ TILES = {
     ("dq", "fp32", False): (32, 16, 16, 32, 4),
     ("dq", "fp32", True): (32, 16, 16, 32, 8),  # at 4 warps it spilled inside the key loop on sm_80 (triton 3.9)
 }
+# Hopper only (sm_90: wgmma, 227 KiB of shared memory per block): the half-precision forward without dropout takes
+# 512-wide value blocks, so q kᵀ is recomputed E / 512 times instead of E / 256 (GAU at e 1024: 1.34x -> 1.11x the
+# minimal forward FLOPs), with the query/key width in one 128-wide block and 16 warps (four warpgroups of 128
+# registers a thread: the 64 x 512 float32 accumulator is 64 of them). 8 warps spilled at any register cap; on sm_80
+# the same tiles spill 24-44 B (mma.sync keeps more in registers), so other GPUs keep TILES. Not with the fused linear
+# half (FLASH's groups past SHORT_WINDOW: its 128 x 512 state tile takes the shared memory to 288 KiB), nor with a
+# caller's bias (its tile spilled 8-80 B in the loop under triton 3.9), nor past one 128-wide query/key block (two
+# spilled 24-116 B in the loop).
+TILES_SM90 = {("fwd", "half", False): (64, 32, 128, 512, 16)}
 
 
-def launch_config(kind: str, window: int, qk_dim: int, v_dim: int, dtype: torch.dtype, dropout: bool) -> dict:
+def launch_config(
+    kind: str,
+    window: int,
+    qk_dim: int,
+    v_dim: int,
+    dtype: torch.dtype,
+    dropout: bool,
+    arch: int | None = None,
+    lin: bool = False,
+    bias: bool = False,
+) -> dict:
     """Tile sizes (powers of two, >= 16 for tl.dot, no larger than needed) and warps of kernel ``kind``
     ("fwd", "dv", "dk", "dq"; "dkq": dk with dq added in atomically) for a window, query/key width, value width,
-    dtype and dropout on/off."""
+    dtype and dropout on/off, on a GPU of compute capability ``arch`` (:func:`..common.jit.device_arch`; None: the
+    configs that compile for every supported GPU); ``lin``: the forward adds FLASH's linear half; ``bias``: a caller's
+    bias is added to the scores."""
     precision = "fp32" if dtype == torch.float32 else "half"
-    bm, bn, bs, be, warps = TILES[(kind, precision, dropout)]
+    key = (kind, precision, dropout)
+    # (and only where the value width passes the default block: smaller ones gain nothing from 16 warps)
+    hopper = arch == 90 and key in TILES_SM90 and not (lin or bias)
+    hopper = hopper and qk_dim <= TILES_SM90[key][2] and v_dim > TILES[key][3]
+    bm, bn, bs, be, warps = TILES_SM90[key] if hopper else TILES[key]
     fit = max(16, triton.next_power_of_2(window))
     bs = min(bs, max(16, triton.next_power_of_2(qk_dim)))
     be = min(be, max(16, triton.next_power_of_2(v_dim)))
@@ -832,7 +866,8 @@ def quad_attn_fwd(
             state=state,
             windows=windows,
         )
-    cfg = launch_config("fwd", w, s, e, q.dtype, dropout_p > 0)
+    arch = device_arch(q.device)
+    cfg = launch_config("fwd", w, s, e, q.dtype, dropout_p > 0, arch, lin=lin_q is not None, bias=bias is not None)
     out = new_output(v, v.shape)  # contiguous whatever v's strides
     o_pre = new_output(v, v.shape) if store_pre else None
     dummy = q.new_empty(0)
@@ -959,7 +994,8 @@ def quad_attn_bwd(
     atomic_dq = not torch.are_deterministic_algorithms_enabled()
     key_kind = "dkq" if atomic_dq else "dk"
     kinds = ("dv", key_kind) if atomic_dq else ("dv", key_kind, "dq")
-    cfgs = {kind: launch_config(kind, w, s, e, q.dtype, dropout_p > 0) for kind in kinds}
+    arch = device_arch(q.device)
+    cfgs = {kind: launch_config(kind, w, s, e, q.dtype, dropout_p > 0, arch) for kind in kinds}
     dk, dv = new_output(k, k.shape), new_output(v, v.shape)
     dqa = q.new_zeros(q.shape, dtype=torch.float32) if atomic_dq else None
     dq = new_output(q, q.shape) if not atomic_dq else None

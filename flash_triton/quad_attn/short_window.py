@@ -198,7 +198,7 @@ def _quad_out_kernel(
         b_a = tl.load(a_base + o_m[:, None] * stride_an + o_c[None, :], mask=m_m[:, None], other=0.0)
         b_v = tl.load(v_base + o_n[:, None] * stride_vn + o_e[None, :], mask=m_n[:, None] & m_e[None, :], other=0.0)
         acc = dot(b_a, b_v, acc, DOT_PREC)
-    if HAS_LIN:  # FLASH's linear half in the same output tile: acc += lin_q P[window] (the window's state, fp32)
+    if HAS_LIN:  # FLASH's linear half in the same output tile: acc += lin_q P[window] (the window's state)
         lq_base = lq_ptr + i_b64 * stride_lqb
         p_base = p_ptr + i_b64 * stride_pb + i_w.to(tl.int64) * stride_pg
         for s0 in range(0, S, BS):
