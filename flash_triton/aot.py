@@ -82,7 +82,8 @@ class Launch:
     """One way a layer calls the kernels: GAU (quad_attn, optionally with a caller's bias) or FLASH
     (mixed_chunk_attn, optionally packed); ``train`` = gradients wanted (the gate's pre-activation is stored and the
     backward runs); ``dropout`` = attention dropout active (training mode); ``bias_grad`` = the caller's bias
-    wants a gradient."""
+    wants a gradient; ``state`` = FLASH's linear state passed in and out (the decoding cache, the functional API's
+    ``initial_state`` / ``output_final_state``: the state scans' HAS_INIT / HAS_LAST variants)."""
 
     flash: bool
     causal: bool
@@ -93,6 +94,7 @@ class Launch:
     dropout: bool = False
     train: bool = True
     bias_grad: bool = False
+    state: bool = True
 
 
 def layer_launches(quick: bool) -> list[Launch]:
@@ -103,8 +105,8 @@ def layer_launches(quick: bool) -> list[Launch]:
     if quick:
         out = []
         for flash, causal in itertools.product((False, True), (True, False)):
-            out += [
-                Launch(flash, causal, False, False, train=train, dropout=drop)
+            out += [  # the state in / out with the inference launch only (the decoding cache)
+                Launch(flash, causal, False, False, train=train, dropout=drop, state=not train)
                 for train, drop in ((True, False), (True, True), (False, False))
             ]
         out += [
@@ -162,20 +164,13 @@ def kernel_launches(launch: Launch, window: int, every_path: bool = False) -> li
         # launcher fuses the two (mca.fused_scan_fits), in one kernel; every flag set: a state in and out come with
         # the decoding cache and the functional API. Backward: the prefix again (keys masked, no final state), its
         # adjoint (lin_qᵀ dY, unmasked)
-        out += [
-            ("state_scan", "_state_scan_kernel", dict(REVERSE=r, HAS_INIT=i, HAS_LAST=la))
+        flags = [
+            dict(REVERSE=r, HAS_INIT=i, HAS_LAST=la)
             for r, i, la in itertools.product((False, True), repeat=3)
-            if launch.train or not r
+            if (launch.train or not r) and (launch.state or not (i or la))
         ]
-        out += [
-            (
-                "group_scan",
-                "_group_scan_kernel",
-                dict(REVERSE=r, HAS_MASK=launch.mask and not r, HAS_INIT=i, HAS_LAST=la),
-            )
-            for r, i, la in itertools.product((False, True), repeat=3)
-            if launch.train or not r
-        ]
+        out += [("state_scan", "_state_scan_kernel", f) for f in flags]
+        out += [("group_scan", "_group_scan_kernel", dict(f, HAS_MASK=launch.mask and not f["REVERSE"])) for f in flags]
     if not launch.train:
         return out
     # the backward's first step: dy = d_out * gate and dgate = d_out * o_pre (dy alone for a gate that wants no

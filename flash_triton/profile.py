@@ -416,7 +416,10 @@ def profile_launches(quick: bool) -> list[tuple[str, aot.Launch]]:
     """(layer, launch) pairs: the causal training launch of GAU and FLASH (quick), or every combination the
     layers launch at their defaults plus the all-flags launch (:func:`flash_triton.aot.layer_launches`)."""
     if quick:
-        return [("GAU", aot.Launch(False, True, False, False)), ("FLASH", aot.Launch(True, True, False, False))]
+        return [
+            ("GAU", aot.Launch(False, True, False, False)),
+            ("FLASH", aot.Launch(True, True, False, False, state=False)),
+        ]
     return [("FLASH" if la.flash else "GAU", la) for la in aot.layer_launches(True)]
 
 

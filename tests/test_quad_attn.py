@@ -88,7 +88,7 @@ def test_kernel_matches_reference(b, n, s, e, window, causal, laplace, mask, bia
         close_to_reference(grads[name], grads_ref[name], grads64[name], dtype, f"grad of {name}")
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16], ids=["bf16"])  # fp16 compiles to the same tiles
 def test_streaming_forward_in_its_hopper_tiles_matches_reference(monkeypatch, dtype):
     """The half-precision streaming forward's sm_90 tiles (512-wide value blocks, the query/key width in one
     128-wide block, 16 warps), which the launcher picks only on a GPU of compute capability 9.0: forced here by

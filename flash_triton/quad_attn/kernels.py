@@ -726,7 +726,7 @@ TILES = {
     ("dq", "fp32", True): (32, 16, 16, 32, 8),  # at 4 warps it spilled inside the key loop on sm_80 (triton 3.9)
 }
 # Hopper only (sm_90: wgmma, 227 KiB of shared memory per block): the half-precision forward without dropout takes
-# 512-wide value blocks, so q kᵀ is recomputed E / 512 times instead of E / 256 (GAU at e 1024: 1.34x -> 1.11x the
+# 512-wide value blocks, so q kᵀ is recomputed E / 512 times instead of E / 256 (GAU at e 1024: 1.34x -> 1.12x the
 # minimal forward FLOPs), with the query/key width in one 128-wide block and 16 warps (four warpgroups of 128
 # registers a thread: the 64 x 512 float32 accumulator is 64 of them). 8 warps spilled at any register cap; on sm_80
 # the same tiles spill 24-44 B (mma.sync keeps more in registers), so other GPUs keep TILES. Not with the fused linear
@@ -754,7 +754,8 @@ def launch_config(
     bias is added to the scores."""
     precision = "fp32" if dtype == torch.float32 else "half"
     key = (kind, precision, dropout)
-    # (and only where the value width passes the default block: smaller ones gain nothing from 16 warps)
+    # TILES_SM90 where its conditions hold, and only at value widths past the default block (below it 16 warps gain
+    # nothing and spilled 8 B)
     hopper = arch == 90 and key in TILES_SM90 and not (lin or bias)
     hopper = hopper and qk_dim <= TILES_SM90[key][2] and v_dim > TILES[key][3]
     bm, bn, bs, be, warps = TILES_SM90[key] if hopper else TILES[key]
