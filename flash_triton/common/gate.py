@@ -9,7 +9,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .custom_op import EMPTY, or_empty
-from .jit import FP_FUSION, check_row_offsets, new_output, rounded
+from .jit import FP_FUSION, check_row_offsets, last_dim_contiguous, new_output, rounded
 
 _NOSPEC = ["N"]  # the width E is specialised (16-byte vectors where it is a multiple of 8 in half precision)
 
@@ -55,11 +55,6 @@ def gate_config(e: int) -> dict:
     return dict(BR=4096 // be, BE=be, num_warps=4, num_stages=1)
 
 
-def _rows(t: Tensor) -> Tensor:
-    """t as the kernel addresses it: unit feature stride (a broadcast gradient, e.g. of ``out.sum()``, is copied)."""
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def gate_backward(d_out: Tensor, gate: Tensor, o_pre: Tensor | None) -> tuple[Tensor, Tensor | None]:
     """``(d_out * gate, d_out * o_pre)`` for (B, N, E) tensors with any row strides (e.g. the gate as a view of a
     projection's output), each product in torch's result dtype of its two factors; the second is None without
@@ -67,8 +62,7 @@ def gate_backward(d_out: Tensor, gate: Tensor, o_pre: Tensor | None) -> tuple[Te
     if gate.shape != d_out.shape or (o_pre is not None and o_pre.shape != d_out.shape):
         shapes = f"d_out {tuple(d_out.shape)}, gate {tuple(gate.shape)}"
         raise ValueError(f"gate_backward needs equal shapes, got {shapes}, o_pre {getattr(o_pre, 'shape', None)}")
-    d_out, gate = _rows(d_out), _rows(gate)
-    o_pre = _rows(o_pre) if o_pre is not None else None
+    d_out, gate, o_pre = last_dim_contiguous(d_out, gate, o_pre)  # a broadcast d_out (of ``out.sum()``) is copied
     b, n, e = d_out.shape
     dy = new_output(d_out, (b, n, e), torch.result_type(d_out, gate))
     dgate = new_output(d_out, (b, n, e), torch.result_type(d_out, o_pre)) if o_pre is not None else None

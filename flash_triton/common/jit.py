@@ -89,6 +89,12 @@ def device_arch(device: torch.device) -> int | None:
     return _cuda_arch(device.index if device.index is not None else torch.cuda.current_device())
 
 
+def last_dim_contiguous(*ts: Tensor | None) -> list:
+    """Each tensor as the kernels address it: unit stride along the last (feature) dimension, any other strides
+    (copied only when that stride is not 1, e.g. a broadcast gradient); None passes through."""
+    return [t if t is None or t.stride(-1) == 1 else t.contiguous() for t in ts]
+
+
 def row_mask_u8(mask: Tensor | None) -> Tensor | None:
     """A (B, N) bool mask as the kernels read it: uint8, contiguous (they address a batch row's mask as
     ``base + position``, so a transposed or expanded mask must be copied first)."""

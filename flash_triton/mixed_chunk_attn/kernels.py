@@ -20,7 +20,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..common.jit import FP_FUSION, check_row_offsets, dot, dot_precision, new_output, row_mask_u8, window_bounds
+from ..common.jit import (
+    FP_FUSION,
+    check_row_offsets,
+    dot,
+    dot_precision,
+    last_dim_contiguous,
+    new_output,
+    row_mask_u8,
+    window_bounds,
+)
 
 # lengths vary per call; the feature widths DA, DB, DX, DY are specialised (16-byte loads where they are multiples
 # of 16; each such width compiles its own variant)
@@ -282,16 +291,12 @@ def apply_config(group: int, dx: int, dy: int, dtype: torch.dtype) -> dict:
     return dict(BT=_block(group, 64), BX=_block(dx, 64), BY=_block(dy, 64), num_warps=4, num_stages=2)
 
 
-def _unit_stride(t: Tensor) -> Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def group_state(
     a: Tensor, b: Tensor, group: int, row_mask: Tensor | None = None, windows: Tensor | None = None
 ) -> Tensor:
     """(B, G, DA, DB) float32 ``Σ_{t in group j} a_tᵀ b_t`` for a (B, N, DA), b (B, N, DB); G = ceil(N / group),
     or the rows of ``windows`` ((G, 2) int32 [start, end) of a packed variable-length batch)."""
-    a, b = _unit_stride(a), _unit_stride(b)
+    a, b = last_dim_contiguous(a, b)
     check_row_offsets(a=a, b=b)
     bsz, n, da = a.shape
     db = b.shape[-1]
@@ -340,7 +345,7 @@ def group_apply(
     """(B, N, DY) ``scale * x_t m[b, group(t)]`` for x (B, N, DX) and m (B, G, DX, DY) (any float dtype and strides);
     ``windows`` as in :func:`group_state`. With ``accumulate`` (a contiguous (B, N, DY) tensor), the product is
     added to it in place (the sum rounded once) and it is returned; rows the mask drops keep their value."""
-    x = _unit_stride(x)
+    (x,) = last_dim_contiguous(x)
     check_row_offsets(x=x, y=torch.empty(x.shape[0], x.shape[1], m.shape[-1], device="meta"))
     bsz, n, dx = x.shape
     dy = m.shape[-1]
@@ -434,12 +439,12 @@ def scan_config(group: int, da: int, db: int, dtype: torch.dtype) -> dict:
     """Blocks and warps of the fused ``group_scan`` (``group`` a multiple of 16): token steps that divide the group
     (the loop walks whole groups), state tiles as in :func:`state_config`; three stages in half precision (the loop
     streams every token of the sequence through one program, so the loads are what it waits on)."""
-    bt = 16
-    while bt < 64 and group % (2 * bt) == 0:
-        bt *= 2
     if dtype == torch.float32:  # as group_state: the exact FMA dot holds its operands in registers (8 warps; ptxas
         # capped one flag set at 128 registers and spilled in the loop on sm_90: maxnreg lifts the cap)
         return dict(BT=16, BA=_block(da, 64), BB=_block(db, 64), num_warps=8, num_stages=2, maxnreg=255)
+    bt = 16
+    while bt < 64 and group % (2 * bt) == 0:
+        bt *= 2
     return dict(BT=bt, BA=_block(da, 64), BB=_block(db, 64), num_warps=4, num_stages=3)
 
 
@@ -479,7 +484,7 @@ def group_scan(
     ``fused`` (default: :func:`fused_scan_fits`) runs the single kernel that keeps each group's sum in registers;
     ``False`` the two kernels. Fusing needs ``group`` to be a multiple of 16; asked for otherwise, it raises.
     """
-    a, b = _unit_stride(a), _unit_stride(b)
+    a, b = last_dim_contiguous(a, b)
     bsz, n, da = a.shape
     db = b.shape[-1]
     out_dtype = out_dtype or a.dtype

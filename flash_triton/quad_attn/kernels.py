@@ -28,6 +28,7 @@ from ..common.jit import (
     device_arch,
     dot,
     dot_precision,
+    last_dim_contiguous,
     new_output,
     row_mask_u8,
     window_bounds,
@@ -795,10 +796,6 @@ def _bias_strides(bias: Tensor | None, b: int, n: int) -> tuple[int, int, int]:
     return (0, 0, 0) if bias is None else bias.expand(b, n, n).stride()
 
 
-def _last_dim_contiguous(*ts: Tensor | None) -> list:
-    return [t if t is None or t.stride(-1) == 1 else t.contiguous() for t in ts]
-
-
 def quad_attn_fwd(
     q: Tensor,
     k: Tensor,
@@ -830,7 +827,7 @@ def quad_attn_fwd(
     ``lin_q @ state[window]`` before the gate.
     ``windows`` (G, 2) int32 [start, end) rows replace the uniform windows (packed variable-length batches, B = 1).
     """
-    q, k, v, gate, lin_q, t5_weight = _last_dim_contiguous(q, k, v, gate, lin_q, t5_weight)  # the T5 table and the
+    q, k, v, gate, lin_q, t5_weight = last_dim_contiguous(q, k, v, gate, lin_q, t5_weight)  # the T5 table and the
     # key mask (below) are read as contiguous vectors
     if state is not None and state.stride(-1) != 1:
         state = state.contiguous()
@@ -956,7 +953,7 @@ def quad_attn_bwd(
     dt5 is (num_buckets,) float32 summed from per-program partials (deterministic); dbias is the float32 gradient
     of a (B, N, N) bias, for the caller to reduce to the bias's own shape.
     """
-    dy, q, k, v, t5_weight = _last_dim_contiguous(dy, q, k, v, t5_weight)
+    dy, q, k, v, t5_weight = last_dim_contiguous(dy, q, k, v, t5_weight)
     b, n, s = q.shape
     dbias_like = torch.empty(b, n, n, device="meta") if need_dbias and bias is not None else None
     check_row_offsets(dy=dy, q=q, k=k, v=v, bias=bias.expand(b, n, n) if bias is not None else None, dbias=dbias_like)
