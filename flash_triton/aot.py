@@ -227,10 +227,10 @@ def _tiles(
     16)."""
     if name in ("quad_attn_weights", "quad_attn_out", "quad_attn_dscores"):
         kind = name.removeprefix("quad_attn_")
-        return [(sw.short_config(kind, w, s, e, dtype), {"S": s} if kind == "weights" else {"S": s, "E": e})]
+        return [(sw.short_config(kind, w, s, e, dtype, arch), {"S": s} if kind == "weights" else {"S": s, "E": e})]
     if name.endswith("_product"):  # dv over the value width, dq and dk over the query/key width
         d = e if name == "quad_attn_dv_product" else s
-        return [(sw.short_config("product", w, d, d, dtype), {"D": d})]
+        return [(sw.short_config("product", w, d, d, dtype, arch), {"D": d})]
     if name.startswith("quad_attn_"):
         kind = name.removeprefix("quad_attn_")
         return [(qa.launch_config(kind, w, s, e, dtype, dropout, arch, lin, bias), {"S": s, "E": e})]
@@ -239,15 +239,15 @@ def _tiles(
     if name == "gate_backward":  # (B, N, e) element-wise
         return [(gate.gate_config(e), {"E": e})]
     if name == "group_scan":  # as group_state, the prefix fused
-        return [(mca.scan_config(w, s, e, dtype), {"DA": s, "DB": e})]
+        return [(mca.scan_config(w, s, e, dtype, arch), {"DA": s, "DB": e})]
     if name == "group_state":  # lin_kᵀ v and lin_qᵀ dY: both (s, e)
-        return [(mca.state_config(w, s, e, dtype), {"DA": s, "DB": e})]
+        return [(mca.state_config(w, s, e, dtype, arch), {"DA": s, "DB": e})]
     # lin_k dS: (s -> e), the state read as stored (unit stride along DY); dY Pᵀ, v dSᵀ: (e -> s), through a
     # transposed view (unit stride along DX). Triton's launcher passes an integer argument equal to 1 as the
     # constant 1, so each compiles with that stride fixed (what lets the fp32 state load as 16-byte vectors)
     return [
-        (dict(mca.apply_config(w, s, e, dtype), stride_my=1), {"DX": s, "DY": e}),
-        (dict(mca.apply_config(w, e, s, dtype), stride_mx=1), {"DX": e, "DY": s}),
+        (dict(mca.apply_config(w, s, e, dtype, arch), stride_my=1), {"DX": s, "DY": e}),
+        (dict(mca.apply_config(w, e, s, dtype, arch), stride_mx=1), {"DX": e, "DY": s}),
     ]
 
 

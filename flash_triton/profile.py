@@ -168,7 +168,7 @@ def short_forward(n: int, w: int, s: int, e: int, dtype: torch.dtype, causal: bo
     ``_quad_weights_kernel`` (q kᵀ over the padded query/key width, once per visited (query tile, key tile)) and of
     ``_quad_out_kernel`` (per (value block, query tile): A v over the same key tiles and, with ``lin``, lin_q P over
     the padded query/key width), and the number of weights stored."""
-    cw, co = sw.short_config("weights", w, s, e, dtype), sw.short_config("out", w, s, e, dtype)
+    cw, co = sw.short_config("weights", w, s, e, dtype, 90), sw.short_config("out", w, s, e, dtype, 90)
     bm, bn, be = cw["BM"], cw["BN"], co["BE"]
     e_pad = _cdiv(e, be) * be
     tiles = _visited_tiles(n, w, bm, bn, causal)
@@ -213,13 +213,13 @@ def short_backward(n: int, w: int, s: int, e: int, dtype: torch.dtype, causal: b
     padded value width, the scores over the padded query/key width) and of the three tile products (dv = Aᵀ dy, dq =
     ds k, dk = dsᵀ q over the visited tiles, widths padded to their feature blocks), and the elements each of the
     two stored tensors (weights, score gradients) holds."""
-    c = sw.short_config("dscores", w, s, e, dtype)
+    c = sw.short_config("dscores", w, s, e, dtype, 90)
     bm, bn = c["BM"], c["BN"]
     tiles = _visited_tiles(n, w, bm, bn, causal)
     dscores = tiles * 2.0 * bm * bn * (_cdiv(e, c["BE"]) * c["BE"] + c["S_BLOCKS"] * c["BS"])
     products = 0.0
     for d in (e, s, s):
-        bd = sw.short_config("product", w, d, d, dtype)["BD"]
+        bd = sw.short_config("product", w, d, d, dtype, 90)["BD"]
         products += tiles * 2.0 * bm * bn * _cdiv(d, bd) * bd
     return dscores, products, float(tiles * bm * bn)
 
@@ -319,7 +319,7 @@ def core_launches(
         return fwd + bwd
 
     def scan(what: str) -> list[Launch]:  # per-group sums of a product and their prefix (or its adjoint)
-        if mca.fused_scan_fits(batch, n, g, s, e, dtype):
+        if mca.fused_scan_fits(batch, n, g, s, e, dtype, 90):
             return [Launch(f"group_scan ({what}, sums in registers)", gemm, n * p * (s + e), state)]
         return [
             Launch(f"group_state ({what})", gemm, n * p * (s + e), sums),

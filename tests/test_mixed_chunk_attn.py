@@ -23,6 +23,7 @@ from tests._helpers import (
 )
 
 triton = pytest.importorskip("triton")
+tuning = pytest.importorskip("flash_triton.tuning")
 qa = pytest.importorskip("flash_triton.quad_attn.kernels")
 sw = pytest.importorskip("flash_triton.quad_attn.short_window")
 mca_kernels = pytest.importorskip("flash_triton.mixed_chunk_attn.kernels")
@@ -33,6 +34,7 @@ pytestmark = pytest.mark.usefixtures("poison_outputs")
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 INPUTS = ["quad_q", "quad_k", "lin_q", "lin_k", "v", "gate", "t5_weight"]
 
 
@@ -84,6 +86,43 @@ def check_against_reference(b, n, s, e, g, causal, reduce_group, masked, laplace
         assert torch.isfinite(g_ours).all(), name
         assert_close_scaled(g_ours.double(), g64, TOL[dtype], f"grad of {name}")
         close_to_reference(g_ours, g_ref, g64, dtype, f"grad of {name}")
+
+
+def _halved(kernel: str, default: dict) -> dict:
+    """A config unlike the default for every tunable value: each block halved (16 at least), one stage, 2 warps."""
+    tunable = tuning.TUNABLE[kernel]
+    cfg = {k: max(16, default[k] // 2) for k in tunable if k.startswith("B")}
+    return dict(cfg, num_warps=2, num_stages=1)
+
+
+@pytest.mark.parametrize(
+    "dtype, kernel_path",
+    [(torch.float32, "short"), (torch.float16, "short"), (torch.bfloat16, "streaming"), (torch.float32, "streaming")],
+    indirect=["kernel_path"],
+    ids=["fp32-short", "fp16-short", "bf16-streaming", "fp32-streaming"],
+)
+def test_tuned_configs_give_the_reference_results(dtype, kernel_path):
+    """What a tuned table may set, forced (flash_triton.tuning.override) to other values for every tunable launch
+    of a FLASH training step (each block halved, one stage): outputs and every gradient still match the reference.
+    The launches asked for are the tunable kernels of the path, with the forced configs in effect."""
+    case = (2, 80, 24, 40, 32, True, True, True, False)  # b n s e g causal reduce_group masked laplace
+    with tuning.recording() as asked:
+        check_against_reference(*case, dtype)
+    kernels = {k for k, *_ in asked}
+    expected = {"group_scan", "group_apply"}
+    expected |= (
+        {"quad_attn_fwd", "quad_attn_dv", "quad_attn_dkq"}
+        if kernel_path == "streaming"
+        else {"quad_attn_weights", "quad_attn_out", "quad_attn_dscores", "quad_attn_product"}
+    )
+    assert expected <= kernels, kernels
+    forced = {(k, d, tuning.freeze(key)): _halved(k, default) for k, d, key, default in asked}
+    with tuning.override(forced):
+        for kernel, d, key, default in asked:  # the launchers' config functions now return the forced values
+            want = forced[(kernel, d, tuning.freeze(key))]
+            got = tuning.tuned(kernel, None, DTYPES[d], key, default)
+            assert {k: got[k] for k in want} == want != {k: default[k] for k in want}, (kernel, key)
+        check_against_reference(*case, dtype)
 
 
 @pytest.mark.parametrize("s, e", [(3, 7), (40, 33)], ids=["one-block", "two-blocks"])

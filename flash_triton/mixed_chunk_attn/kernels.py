@@ -20,9 +20,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .. import tuning
 from ..common.jit import (
     FP_FUSION,
     check_row_offsets,
+    device_arch,
     dot,
     dot_precision,
     last_dim_contiguous,
@@ -274,21 +276,26 @@ def _block(d: int, cap: int) -> int:
     return min(cap, max(16, triton.next_power_of_2(d)))
 
 
-def state_config(group: int, da: int, db: int, dtype: torch.dtype) -> dict:
-    """Blocks and warps of ``group_state`` (spill-free on sm_80/sm_90: ``python -m flash_triton.aot``)."""
+def state_config(group: int, da: int, db: int, dtype: torch.dtype, arch: int | None = None) -> dict:
+    """Blocks and warps of ``group_state`` (spill-free on sm_80/sm_90: ``python -m flash_triton.aot``) on a GPU of
+    compute capability ``arch`` (a tuned entry of :mod:`flash_triton.tuning` where there is one)."""
     if dtype == torch.float32:  # the exact FMA dot holds its operands in registers: 8 warps, 16-token steps
         # (32-token steps spilled 96-128 B on sm_80 under triton 3.9)
-        return dict(BT=_block(group, 16), BA=_block(da, 64), BB=_block(db, 64), num_warps=8, num_stages=2)
-    return dict(BT=_block(group, 32), BA=_block(da, 64), BB=_block(db, 64), num_warps=4, num_stages=2)
+        cfg = dict(BT=_block(group, 16), BA=_block(da, 64), BB=_block(db, 64), num_warps=8, num_stages=2)
+    else:
+        cfg = dict(BT=_block(group, 32), BA=_block(da, 64), BB=_block(db, 64), num_warps=4, num_stages=2)
+    return tuning.tuned("group_state", arch, dtype, dict(group=group, da=da, db=db), cfg)
 
 
-def apply_config(group: int, dx: int, dy: int, dtype: torch.dtype) -> dict:
+def apply_config(group: int, dx: int, dy: int, dtype: torch.dtype, arch: int | None = None) -> dict:
     """Blocks and warps of ``group_apply``. Half precision: 64-row tiles, the smallest that wgmma takes on sm_90
     (32-row tiles compiled to mma.sync there), 64-wide steps; float32 (exact FMA products, operands in registers)
-    keeps 32 x 32 steps (64 x 64 spilled on sm_90)."""
+    keeps 32 x 32 steps (64 x 64 spilled on sm_90). ``arch``: as in :func:`state_config`."""
     if dtype == torch.float32:
-        return dict(BT=_block(group, 32), BX=_block(dx, 32), BY=_block(dy, 64), num_warps=4, num_stages=2)
-    return dict(BT=_block(group, 64), BX=_block(dx, 64), BY=_block(dy, 64), num_warps=4, num_stages=2)
+        cfg = dict(BT=_block(group, 32), BX=_block(dx, 32), BY=_block(dy, 64), num_warps=4, num_stages=2)
+    else:
+        cfg = dict(BT=_block(group, 64), BX=_block(dx, 64), BY=_block(dy, 64), num_warps=4, num_stages=2)
+    return tuning.tuned("group_apply", arch, dtype, dict(group=group, dx=dx, dy=dy), cfg)
 
 
 def group_state(
@@ -303,7 +310,7 @@ def group_state(
     g = windows.shape[0] if windows is not None else triton.cdiv(n, group)
     out = new_output(a, (bsz, g, da, db), torch.float32)
     mask = row_mask_u8(row_mask)
-    cfg = state_config(group, da, db, a.dtype)
+    cfg = state_config(group, da, db, a.dtype, device_arch(a.device))
     grid = (g * triton.cdiv(da, cfg["BA"]), triton.cdiv(db, cfg["BB"]), bsz)
     _group_state_kernel[grid](
         a,
@@ -359,7 +366,7 @@ def group_apply(
     else:
         y = new_output(x, (bsz, n, dy), out_dtype or x.dtype)
     mask = row_mask_u8(row_mask)
-    cfg = apply_config(group, dx, dy, x.dtype)
+    cfg = apply_config(group, dx, dy, x.dtype, device_arch(x.device))
     g = windows.shape[0] if windows is not None else triton.cdiv(n, group)
     grid = (g * triton.cdiv(group, cfg["BT"]), triton.cdiv(dy, cfg["BY"]), bsz)
     _group_apply_kernel[grid](
@@ -435,17 +442,22 @@ def state_scan(
     return y, last
 
 
-def scan_config(group: int, da: int, db: int, dtype: torch.dtype) -> dict:
+def scan_config(group: int, da: int, db: int, dtype: torch.dtype, arch: int | None = None) -> dict:
     """Blocks and warps of the fused ``group_scan`` (``group`` a multiple of 16): token steps that divide the group
     (the loop walks whole groups), state tiles as in :func:`state_config`; three stages in half precision (the loop
     streams every token of the sequence through one program, so the loads are what it waits on)."""
     if dtype == torch.float32:  # as group_state: the exact FMA dot holds its operands in registers (8 warps; ptxas
         # capped one flag set at 128 registers and spilled in the loop on sm_90: maxnreg lifts the cap)
-        return dict(BT=16, BA=_block(da, 64), BB=_block(db, 64), num_warps=8, num_stages=2, maxnreg=255)
-    bt = 16
-    while bt < 64 and group % (2 * bt) == 0:
-        bt *= 2
-    return dict(BT=bt, BA=_block(da, 64), BB=_block(db, 64), num_warps=4, num_stages=3)
+        cfg = dict(BT=16, BA=_block(da, 64), BB=_block(db, 64), num_warps=8, num_stages=2, maxnreg=255)
+    else:
+        bt = 16
+        while bt < 64 and group % (2 * bt) == 0:
+            bt *= 2
+        cfg = dict(BT=bt, BA=_block(da, 64), BB=_block(db, 64), num_warps=4, num_stages=3)
+    cfg = tuning.tuned("group_scan", arch, dtype, dict(group=group, da=da, db=db), cfg)
+    if group % cfg["BT"]:  # the walk steps through whole groups: only a tuned entry can break this
+        raise ValueError(f"group_scan: a tuned token step BT={cfg['BT']} does not divide the group size {group}")
+    return cfg
 
 
 # The fused scan runs one program per (state tile, batch row), each walking every group of its row in order; the
@@ -457,11 +469,13 @@ FUSED_SCAN_MIN_PROGRAMS = 96
 FUSED_SCAN_MAX_GROUPS = 32
 
 
-def fused_scan_fits(batch: int, n: int, group: int, da: int, db: int, dtype: torch.dtype) -> bool:
+def fused_scan_fits(
+    batch: int, n: int, group: int, da: int, db: int, dtype: torch.dtype, arch: int | None = None
+) -> bool:
     """Whether :func:`group_scan` picks the fused kernel for this shape (see ``FUSED_SCAN_MIN_PROGRAMS``)."""
     if group % 16:
         return False
-    cfg = scan_config(group, da, db, dtype)
+    cfg = scan_config(group, da, db, dtype, arch)
     programs = batch * triton.cdiv(da, cfg["BA"]) * triton.cdiv(db, cfg["BB"])
     return programs >= FUSED_SCAN_MIN_PROGRAMS or triton.cdiv(n, group) <= FUSED_SCAN_MAX_GROUPS
 
@@ -489,7 +503,7 @@ def group_scan(
     db = b.shape[-1]
     out_dtype = out_dtype or a.dtype
     if fused is None:
-        fused = fused_scan_fits(bsz, n, group, da, db, a.dtype)
+        fused = fused_scan_fits(bsz, n, group, da, db, a.dtype, device_arch(a.device))
     elif fused and group % 16:
         raise ValueError(f"the fused group scan needs a group size that is a multiple of 16, got group={group}")
     if not fused:
@@ -500,7 +514,7 @@ def group_scan(
     y = new_output(a, (bsz, g, da, db), out_dtype)
     last = new_output(a, (bsz, da, db), torch.float32) if want_last else None
     mask = row_mask_u8(row_mask)
-    cfg = scan_config(group, da, db, a.dtype)
+    cfg = scan_config(group, da, db, a.dtype, device_arch(a.device))
     dummy = a.new_empty(0)
     _group_scan_kernel[(triton.cdiv(da, cfg["BA"]) * triton.cdiv(db, cfg["BB"]), bsz)](
         a_ptr=a,

@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .. import tuning
 from ..common.jit import (
     FP_FUSION,
     check_row_offsets,
@@ -780,7 +781,12 @@ def launch_config(
         # the loop (sm_80, 16-wide tiles with dropout; width 64; specialised widths): allow it every register. One
         # stage: their feature widths are specialised (16-byte loads) but a second stage of buffers spills them
         cfg.update(maxnreg=255, num_stages=1)
-    return cfg
+    # a tuned entry (flash_triton.tuning) for this GPU and shape, where there is one; lin / bias change the forward's
+    # kernel only, so only its entries are keyed by them
+    key = dict(window=fit, qk=qk_dim, v=v_dim, dropout=dropout)
+    if kind == "fwd":
+        key.update(lin=lin, bias=bias)
+    return tuning.tuned(f"quad_attn_{kind}", arch, dtype, key, cfg)
 
 
 @functools.lru_cache(maxsize=32)

@@ -33,7 +33,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..common.jit import FP_FUSION, check_row_offsets, dot, dot_precision, new_output, window_bounds
+from .. import tuning
+from ..common.jit import (
+    FP_FUSION,
+    check_row_offsets,
+    device_arch,
+    dot,
+    dot_precision,
+    new_output,
+    window_bounds,
+)
 from .kernels import _NOSPEC, _act, _act_grad, _bias_strides, _dropout_scale, _keep, _scores, t5_bucket_sums
 
 
@@ -431,11 +440,17 @@ SHORT_TILES = {
 }
 
 
-def short_config(kind: str, window: int, qk_dim: int, v_dim: int, dtype: torch.dtype) -> dict:
+def short_config(kind: str, window: int, qk_dim: int, v_dim: int, dtype: torch.dtype, arch: int | None = None) -> dict:
     """Tiles and warps of the short-window kernel ``kind``: "weights", "out", "dscores", or "product" (for a
-    product over the value width: ``v_dim``; over the query/key width: pass it as ``v_dim`` too)."""
-    t = SHORT_TILES["fp32" if dtype == torch.float32 else "half"]
+    product over the value width: ``v_dim``; over the query/key width: pass it as ``v_dim`` too), on a GPU of
+    compute capability ``arch`` (a tuned entry of :mod:`flash_triton.tuning` where there is one; never BM x BN)."""
     fit = max(16, triton.next_power_of_2(window))
+    cfg = _short_default(kind, fit, qk_dim, v_dim, dtype)
+    return tuning.tuned(f"quad_attn_{kind}", arch, dtype, dict(window=fit, qk=qk_dim, v=v_dim), cfg)
+
+
+def _short_default(kind: str, fit: int, qk_dim: int, v_dim: int, dtype: torch.dtype) -> dict:
+    t = SHORT_TILES["fp32" if dtype == torch.float32 else "half"]
     s_fit = max(16, triton.next_power_of_2(qk_dim))
     e_fit = max(16, triton.next_power_of_2(v_dim))
     cfg = dict(BM=min(t["BM"], fit), BN=min(t["BN"], fit), num_stages=2)
@@ -554,8 +569,9 @@ def short_window_fwd(
     w = window
     g = windows.shape[0] if windows is not None else triton.cdiv(n, w)
     dummy = q.new_empty(0)
-    cw = short_config("weights", w, s, e, q.dtype)
-    co = short_config("out", w, s, e, q.dtype)
+    arch = device_arch(q.device)
+    cw = short_config("weights", w, s, e, q.dtype, arch)
+    co = short_config("out", w, s, e, q.dtype, arch)
     weights = _tile_store(q, w, cw, v.dtype)
     check_row_offsets(weights=weights)
     scalars = dict(
@@ -620,7 +636,7 @@ def _tile_product(
 ) -> Tensor:
     """``_quad_tile_product_kernel`` over the stored tiles ``m``: (B, N, D), the gradient of ``like``."""
     b, n, d = x.shape
-    cfg = short_config("product", window, d, d, x.dtype)
+    cfg = short_config("product", window, d, d, x.dtype, device_arch(x.device))
     y = new_output(like, like.shape)
     grid = (triton.cdiv(d, cfg["BD"]), g * triton.cdiv(window, cfg["BN"] if columns else cfg["BM"]), b)
     _quad_tile_product_kernel[grid](
@@ -679,7 +695,7 @@ def short_window_bwd(
     e = v.shape[-1]
     w = window
     g = windows.shape[0] if windows is not None else triton.cdiv(n, w)
-    cfg = short_config("dscores", w, s, e, q.dtype)
+    cfg = short_config("dscores", w, s, e, q.dtype, device_arch(q.device))
     weights, dscores = _tile_store(q, w, cfg, v.dtype), _tile_store(q, w, cfg, q.dtype)
     check_row_offsets(weights=weights, dbias=torch.empty(b, n, n, device="meta") if need_dbias else None)
     grid = (g * triton.cdiv(w, cfg["BM"]), weights.shape[-1] // cfg["BN"], b)
