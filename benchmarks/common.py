@@ -40,13 +40,15 @@ import flash_triton as ft
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MODES = ("fwd", "fwd+bwd")
-PROVIDERS = ("triton", "reference", "compile", "upstream", "transformer++")
+PROVIDERS = ("triton", "reference", "compile", "upstream", "transformer++", "projections")
 PROVIDER_INFO = {
     "triton": "flash_triton's fused Triton kernels (backend='triton')",
     "reference": "flash_triton's pure-PyTorch reference path, eager",
     "compile": "torch.compile of the reference path (default mode)",
     "upstream": "FLASH-pytorch 0.1.9, eager",
     "transformer++": "PyTorch SDPA causal multi-head attention (+ SwiGLU FFN in layers), equal width",
+    "projections": "the layer with its attention core replaced by the identity (v * gate): norm, projections, "
+    "residual only, the floor every layer ratio stands on",
 }
 REPO = Path(__file__).resolve().parents[1]
 MIB = 2.0**20

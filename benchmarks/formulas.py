@@ -57,6 +57,11 @@ def projection_flops(n: int, dim: int, s: int, e: int) -> float:
     return 2.0 * n * dim * 2 * e + 2.0 * n * dim * s + 2.0 * n * e * dim
 
 
+def projections_flops(n: int, dim: int, s: int, e: int, backward: bool) -> float:
+    """A GAU / FLASH layer whose attention core is the identity: its projections alone; x3 for fwd+bwd."""
+    return _train(projection_flops(n, dim, s, e), backward)
+
+
 def gau_flops(n: int, dim: int, s: int, e: int, causal: bool, backward: bool) -> float:
     """One GAU layer: projections plus the whole-sequence quadratic core."""
     return _train(projection_flops(n, dim, s, e) + quad_flops(n, n, s, e, causal), backward)

@@ -1,27 +1,40 @@
 #!/usr/bin/env bash
-# One script for a GPU machine (torch and triton preinstalled, no network needed), under 8 minutes on an H100:
-#   1. the test suite on CUDA: the kernel tests (against the reference, bf16 parity included: those tests run
-#      whenever CUDA is present), then the other tests; logs in $OUT/tests_kernels.log, $OUT/tests_other.log;
-#   2. the quick benchmark sweep (python -m benchmarks.run --quick: kernels vs reference vs torch.compile vs
-#      FLASH-pytorch when installed vs Transformer++, bf16), results in $OUT/bench/ (results.json with provenance
-#      on every row, results.md, summary.md, plots/*.png), log in $OUT/bench.log;
-#   3. a short summary: the benchmark's side-by-side table, then one line per step, last.
-# Every step has its own time limit; a failed step does not stop the next. Exit code 0 when every step passed.
+# One script for a GPU machine (torch and triton preinstalled, no network needed), in 8 minutes on an H100/H200,
+# compile time included. Steps, in this order (each writes its results under $OUT as it goes):
+#   1. bf16 parity at the production shapes (tests/test_gpu_parity.py: FLASH's core at s 128, e 1024, g 256,
+#      n 8192 and n 1M; GAU's at n 8192), which also compiles (warms the triton cache for) the kernels of every
+#      timed step after it; log in $OUT/parity.log;
+#   2. the baselines every target ratio depends on: FLASH-pytorch 0.1.9 eager, torch.compile of the reference and
+#      the layers with an identity core ("projections"), FLASH and GAU layers, fwd+bwd, bf16, n 2k/8k/16k at 32k
+#      tokens per step; results in $OUT/baselines/ (results.json with provenance on every row);
+#   3. tuning (python -m flash_triton.tune, FLASH and GAU at n 8192, within its own budget): the table merged into
+#      $OUT/tuned_configs.json (a copy of the package's; commit it as flash_triton/tuned_configs.json);
+#   4. the quick benchmark sweep on the tuned table (kernels vs reference vs Transformer++), in $OUT/bench/;
+#   5. steps 2 and 4 rendered side by side in $OUT/all/ (results.json, results.md, summary.md, plots);
+#   6. with the time left, the kernel test files on CUDA (bf16 included); log in $OUT/tests_kernels.log;
+#   7. a summary: the side-by-side table, then one line per step, last ($OUT/summary.md).
+# Every step has its own time limit, cut to what is left of TOTAL_S; a failed step does not stop the next. Exit
+# code 0 when every step passed.
 #
 #   OUT=/some/dir bash benchmarks/gpu_check.sh        # default OUT: ./gpu_results
-#   PYTHON=/path/to/python bash benchmarks/gpu_check.sh
+#   PYTHON=/path/to/python TOTAL_S=480 bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_results}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 if [ -z "${PYTHON:-}" ]; then
     if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 unset TRITON_INTERPRET  # the kernels must compile for the GPU, not run in the CPU interpreter
-KERNEL_TESTS_LIMIT=${KERNEL_TESTS_LIMIT:-150}  # seconds
-OTHER_TESTS_LIMIT=${OTHER_TESTS_LIMIT:-80}
-BENCH_LIMIT=${BENCH_LIMIT:-200}               # the sweep itself starts no row after BENCH_BUDGET
-BENCH_BUDGET=${BENCH_BUDGET:-160}
+TOTAL_S=${TOTAL_S:-470}                 # the whole script, seconds (the step limits below are cut to fit)
+PARITY_LIMIT=${PARITY_LIMIT:-110}
+BASELINE_LIMIT=${BASELINE_LIMIT:-100}   # the runner starts no row after BASELINE_BUDGET
+BASELINE_BUDGET=${BASELINE_BUDGET:-75}
+TUNE_LIMIT=${TUNE_LIMIT:-100}           # the tuner starts no new work after TUNE_BUDGET
+TUNE_BUDGET=${TUNE_BUDGET:-70}
+BENCH_LIMIT=${BENCH_LIMIT:-120}
+BENCH_BUDGET=${BENCH_BUDGET:-90}
 start=$SECONDS
 steps=()
 failed=0
@@ -30,6 +43,15 @@ record() {  # name rc seconds note
     steps+=("| $1 | $([ "$2" -eq 0 ] && echo ok || echo "FAILED (exit $2)") | $3 s | $4 |")
     [ "$2" -eq 0 ] || failed=1
 }
+
+left() {  # the smaller of a step's limit and the seconds left of TOTAL_S (at least 1)
+    local l=$((TOTAL_S - (SECONDS - start)))
+    [ "$l" -lt "$1" ] || l=$1
+    [ "$l" -ge 1 ] || l=1
+    echo "$l"
+}
+
+timed_out() { [ "$1" -eq 124 ] || [ "$1" -eq 137 ]; }
 
 echo "[gpu_check] environment -> $OUT/environment.txt"
 {
@@ -56,8 +78,8 @@ run_pytest() {  # name limit log args...
     timeout --kill-after=10 "$limit" "$PYTHON" -m pytest -q -rfE -p no:cacheprovider --durations=10 \
         -o faulthandler_timeout=100 "$@" >"$log" 2>&1
     rc=$?
-    note=$(grep -E "(passed|failed|error|no tests ran)" "$log" | tail -1 | tr -d '=' | sed 's/^ *//' | cut -c1-100)
-    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    note=$(grep -E "(passed|failed|error|skipped|no tests ran)" "$log" | tail -1 | tr -d '=' | sed 's/^ *//' | cut -c1-100)
+    if timed_out "$rc"; then
         progress=$(grep -oE '\[ *[0-9]+%\]' "$log" | tail -1)
         fails=$(grep -cE '^(FAILED|ERROR) ' "$log")
         note="timed out after ${limit} s at ${progress:-the start}; $fails failed so far"
@@ -67,43 +89,78 @@ run_pytest() {  # name limit log args...
     tail -2 "$log"
 }
 
-# the kernel tests first (they hold the bf16 parity tests, which run whenever CUDA is present), then the rest
-kernel_tests=()
-for f in tests/test_quad_attn.py tests/test_mixed_chunk_attn.py; do
-    [ -f "$f" ] && kernel_tests+=("$f")
-done
-ignore=()
-for f in "${kernel_tests[@]}"; do ignore+=("--ignore=$f"); done
-run_pytest "kernel tests (CUDA, bf16 included)" "$KERNEL_TESTS_LIMIT" "$OUT/tests_kernels.log" "${kernel_tests[@]}"
-run_pytest "other tests" "$OTHER_TESTS_LIMIT" "$OUT/tests_other.log" tests "${ignore[@]}"
+run_bench() {  # name limit budget dir args... (the sweep writes results.json row by row)
+    local name=$1 limit=$2 budget=$3 dir=$4 t=$SECONDS rc note
+    shift 4
+    echo "[gpu_check] $name (limit ${limit} s, budget ${budget} s) -> $dir/"
+    timeout --kill-after=10 "$limit" "$PYTHON" -m benchmarks.run --quick --device cuda --budget-s "$budget" \
+        --no-plots --out "$dir" "$@" >"$dir.log" 2>&1
+    rc=$?
+    if [ -f "$dir/results.json" ]; then
+        note=$(grep -E "^\[bench\] [0-9]+/[0-9]+ rows timed" "$dir.log" | tail -1 | cut -c9-80)
+        [ -n "$note" ] || note="partial: only the rows finished before the stop"
+    else
+        note="no results written; see $dir.log"
+        [ "$rc" -eq 0 ] && rc=1
+    fi
+    timed_out "$rc" && note="timed out after ${limit} s; $note"
+    record "$name" "$rc" $((SECONDS - t)) "$note"
+}
 
-echo "[gpu_check] quick benchmark sweep (limit ${BENCH_LIMIT} s, budget ${BENCH_BUDGET} s) -> $OUT/bench/"
+# 1. parity at the production shapes (and the triton cache warmed for the steps after it)
+run_pytest "bf16 parity at production shapes" "$(left "$PARITY_LIMIT")" "$OUT/parity.log" tests/test_gpu_parity.py
+
+# 2. the baselines
+run_bench "baselines (FLASH-pytorch, torch.compile, identity core)" "$(left "$BASELINE_LIMIT")" "$BASELINE_BUDGET" \
+    "$OUT/baselines" --subjects flash-layer gau-layer --providers upstream compile projections --modes fwd+bwd \
+    --dtypes bf16 --n 2048 8192 16384 --tokens 32768 --batch1-n
+
+# 3. tuning, into a copy of the package's table
+cp flash_triton/tuned_configs.json "$OUT/tuned_configs.json"
 t=$SECONDS
-timeout --kill-after=10 "$BENCH_LIMIT" "$PYTHON" -m benchmarks.run --quick --device cuda \
-    --budget-s "$BENCH_BUDGET" --out "$OUT/bench" >"$OUT/bench.log" 2>&1
+limit=$(left "$TUNE_LIMIT")
+echo "[gpu_check] tuning (limit ${limit} s, budget ${TUNE_BUDGET} s) -> $OUT/tune.log"
+timeout --kill-after=10 "$limit" "$PYTHON" -m flash_triton.tune --budget-s "$TUNE_BUDGET" --max-candidates 6 \
+    --out "$OUT/tuned_configs.json" >"$OUT/tune.log" 2>&1
 rc=$?
-if [ "$rc" -ne 0 ] && [ -f "$OUT/bench/results.json" ]; then
-    # stopped part-way: the rows of the subjects it finished are in results.json; make their tables and plots
-    echo "[gpu_check] sweep exited with $rc: rendering the rows it wrote" >>"$OUT/bench.log"
-    timeout 90 "$PYTHON" -m benchmarks.run --render "$OUT/bench/results.json" >>"$OUT/bench.log" 2>&1
-fi
-if [ -f "$OUT/bench/results.json" ]; then
-    note=$(grep -E "^\[bench\] [0-9]+/[0-9]+ rows timed" "$OUT/bench.log" | tail -1 | cut -c9-80)
-    [ -n "$note" ] || note="partial: only the subjects finished before the stop"
-    grep -q "plots skipped" "$OUT/bench.log" && note="$note; plots skipped (no matplotlib)"
+note=$(grep -E "entries written" "$OUT/tune.log" | tail -1 | cut -c8-100)
+timed_out "$rc" && note="timed out after ${limit} s; what each finished layer chose is in tuned_configs.json"
+record "tuning" "$rc" $((SECONDS - t)) "${note:-see tune.log}"
+
+# 4. the benchmark, on the tuned table
+FLASH_TRITON_TUNED_CONFIGS="$OUT/tuned_configs.json" run_bench "quick benchmark sweep (tuned)" \
+    "$(left "$BENCH_LIMIT")" "$BENCH_BUDGET" "$OUT/bench" --providers triton reference transformer++ --dtypes bf16
+
+# 5. both runs side by side
+t=$SECONDS
+inputs=()
+for f in "$OUT/baselines/results.json" "$OUT/bench/results.json"; do [ -f "$f" ] && inputs+=("$f"); done
+if [ "${#inputs[@]}" -gt 0 ]; then
+    timeout 90 "$PYTHON" -m benchmarks.run --render "${inputs[@]}" --out "$OUT/all" >"$OUT/render.log" 2>&1
+    rc=$?
+    note="${#inputs[@]} runs in $OUT/all"
+    grep -q "plots skipped" "$OUT/render.log" && note="$note; plots skipped (no matplotlib)"
 else
-    note="no results written; see bench.log"
-    [ "$rc" -eq 0 ] && rc=1
+    rc=1
+    note="no results to render"
 fi
-[ "$rc" -eq 124 ] && note="timed out after ${BENCH_LIMIT} s; $note"
-record "quick benchmark sweep" "$rc" $((SECONDS - t)) "$note"
+record "side-by-side tables" "$rc" $((SECONDS - t)) "$note"
+
+# 6. the kernel test files with the time left
+remaining=$((TOTAL_S - (SECONDS - start)))
+if [ "$remaining" -ge 60 ]; then
+    run_pytest "kernel tests (CUDA, bf16 included)" "$remaining" "$OUT/tests_kernels.log" \
+        tests/test_quad_attn.py tests/test_mixed_chunk_attn.py tests/test_gate.py
+else
+    steps+=("| kernel tests (CUDA) | not run | 0 s | ${remaining} s left of ${TOTAL_S} s |")
+fi
 
 {
-    if [ -f "$OUT/bench/summary.md" ]; then
-        cat "$OUT/bench/summary.md"
+    if [ -f "$OUT/all/summary.md" ]; then
+        cat "$OUT/all/summary.md"
     else
-        echo "(no benchmark summary: last lines of bench.log)"
-        tail -20 "$OUT/bench.log"
+        echo "(no benchmark summary: last lines of the logs)"
+        tail -10 "$OUT/baselines.log" "$OUT/bench.log" 2>/dev/null
     fi
     echo
     echo "gpu_check: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown),"\

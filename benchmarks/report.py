@@ -15,6 +15,7 @@ COLORS = {
     "compile": "tab:orange",
     "upstream": "tab:green",
     "transformer++": "tab:gray",
+    "projections": "tab:purple",
 }
 
 

@@ -8,7 +8,9 @@
 Providers (``--providers``): ``triton`` (the kernels; CUDA only), ``reference`` (the pure-PyTorch path, eager),
 ``compile`` (torch.compile of the reference), ``upstream`` (FLASH-pytorch 0.1.9 eager; rows say "not installed"
 without it), ``transformer++`` (SDPA causal multi-head attention, flash backend on CUDA in half precision, +
-SwiGLU FFN in the layers and the model). Subjects (``--subjects``): see ``benchmarks/subjects/__init__.py``.
+SwiGLU FFN in the layers and the model), ``projections`` (the GAU / FLASH layer with its attention core replaced by
+the identity: the norm, projections and residual every layer ratio stands on).
+Subjects (``--subjects``): see ``benchmarks/subjects/__init__.py``.
 Modes: ``fwd`` (no autograd) and ``fwd+bwd``; dtypes: bf16 / fp16 / fp32.
 
 Sweeps. "tokens": n from ``--n`` at constant tokens per batch (batch = ``--tokens`` // n); "batch1": batch 1 at the
@@ -153,9 +155,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--render",
         type=Path,
+        nargs="+",
         metavar="RESULTS_JSON",
         help="measure nothing: write the tables and plots of an earlier run's results.json (into --out, "
-        "default: its folder), e.g. where the GPU machine had no matplotlib",
+        "default: its folder), e.g. where the GPU machine had no matplotlib; several: their rows side by side "
+        "(runs of one script on one device, e.g. gpu_check.sh's baselines and benchmark)",
     )
     return p
 
@@ -201,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:14s} {desc}")
         return 0
     if args.render:
-        return render(args.render, args.out or args.render.parent, plots=not args.no_plots)
+        return render(args.render, args.out or args.render[0].parent, plots=not args.no_plots)
     device, cfg = resolve(args, p)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -329,14 +333,34 @@ def write_reports(rows: list[dict], run_meta: dict, out_dir: Path, plots: bool) 
     return 0
 
 
-def render(results_json: Path, out_dir: Path, plots: bool) -> int:
-    """The tables and plots of an earlier run, from its results.json."""
-    try:
-        data = json.loads(results_json.read_text())
-        rows, run_meta = data["rows"], data["run"]
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"--render: cannot read {results_json}: {exc}", file=sys.stderr)
-        return 2
+def render(results_jsons: list[Path], out_dir: Path, plots: bool) -> int:
+    """The tables and plots of earlier runs, from their results.json: one run, or several on the same device whose
+    rows are put side by side (the run's header is the last one's, naming them all; a row measured in two of them
+    is kept from the later)."""
+    rows, metas = {}, []
+    for path in results_jsons:
+        try:
+            data = json.loads(path.read_text())
+            run_rows, run_meta = data["rows"], data["run"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"--render: cannot read {path}: {exc}", file=sys.stderr)
+            return 2
+        if metas and run_meta.get("device") != metas[0].get("device"):
+            print(
+                f"--render: {path} was measured on {run_meta.get('device')!r}, {results_jsons[0]} on "
+                f"{metas[0].get('device')!r}: rows of different devices are not compared",
+                file=sys.stderr,
+            )
+            return 2
+        metas.append(run_meta)
+        for r in run_rows:
+            rows[tuple(r.get(k) for k in ("subject", "provider", "mode", "dtype", "n", "batch"))] = r
+    run_meta, rows = dict(metas[-1]), list(rows.values())
+    if len(results_jsons) > 1:  # the ratios across the runs, and their rows in one results.json
+        run_meta["merged_from"] = [str(p) for p in results_jsons]
+        run_meta["providers"] = list(dict.fromkeys(p for m in metas for p in m.get("providers", [])))
+        report.add_ratios(rows)
+        write_json(out_dir, run_meta, rows, partial=any(m.get("partial") for m in metas))
     return write_reports(rows, run_meta, out_dir, plots)
 
 

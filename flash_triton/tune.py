@@ -400,9 +400,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             print(f"[tune] {e.kernel} {e.key}: {_fmt(e.best)} {default_t * 1e6:.1f} -> {best_t * 1e6:.1f} us")
-    if written:
-        write_table(args.out, written)
-        tuning.reload()
+        if written:  # after each layer and dtype: a run stopped later keeps what it finished
+            write_table(args.out, written)
+            tuning.reload()
     if timing:
         print(f"[tune] {len(written)} entries written to {args.out} in {time.monotonic() - start:.0f} s")
     return 0

@@ -2,6 +2,7 @@
 their provenance, consistent speed-ups, the Markdown tables and PNG plots; its guards turn failures into rows; its
 FLOP formulas equal a brute-force count of the products the reference path executes."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -27,7 +28,7 @@ ROW_FIELDS = {"subject", "provider", "mode", "dtype", "n", "batch", "tokens", "s
 CEILINGS = {"matmul_tflops", "copy_gbps"}
 TIMED_FIELDS = {"ms", "ms_p20", "ms_p80", "reps", "first_call_s", "peak_mib", "tflops", "gbps", "floor_ms"}
 TINY = ["--quick", "--device", "cpu", "--n", "128", "256", "--tokens", "256", "--batch1-n", "256"]
-TINY += ["--model-depth", "1", "--threads", "1", "--providers", "reference", "upstream", "transformer++"]
+TINY += ["--model-depth", "1", "--threads", "1", "--providers", "reference", "upstream", "transformer++", "projections"]
 
 
 def _run_suite(out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -51,7 +52,7 @@ def test_cpu_run_writes_rows_with_provenance(cpu_suite):
     _out, _stdout, data = cpu_suite
     rows, run = data["rows"], data["run"]
     assert run["device_kind"] == "cpu" and run["device"].startswith("CPU")
-    assert run["providers"] == ["reference", "upstream", "transformer++"]
+    assert run["providers"] == ["reference", "upstream", "transformer++", "projections"]
     assert set(run["ceilings"]) == {"fp32"} and run["ceilings"]["fp32"]["matmul_tflops"] > 0
     assert len(run["loadavg_start"]) == 3 and len(run["loadavg_end"]) == 3
     assert {r["subject"] for r in rows} == set(SUBJECTS)
@@ -75,6 +76,8 @@ def test_cpu_run_writes_rows_with_provenance(cpu_suite):
         for mode in ("fwd", "fwd+bwd"):
             got = {r["provider"] for r in rows if r["subject"] == subject and r["mode"] == mode and r.get("ms")}
             assert {"reference", "transformer++"} <= got, (subject, mode, got)
+            # the identity-core baseline: the layers only
+            assert ("projections" in got) == (subject in ("flash-layer", "gau-layer")), (subject, mode, got)
     assert not any(r["provider"] == "upstream" for r in rows if r["subject"] in ("quad-attn", "mixed-chunk-attn"))
     # the sweeps: constant tokens (128 x 2, 256 x 1) and batch 1 (256), the shared shape measured once
     shapes = {(r["n"], r["batch"]): r["sweeps"] for r in rows if r["subject"] != "decode"}
@@ -122,7 +125,9 @@ def test_cpu_run_writes_markdown_and_prints_the_summary_last(cpu_suite):
     lines = [line for line in summary.splitlines() if line.startswith("| ") and "---" not in line]
     groups = {(r["subject"], r["mode"], r["n"], r["batch"]) for r in data["rows"]}
     assert len(lines) == 1 + len(groups)  # header + one line per (subject, mode, shape), every provider a column
-    assert lines[0].startswith("| subject | dtype | mode | n | batch | reference | upstream | transformer++ |")
+    assert lines[0].startswith(
+        "| subject | dtype | mode | n | batch | reference | upstream | transformer++ | projections |"
+    )
     assert stdout.rstrip().endswith(summary.rstrip())
 
 
@@ -215,8 +220,32 @@ def test_list_names_every_subject_and_provider(capsys):
     out = capsys.readouterr().out
     for name in SUBJECTS:
         assert name in out
-    for provider in ("triton", "reference", "compile", "upstream", "transformer++"):
+    for provider in ("triton", "reference", "compile", "upstream", "transformer++", "projections"):
         assert provider in out
+
+
+@pytest.mark.parametrize("layer", ["GAU", "FLASH"])
+def test_the_projections_baseline_is_the_layer_with_an_identity_core(layer):
+    """The "projections" provider's layer: output = to_out(v * gate) + x, its core never called, every projection
+    in the graph (q and k get a zero gradient, so the query/key projection's backward runs); the core is back
+    afterwards."""
+    from benchmarks.subjects import _layer
+
+    torch.manual_seed(0)
+    kw = dict(dim=32, query_key_dim=16, expansion_factor=2, causal=True) | (
+        {"group_size": 8} if layer == "FLASH" else {}
+    )
+    model = getattr(ft, layer)(**kw, backend="reference")
+    x = torch.randn(2, 24, 32, requires_grad=True)
+    real = model(x)
+    with _layer.identity_core():
+        out = model(x)
+    v, gate = model.to_hidden(model.norm(x)).chunk(2, dim=-1)
+    torch.testing.assert_close(out, model.to_out(v * gate) + x)
+    out.sum().backward()
+    assert model.to_qk[0].weight.grad is not None and not model.to_qk[0].weight.grad.any()
+    assert model.to_hidden[0].weight.grad.abs().sum() > 0
+    torch.testing.assert_close(model(x), real)  # restored
 
 
 def test_sweeps_share_shapes_and_run_smallest_first():
@@ -232,7 +261,7 @@ def test_subjects_follow_the_interface():
     for name in SUBJECTS:
         m = load(name)
         assert name == m.NAME and m.TITLE and callable(m.run)
-        assert set(m.PROVIDERS) <= {"triton", "reference", "compile", "upstream", "transformer++"}
+        assert set(m.PROVIDERS) <= {"triton", "reference", "compile", "upstream", "transformer++", "projections"}
         assert not set(getattr(m, "NOT_APPLICABLE", {})) & set(m.PROVIDERS)
 
 
@@ -489,3 +518,58 @@ def test_quad_attn_bytes_count_every_tensor_in_and_out():
     io = sum(t.nbytes for t in heads) + 3 * v.nbytes
     assert formulas.mixed_chunk_attn_bytes(n, s, e, g, p, backward=False) == io + states
     assert formulas.sdpa_bytes(n, 2 * s, p, backward=False) == 4 * n * 2 * s * p
+
+
+@pytest.mark.slow
+def test_render_puts_two_runs_side_by_side(cpu_suite, tmp_path):
+    """gpu_check.sh's baselines and benchmark are two runs: rendered together, each row gets the other run's
+    providers in its ratios; runs of another device are refused."""
+    data = cpu_suite[2]
+    first = {
+        "run": dict(data["run"], providers=["upstream"]),
+        "rows": [r for r in data["rows"] if r["provider"] == "upstream"],
+    }
+    second = {
+        "run": dict(data["run"], providers=["reference"]),
+        "rows": [r for r in data["rows"] if r["provider"] == "reference"],
+    }
+    for name, part in (("a.json", first), ("b.json", second)):
+        (tmp_path / name).write_text(json.dumps(part))
+    out = tmp_path / "merged"
+    assert main(["--render", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(out), "--no-plots"]) == 0
+    merged = json.loads((out / "results.json").read_text())
+    assert merged["run"]["providers"] == ["upstream", "reference"] and len(merged["run"]["merged_from"]) == 2
+    timed_up = [r for r in merged["rows"] if r["provider"] == "upstream" and r.get("ms")]
+    if importlib.util.find_spec("flash_pytorch"):  # its rows compare with the reference of the other run
+        assert timed_up and all("reference" in r["speedup_over"] for r in timed_up)
+    (tmp_path / "c.json").write_text(json.dumps({"run": dict(data["run"], device="another"), "rows": []}))
+    assert main(["--render", str(tmp_path / "a.json"), str(tmp_path / "c.json"), "--out", str(out)]) == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the script's plumbing on a machine without a GPU")
+def test_gpu_check_script_runs_every_step_and_reports_each(tmp_path):
+    """benchmarks/gpu_check.sh here (no GPU, 30 s in all): every step runs with arguments its program accepts (each
+    stops at the missing GPU, not at its command line), and the summary lists each step's result."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(OUT=str(tmp_path / "out"), TOTAL_S="40", PYTHON=sys.executable)
+    res = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 1, res.stdout + res.stderr
+    out = tmp_path / "out"
+    summary = (out / "summary.md").read_text()
+    for step in (
+        "CUDA visible to torch | FAILED",
+        "bf16 parity at production shapes | ok",
+        "baselines",
+        "tuning",
+        "quick benchmark sweep (tuned)",
+        "side-by-side tables",
+        "kernel tests (CUDA) | not run",
+    ):
+        assert step in summary, (step, summary)
+    assert "skipped" in (out / "parity.log").read_text()  # collected, and skipped without a GPU
+    for log in ("baselines.log", "bench.log"):
+        assert "no CUDA device is available" in (out / log).read_text(), log
+    assert "timing needs a CUDA GPU" in (out / "tune.log").read_text()
+    assert json.loads((out / "tuned_configs.json").read_text())["format"] == 1

@@ -1,10 +1,12 @@
 """The loop the layer subjects share: one model per provider, built once, fed (batch, n, dim) inputs."""
 
+import contextlib
 from collections.abc import Callable
 
 import torch
 
 import flash_triton as ft
+from flash_triton import layers
 
 from .. import formulas
 from ..baselines import TransformerPP, sdpa_backend_note, sdpa_context
@@ -16,6 +18,28 @@ HEADS = DIM // 64  # Transformer++: 8 heads x 64, SwiGLU hidden width e
 
 def transformer_pp() -> TransformerPP:
     return TransformerPP(DIM, heads=HEADS, hidden=E)
+
+
+def identity_quad(q, k, v, gate, **_):
+    """GAU's core as the identity on the gated value; the zero term keeps q and k in the graph, so their
+    projection's backward runs as in the real layer."""
+    return v * gate + 0.0 * (q[..., :1] + k[..., :1])
+
+
+def identity_mixed(quad_q, quad_k, lin_q, lin_k, v, gate, **_):
+    """FLASH's core as the identity on the gated value (see :func:`identity_quad`)."""
+    return v * gate + 0.0 * (quad_q[..., :1] + quad_k[..., :1] + lin_q[..., :1] + lin_k[..., :1])
+
+
+@contextlib.contextmanager
+def identity_core():
+    """The layers' attention cores replaced by the identity for the duration (the "projections" provider)."""
+    saved = layers.quad_attn, layers.mixed_chunk_attn
+    layers.quad_attn, layers.mixed_chunk_attn = identity_quad, identity_mixed
+    try:
+        yield
+    finally:
+        layers.quad_attn, layers.mixed_chunk_attn = saved
 
 
 def run_layers(
@@ -32,15 +56,16 @@ def run_layers(
 ) -> list[dict]:
     """``layer`` names the class (``"GAU"`` or ``"FLASH"``) built with ``kw`` by flash_triton (per backend) and by
     FLASH-pytorch ("upstream"); "compile" wraps the reference's in torch.compile, "transformer++" is the same-width
-    Transformer++ layer. ``cost(n, batch, backward)`` gives the layer's (FLOPs, bytes); ``mem(provider, n, batch,
-    mode)`` an optional memory estimate in bytes."""
+    Transformer++ layer, "projections" the layer with its core replaced by the identity (:func:`identity_core`).
+    ``cost(n, batch, backward)`` gives the layer's (FLOPs, bytes); ``mem(provider, n, batch, mode)`` an optional
+    memory estimate in bytes."""
 
     def model(provider):
         if provider == "upstream":
             return getattr(upstream(), layer)(**kw)
         if provider == "transformer++":
             return transformer_pp()
-        return getattr(ft, layer)(**kw, backend=provider)
+        return getattr(ft, layer)(**kw, backend="reference" if provider == "projections" else provider)
 
     def get(provider):
         def make():
@@ -54,8 +79,8 @@ def run_layers(
         layer = get(provider)
         x = torch.randn(b, n, DIM, device=ctx.device, dtype=ctx.dtype, requires_grad=mode != "fwd")
         params = [p for p in layer.parameters() if p.requires_grad]
-        context = (lambda: sdpa_context(ctx.device, ctx.dtype)) if provider == "transformer++" else None
-        return step(lambda: layer(x), mode, [x, *params], *([context] if context else []))
+        context = {"transformer++": lambda: sdpa_context(ctx.device, ctx.dtype), "projections": identity_core}
+        return step(lambda: layer(x), mode, [x, *params], context.get(provider, contextlib.nullcontext))
 
     def spec(provider, mode, n, b):
         bwd, is_tpp = mode != "fwd", provider == "transformer++"
@@ -65,6 +90,9 @@ def run_layers(
             nbytes = b * formulas.transformer_bytes(n, DIM, E, p, bwd)
         else:
             flops, nbytes = cost(n, b, bwd)
+        if provider == "projections":  # the projections' FLOPs; bytes: the layer's (the identity core reads and
+            # writes nearly what the real one does)
+            flops = b * formulas.projections_flops(n, DIM, S, E, bwd)
         return dict(
             flops=flops,
             bytes_moved=nbytes,
