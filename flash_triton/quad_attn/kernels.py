@@ -82,9 +82,7 @@ def _scores(
     m_n,  # (BN,) valid keys
     S,
     scale,
-    t5_ptr,  # (num_buckets,) T5 table
-    lut_ptr,  # (2 * max_dist + 1,) int32 bucket of each clamped relative position
-    t5_scale,
+    t5_ptr,  # (2 * max_dist + 1,) float32 t5_scale * T5[bucket(r)] of each clamped relative position r
     max_dist,
     bias_base,  # caller's bias of this batch row, addressed (i, j) through its strides
     stride_bm,
@@ -109,8 +107,7 @@ def _scores(
     s = acc * scale
     if HAS_T5:
         rel = tl.minimum(tl.maximum(o_n[None, :] - o_m[:, None], -max_dist), max_dist) + max_dist
-        bucket = tl.load(lut_ptr + rel)
-        s += tl.load(t5_ptr + bucket).to(tl.float32) * t5_scale
+        s += tl.load(t5_ptr + rel)  # one gather: the bucket and the scale are folded into the table (t5_relative)
     if HAS_BIAS:
         p_bias = bias_base + o_m[:, None] * stride_bm + o_n[None, :] * stride_bn
         s += tl.load(p_bias, mask=m_m[:, None] & m_n[None, :], other=0.0).to(tl.float32) * bias_scale
@@ -157,8 +154,8 @@ def _quad_attn_fwd_kernel(
     o_ptr,  # (B, N, E) gated output
     opre_ptr,  # (B, N, E) output before the gate (saved for dgate) or dummy
     mask_ptr,  # (B, N) uint8 or dummy
-    t5_ptr,  # (num_buckets,) or dummy
-    lut_ptr,  # (2 * max_dist + 1,) int32 or dummy
+    t5_ptr,  # (2 * max_dist + 1,) float32 T5 term per relative position (t5_relative) or dummy
+    lut_ptr,  # (2 * max_dist + 1,) int32 buckets: the T5 gradient's (the backward's dk); unused here
     bias_ptr,  # (B, N, N) through strides (0 where broadcast) or dummy
     seed_ptr,  # (1,) int64 dropout seed or dummy
     lq_ptr,  # (B, N, S) FLASH's linear-attention queries, or dummy
@@ -246,8 +243,6 @@ def _quad_attn_fwd_kernel(
             S,
             scale,
             t5_ptr,
-            lut_ptr,
-            t5_scale,
             max_dist,
             bias_base,
             stride_bm,
@@ -311,8 +306,6 @@ def _dscores(
     E,
     scale,
     t5_ptr,
-    lut_ptr,
-    t5_scale,
     max_dist,
     bias_base,
     stride_bm,
@@ -353,8 +346,6 @@ def _dscores(
         S,
         scale,
         t5_ptr,
-        lut_ptr,
-        t5_scale,
         max_dist,
         bias_base,
         stride_bm,
@@ -394,8 +385,8 @@ def _quad_attn_bwd_dv_kernel(
     dy_ptr,  # (B, N, E) gradient of o before the gate
     dv_ptr,  # (B, N, E)
     mask_ptr,
-    t5_ptr,
-    lut_ptr,
+    t5_ptr,  # (2 * max_dist + 1,) float32 T5 term per relative position (t5_relative) or dummy
+    lut_ptr,  # (2 * max_dist + 1,) int32 buckets of the T5 gradient (key tiles with DT5); unused by dv and dq
     bias_ptr,
     seed_ptr,
     win_ptr,
@@ -472,8 +463,6 @@ def _quad_attn_bwd_dv_kernel(
             S,
             scale,
             t5_ptr,
-            lut_ptr,
-            t5_scale,
             max_dist,
             bias_base,
             stride_bm,
@@ -508,8 +497,8 @@ def _quad_attn_bwd_dqk_kernel(
     dt5_ptr,  # (num programs, NB) float32 partial sums of the T5 table gradient, or dummy
     dbias_ptr,  # (B, N, N) float32 score gradient times bias_scale, or dummy
     mask_ptr,
-    t5_ptr,
-    lut_ptr,
+    t5_ptr,  # (2 * max_dist + 1,) float32 T5 term per relative position (t5_relative) or dummy
+    lut_ptr,  # (2 * max_dist + 1,) int32 buckets of the T5 gradient (key tiles with DT5); unused by dv and dq
     bias_ptr,
     seed_ptr,
     win_ptr,
@@ -624,8 +613,6 @@ def _quad_attn_bwd_dqk_kernel(
             E,
             scale,
             t5_ptr,
-            lut_ptr,
-            t5_scale,
             max_dist,
             bias_base,
             stride_bm,
@@ -789,6 +776,12 @@ def launch_config(
     return tuning.tuned(f"quad_attn_{kind}", arch, dtype, key, cfg)
 
 
+def t5_relative(t5_weight: Tensor, lut: Tensor, t5_scale: float) -> Tensor:
+    """(2 max_distance + 1,) float32 ``t5_scale * t5_weight[bucket(r)]`` of each clamped relative position r: the
+    scores' T5 term, which the kernels read with one gather (j - i), the bucket and the scale folded in."""
+    return torch.index_select(t5_weight.float(), 0, lut) * t5_scale
+
+
 @functools.lru_cache(maxsize=32)
 def bucket_lut(causal: bool, num_buckets: int, max_distance: int, device: torch.device) -> Tensor:
     """int32 bucket of every relative position clamped to [-max_distance, max_distance], from the reference
@@ -844,6 +837,7 @@ def quad_attn_fwd(
     g = windows.shape[0] if windows is not None else triton.cdiv(n, w)
     mask_u8 = row_mask_u8(key_mask)
     lut = bucket_lut(causal, t5_weight.numel(), t5_max_distance, q.device) if t5_weight is not None else None
+    t5_rel = t5_relative(t5_weight, lut, t5_scale) if t5_weight is not None else None
     if w <= SHORT_WINDOW:  # weights computed once and stored, then one pass over the value width
         from .short_window import short_window_fwd  # imports this module's jit helpers: imported on first use
 
@@ -853,7 +847,7 @@ def quad_attn_fwd(
             v,
             gate,
             mask_u8,
-            t5_weight,
+            t5_rel,
             lut,
             bias,
             seed,
@@ -884,7 +878,7 @@ def quad_attn_fwd(
         out,
         o_pre if store_pre else dummy,
         mask_u8 if mask_u8 is not None else dummy,
-        t5_weight if t5_weight is not None else dummy,
+        t5_rel if t5_rel is not None else dummy,
         lut if lut is not None else dummy,
         bias if bias is not None else dummy,
         seed if seed is not None else dummy,
@@ -968,6 +962,7 @@ def quad_attn_bwd(
     g = windows.shape[0] if windows is not None else triton.cdiv(n, w)
     mask_u8 = row_mask_u8(key_mask)
     lut = bucket_lut(causal, t5_weight.numel(), t5_max_distance, q.device) if t5_weight is not None else None
+    t5_rel = t5_relative(t5_weight, lut, t5_scale) if t5_weight is not None else None
     if w <= SHORT_WINDOW:  # weights and score gradients computed once and stored, then three products
         from .short_window import short_window_bwd  # imports this module's jit helpers: imported on first use
 
@@ -978,6 +973,7 @@ def quad_attn_bwd(
             v,
             mask_u8,
             t5_weight,
+            t5_rel,
             lut,
             bias,
             seed,
@@ -1022,7 +1018,7 @@ def quad_attn_bwd(
     )
     tables = (
         mask_u8 if mask_u8 is not None else dummy,
-        t5_weight if t5_weight is not None else dummy,
+        t5_rel if t5_rel is not None else dummy,
         lut if lut is not None else dummy,
         bias if bias is not None else dummy,
         seed if seed is not None else dummy,

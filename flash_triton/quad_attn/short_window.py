@@ -52,8 +52,8 @@ def _quad_weights_kernel(
     k_ptr,  # (B, N, S)
     a_ptr,  # (B, N, >= min(W, N)) weights out, v's dtype: A[b, i, j - start of i's window]
     mask_ptr,  # (B, N) uint8 key mask, or dummy
-    t5_ptr,  # (num_buckets,) T5 table, or dummy
-    lut_ptr,  # (2 * max_dist + 1,) int32 bucket of each clamped relative position, or dummy
+    t5_ptr,  # (2 * max_dist + 1,) float32 T5 term per relative position (kernels.t5_relative), or dummy
+    lut_ptr,  # (2 * max_dist + 1,) int32 buckets: the T5 gradient's (the score-gradient kernel); unused here
     bias_ptr,  # (B, N, N) caller's bias through strides (0 where broadcast), or dummy
     seed_ptr,  # (1,) int64 dropout seed, or dummy
     win_ptr,  # (G, 2) int32 window bounds of a packed variable-length batch, or dummy
@@ -117,8 +117,6 @@ def _quad_weights_kernel(
         S,
         scale,
         t5_ptr,
-        lut_ptr,
-        t5_scale,
         max_dist,
         bias_ptr + i_b64 * stride_bb,
         stride_bm,
@@ -239,8 +237,8 @@ def _quad_dscores_kernel(
     dt5_ptr,  # (B * programs, NB) float32 partial sums of the T5 table's gradient (zeros), or dummy
     dbias_ptr,  # (B, N, N) float32 score gradient times bias_scale (zeros), or dummy
     mask_ptr,  # (B, N) uint8 key mask, or dummy
-    t5_ptr,  # (num_buckets,) T5 table, or dummy
-    lut_ptr,  # (2 * max_dist + 1,) int32 bucket of each clamped relative position, or dummy
+    t5_ptr,  # (2 * max_dist + 1,) float32 T5 term per relative position (kernels.t5_relative), or dummy
+    lut_ptr,  # (2 * max_dist + 1,) int32 bucket of each clamped relative position (the T5 gradient), or dummy
     bias_ptr,  # (B, N, N) caller's bias through strides, or dummy
     seed_ptr,  # (1,) int64 dropout seed, or dummy
     win_ptr,  # (G, 2) int32 window bounds of a packed variable-length batch, or dummy
@@ -324,8 +322,6 @@ def _quad_dscores_kernel(
         S,
         scale,
         t5_ptr,
-        lut_ptr,
-        t5_scale,
         max_dist,
         bias_ptr + i_b64 * stride_bb,
         stride_bm,
@@ -479,7 +475,7 @@ def _score_args(
     q: Tensor,
     k: Tensor,
     mask_u8: Tensor | None,
-    t5_weight: Tensor | None,
+    t5_rel: Tensor | None,
     lut: Tensor | None,
     bias: Tensor | None,
     seed: Tensor | None,
@@ -504,7 +500,7 @@ def _score_args(
         q_ptr=q,
         k_ptr=k,
         mask_ptr=mask_u8 if mask_u8 is not None else dummy,
-        t5_ptr=t5_weight if t5_weight is not None else dummy,
+        t5_ptr=t5_rel if t5_rel is not None else dummy,
         lut_ptr=lut if lut is not None else dummy,
         bias_ptr=bias if bias is not None else dummy,
         seed_ptr=seed if seed is not None else dummy,
@@ -530,7 +526,7 @@ def _score_args(
         LAPLACE=laplace,
         VARLEN=windows is not None,
         HAS_MASK=mask_u8 is not None,
-        HAS_T5=t5_weight is not None,
+        HAS_T5=t5_rel is not None,
         HAS_BIAS=bias is not None,
         DROPOUT=dropout_p > 0,
         DOT_PREC=dot_precision(q.dtype),
@@ -544,7 +540,7 @@ def short_window_fwd(
     v: Tensor,
     gate: Tensor | None,
     mask_u8: Tensor | None,
-    t5_weight: Tensor | None,
+    t5_rel: Tensor | None,
     lut: Tensor | None,
     bias: Tensor | None,
     seed: Tensor | None,
@@ -584,7 +580,7 @@ def short_window_fwd(
         laplace=laplace,
         dropout_p=dropout_p,
     )
-    scores = _score_args(q, k, mask_u8, t5_weight, lut, bias, seed, windows, g, **scalars)
+    scores = _score_args(q, k, mask_u8, t5_rel, lut, bias, seed, windows, g, **scalars)
     _quad_weights_kernel[(g * triton.cdiv(w, cw["BM"]), weights.shape[-1] // cw["BN"], b)](
         a_ptr=weights, stride_ab=weights.stride(0), stride_an=weights.stride(1), **scores, **cw
     )
@@ -672,6 +668,7 @@ def short_window_bwd(
     v: Tensor,
     mask_u8: Tensor | None,
     t5_weight: Tensor | None,
+    t5_rel: Tensor | None,
     lut: Tensor | None,
     bias: Tensor | None,
     seed: Tensor | None,
@@ -731,7 +728,7 @@ def short_window_bwd(
         DT5=need_dt5,
         DBIAS=need_dbias,
         NB=nb,
-        **_score_args(q, k, mask_u8, t5_weight, lut, bias, seed, windows, g, **scalars),
+        **_score_args(q, k, mask_u8, t5_rel, lut, bias, seed, windows, g, **scalars),
         **cfg,
     )
     tiles = dict(causal=causal, window=w, windows=windows, g=g)
