@@ -227,7 +227,8 @@ def _tiles(
     16)."""
     if name in ("quad_attn_weights", "quad_attn_out", "quad_attn_dscores"):
         kind = name.removeprefix("quad_attn_")
-        return [(sw.short_config(kind, w, s, e, dtype, arch), {"S": s} if kind == "weights" else {"S": s, "E": e})]
+        cfg = sw.short_config(kind, w, s, e, dtype, arch, bias=bias)
+        return [(cfg, {"S": s} if kind == "weights" else {"S": s, "E": e})]
     if name.endswith("_product"):  # dv over the value width, dq and dk over the query/key width
         d = e if name == "quad_attn_dv_product" else s
         return [(sw.short_config("product", w, d, d, dtype, arch), {"D": d})]

@@ -345,6 +345,26 @@ def test_torch_compile_fullgraph_traces_gau():
     assert_close_scaled(grad_compiled, x.grad, 1e-5, "compiled input grad")
 
 
+@pytest.mark.parametrize("layer", ["GAU", "FLASH"])
+@pytest.mark.parametrize("grad", [True, False], ids=["traced-with-grad", "traced-under-no-grad"])
+def test_torch_jit_trace_of_the_kernel_path(layer, grad):
+    """torch.jit.trace checks its trace by tracing again under no_grad: the layers' kernel path records the same
+    graph either way (the pre-gate output is kept whenever tracing), and the traced module gives the eager module's
+    output and input gradient."""
+    kw = dict(dim=16, query_key_dim=16, causal=True) | ({"group_size": 8} if layer == "FLASH" else {})
+    model = getattr(ft, layer)(backend="triton", **kw).to(DEVICE)
+    scramble(model)
+    x = torch.randn(2, 20, 16, device=DEVICE)
+    with torch.set_grad_enabled(grad):
+        traced = torch.jit.trace(model, x)  # raises TracingCheckError when the two traces differ
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    outs = [traced(xs[0]), model(xs[1])]
+    assert_close_scaled(outs[0], outs[1], 1e-6, "traced output")
+    for out in outs:
+        out.pow(2).sum().backward()
+    assert_close_scaled(xs[0].grad, xs[1].grad, 1e-5, "traced input grad")
+
+
 def test_rows_past_32_bit_offsets_are_refused_with_the_numbers():
     # meta tensors carry shapes and strides without memory: row stride 256 x 2**24 rows passes 2**31
     big = torch.empty(1, 2**24, 256, device="meta")

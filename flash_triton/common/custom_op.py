@@ -12,6 +12,16 @@ from torch import Tensor
 EMPTY = (0,)
 
 
+def keeps_pre_gate(gate: Tensor | None) -> bool:
+    """Whether the forward stores the output before the gate (the gate's gradient needs it): when the gate wants a
+    gradient. Under ``torch.jit.trace`` always (with a gate): the trace records the choice as a constant, and trace
+    checks its graph again under ``torch.no_grad``, which must record the same one (a traced module can then be
+    differentiated whatever the grad mode it was traced in)."""
+    if gate is None:
+        return False
+    return torch.jit.is_tracing() or (gate.requires_grad and torch.is_grad_enabled())
+
+
 class Contract:
     """The named arguments of a custom op, read from the op function's own annotated signature: that signature is
     the one place where the op's tensor and scalar arguments are listed. The fake implementation, ``setup_context``

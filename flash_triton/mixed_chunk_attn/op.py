@@ -14,7 +14,7 @@ products of :mod:`.kernels` and the prefix's adjoint (the scan in reverse, or :m
 import torch
 from torch import Tensor
 
-from ..common.custom_op import EMPTY, Contract, common_dtype, or_empty, resolve_seed
+from ..common.custom_op import EMPTY, Contract, common_dtype, keeps_pre_gate, or_empty, resolve_seed
 from ..common.gate import gate_backward_op
 from ..quad_attn import kernels as quad_kernels
 from . import kernels
@@ -280,6 +280,6 @@ def mixed_chunk_attn_triton(
         laplace=bool(laplace),
         dropout_p=float(dropout_p),
         output_final_state=bool(output_final_state),
-        store_pre=gate.requires_grad and torch.is_grad_enabled(),
+        store_pre=keeps_pre_gate(gate),
     )
     return (out, final) if output_final_state else out

@@ -5,7 +5,7 @@ with the signature of :func:`flash_triton.reference.quad_attn`. Importing this m
 import torch
 from torch import Tensor
 
-from ..common.custom_op import EMPTY, Contract, common_dtype, or_empty, resolve_seed
+from ..common.custom_op import EMPTY, Contract, common_dtype, keeps_pre_gate, or_empty, resolve_seed
 from ..common.gate import gate_backward_op
 from . import kernels
 
@@ -154,6 +154,6 @@ def quad_attn_triton(
         causal=bool(causal),
         laplace=bool(laplace),
         dropout_p=float(dropout_p),
-        store_pre=gate is not None and gate.requires_grad and torch.is_grad_enabled(),
+        store_pre=keeps_pre_gate(gate),
     )
     return out

@@ -436,12 +436,19 @@ SHORT_TILES = {
 }
 
 
-def short_config(kind: str, window: int, qk_dim: int, v_dim: int, dtype: torch.dtype, arch: int | None = None) -> dict:
+def short_config(
+    kind: str, window: int, qk_dim: int, v_dim: int, dtype: torch.dtype, arch: int | None = None, bias: bool = False
+) -> dict:
     """Tiles and warps of the short-window kernel ``kind``: "weights", "out", "dscores", or "product" (for a
     product over the value width: ``v_dim``; over the query/key width: pass it as ``v_dim`` too), on a GPU of
-    compute capability ``arch`` (a tuned entry of :mod:`flash_triton.tuning` where there is one; never BM x BN)."""
+    compute capability ``arch`` (a tuned entry of :mod:`flash_triton.tuning` where there is one; never BM x BN);
+    ``bias``: a caller's bias is added to the scores."""
     fit = max(16, triton.next_power_of_2(window))
     cfg = _short_default(kind, fit, qk_dim, v_dim, dtype)
+    if kind == "dscores" and bias and dtype != torch.float32:
+        # ptxas held the half-precision score gradients with a caller's bias (and its gradient, laplace) to 128
+        # registers and spilled 16 B inside the loop on sm_80 (triton 3.6): every register allowed (~210, one block)
+        cfg["maxnreg"] = 255
     return tuning.tuned(f"quad_attn_{kind}", arch, dtype, dict(window=fit, qk=qk_dim, v=v_dim), cfg)
 
 
@@ -692,7 +699,7 @@ def short_window_bwd(
     e = v.shape[-1]
     w = window
     g = windows.shape[0] if windows is not None else triton.cdiv(n, w)
-    cfg = short_config("dscores", w, s, e, q.dtype, device_arch(q.device))
+    cfg = short_config("dscores", w, s, e, q.dtype, device_arch(q.device), bias=bias is not None)
     weights, dscores = _tile_store(q, w, cfg, v.dtype), _tile_store(q, w, cfg, q.dtype)
     check_row_offsets(weights=weights, dbias=torch.empty(b, n, n, device="meta") if need_dbias else None)
     grid = (g * triton.cdiv(w, cfg["BM"]), weights.shape[-1] // cfg["BN"], b)
