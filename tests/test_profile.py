@@ -179,7 +179,10 @@ def test_target_every_bf16_kernel_on_wgmma_on_sm90(quick):
     assert all(k["sass"]["mma_kind"] == "wgmma" for k in _bf16(kernels, 90) if k["kernel"] not in aot.WITHOUT_PRODUCTS)
 
 
-@target("the T5 bias gathers are 4-byte loads in every kernel that computes scores")
+@target(
+    "the T5 term (one gather per score from the per-relative-position table) is a 4-byte load in every kernel "
+    "that computes scores"
+)
 def test_target_bf16_loads_are_16_byte_vectors(quick):
     kernels, _ = quick
     for k in _bf16(kernels):
