@@ -190,11 +190,13 @@ def _fmt(cfg: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in cfg.items())
 
 
-def tune_entries(entries_: list[Entry], measure, deadline: float, min_gain: float, log=print) -> dict:
+def tune_entries(
+    entries_: list[Entry], measure, deadline: float, min_gain: float, log=print, chosen: dict | None = None
+) -> dict:
     """Coordinate descent: for each entry in order, time each candidate (``measure(overrides)`` -> {jit function:
-    seconds}) with the entries before it at their choice; keep the fastest if it beats the default by ``min_gain``.
-    Returns the overrides chosen ({entry ident: config})."""
-    chosen: dict = {}
+    seconds}) with the entries before it (and those of ``chosen``) at their choice; keep the fastest if it beats
+    the default by ``min_gain``. Returns the overrides chosen ({entry ident: config}), ``chosen``'s included."""
+    chosen = dict(chosen or {})
     for entry in entries_:
         for cfg in entry.candidates:
             if time.monotonic() > deadline:
@@ -348,14 +350,6 @@ def main(argv: list[str] | None = None) -> int:
             base = kernel_times(step)
             # the longest-running first: the defaults' device time of the functions each entry changes
             todo.sort(key=lambda e: -sum(t for k, t in base.items() if any(fn in k for fn in e.functions)))
-        for e in todo:
-            if time.monotonic() > deadline:
-                print(f"[tune] budget spent before pruning {e.kernel}", flush=True)
-                break
-            print(f"[tune] {e.kernel} {e.dtype} {e.key}: default {_fmt(e.default)}", flush=True)
-            prune(e, changed[id(e)], args.arch, args.jobs)
-        if not timing:
-            continue
 
         def measure(overrides, step=step, todo=todo):
             with tuning.override(overrides):
@@ -363,7 +357,17 @@ def main(argv: list[str] | None = None) -> int:
             fns = set().union(*(e.functions for e in todo))
             return {fn: sum(t for k, t in times.items() if fn in k) for fn in fns}
 
-        chosen = tune_entries([e for e in todo if len(e.candidates) > 1], measure, deadline, args.min_gain)
+        chosen: dict = {}
+        for e in todo:  # each entry pruned, then timed, before the next: a budget cut leaves whole entries
+            if time.monotonic() > deadline:
+                print(f"[tune] budget spent before {e.kernel}", flush=True)
+                break
+            print(f"[tune] {e.kernel} {e.dtype} {e.key}: default {_fmt(e.default)}", flush=True)
+            prune(e, changed[id(e)], args.arch, args.jobs)
+            if timing and len(e.candidates) > 1:
+                chosen = tune_entries([e], measure, deadline, args.min_gain, chosen=chosen)
+        if not timing:
+            continue
         if chosen:  # the chosen configs must reproduce the defaults' outputs and gradients
             ref = [t.float().clone() for t in step()]
             with tuning.override(chosen):
