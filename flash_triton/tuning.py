@@ -110,15 +110,22 @@ def _load(path: Path | None) -> dict:
     return table
 
 
+_current: list = [None, None]  # (the environment variable's value, its table): one dict lookup per launch
+
+
 def table() -> dict:
     """{(arch, kernel, dtype, frozen key): config} of the current table (read once per path)."""
-    return _load(table_path())
+    value = os.environ.get(ENV)
+    if _current[1] is None or _current[0] != value:
+        _current[:] = [value, _load(table_path())]
+    return _current[1]
 
 
 def reload() -> None:
     """Forget the tables read so far (after the tuner writes one, or a test points ``FLASH_TRITON_TUNED_CONFIGS``
     elsewhere)."""
     _load.cache_clear()
+    _current[:] = [None, None]
 
 
 def tuned(kernel: str, arch: int | None, dtype: torch.dtype, key: dict, default: dict) -> dict:
@@ -128,10 +135,14 @@ def tuned(kernel: str, arch: int | None, dtype: torch.dtype, key: dict, default:
     record = _record.get()
     if record is not None:
         record.append((kernel, DTYPE_NAMES[dtype], dict(key), dict(default)))
+    overrides = _override.get()
+    entries = table() if arch is not None else None
+    if not overrides and not entries:  # the common case (no table entries yet, or off a GPU): nothing to look up
+        return default
     frozen = freeze(key)
-    forced = (_override.get() or {}).get((kernel, DTYPE_NAMES[dtype], frozen))
-    if forced is None and arch is not None:
-        forced = table().get((arch, kernel, DTYPE_NAMES[dtype], frozen))
+    forced = (overrides or {}).get((kernel, DTYPE_NAMES[dtype], frozen))
+    if forced is None and entries:
+        forced = entries.get((arch, kernel, DTYPE_NAMES[dtype], frozen))
     if forced is None:
         return default
     cfg = dict(default, **forced)

@@ -9,7 +9,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .custom_op import EMPTY, or_empty
-from .jit import FP_FUSION, check_row_offsets, last_dim_contiguous, new_output, rounded
+from .jit import FP_FUSION, cdiv, check_row_offsets, last_dim_contiguous, new_output, next_power_of_2, rounded
 
 _NOSPEC = ["N"]  # the width E is specialised (16-byte vectors where it is a multiple of 8 in half precision)
 
@@ -51,7 +51,7 @@ def _gate_backward_kernel(
 def gate_config(e: int) -> dict:
     """Tiles of the gate's backward: 4,096 elements per program (8 per thread at 4 warps per 1,024: 16-byte
     vectors in half precision), rows of up to 256 features."""
-    be = min(256, max(16, triton.next_power_of_2(e)))
+    be = min(256, max(16, next_power_of_2(e)))
     return dict(BR=4096 // be, BE=be, num_warps=4, num_stages=1)
 
 
@@ -70,7 +70,7 @@ def gate_backward(d_out: Tensor, gate: Tensor, o_pre: Tensor | None) -> tuple[Te
     cfg = gate_config(e)
     if dy.numel():
         pre = o_pre if o_pre is not None else d_out
-        _gate_backward_kernel[(triton.cdiv(n, cfg["BR"]), triton.cdiv(e, cfg["BE"]), b)](
+        _gate_backward_kernel[(cdiv(n, cfg["BR"]), cdiv(e, cfg["BE"]), b)](
             d_out,
             gate,
             pre,

@@ -89,6 +89,18 @@ def device_arch(device: torch.device) -> int | None:
     return _cuda_arch(device.index if device.index is not None else torch.cuda.current_device())
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for the launchers' grids and block counts: plain Python (``triton.cdiv`` is a constexpr function
+    whose host-side call costs ~3-7 us, tens of times per layer step)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (0 for 0), as ``triton.next_power_of_2`` but a plain Python call (see
+    :func:`cdiv`)."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
 def last_dim_contiguous(*ts: Tensor | None) -> list:
     """Each tensor as the kernels address it: unit stride along the last (feature) dimension, any other strides
     (copied only when that stride is not 1, e.g. a broadcast gradient); None passes through."""

@@ -23,12 +23,14 @@ from torch import Tensor
 from .. import tuning
 from ..common.jit import (
     FP_FUSION,
+    cdiv,
     check_row_offsets,
     device_arch,
     dot,
     dot_precision,
     last_dim_contiguous,
     new_output,
+    next_power_of_2,
     row_mask_u8,
     window_bounds,
 )
@@ -273,7 +275,7 @@ def _group_scan_kernel(
 
 
 def _block(d: int, cap: int) -> int:
-    return min(cap, max(16, triton.next_power_of_2(d)))
+    return min(cap, max(16, next_power_of_2(d)))
 
 
 def state_config(group: int, da: int, db: int, dtype: torch.dtype, arch: int | None = None) -> dict:
@@ -307,11 +309,11 @@ def group_state(
     check_row_offsets(a=a, b=b)
     bsz, n, da = a.shape
     db = b.shape[-1]
-    g = windows.shape[0] if windows is not None else triton.cdiv(n, group)
+    g = windows.shape[0] if windows is not None else cdiv(n, group)
     out = new_output(a, (bsz, g, da, db), torch.float32)
     mask = row_mask_u8(row_mask)
     cfg = state_config(group, da, db, a.dtype, device_arch(a.device))
-    grid = (g * triton.cdiv(da, cfg["BA"]), triton.cdiv(db, cfg["BB"]), bsz)
+    grid = (g * cdiv(da, cfg["BA"]), cdiv(db, cfg["BB"]), bsz)
     _group_state_kernel[grid](
         a,
         b,
@@ -367,8 +369,8 @@ def group_apply(
         y = new_output(x, (bsz, n, dy), out_dtype or x.dtype)
     mask = row_mask_u8(row_mask)
     cfg = apply_config(group, dx, dy, x.dtype, device_arch(x.device))
-    g = windows.shape[0] if windows is not None else triton.cdiv(n, group)
-    grid = (g * triton.cdiv(group, cfg["BT"]), triton.cdiv(dy, cfg["BY"]), bsz)
+    g = windows.shape[0] if windows is not None else cdiv(n, group)
+    grid = (g * cdiv(group, cfg["BT"]), cdiv(dy, cfg["BY"]), bsz)
     _group_apply_kernel[grid](
         x,
         m,
@@ -425,7 +427,7 @@ def state_scan(
     y = new_output(states, states.shape, out_dtype)
     last = new_output(states, (b, s, e), torch.float32) if want_last else None
     dummy = states.new_empty(0)
-    _state_scan_kernel[(triton.cdiv(f, SCAN_CONFIG["BF"]), b)](
+    _state_scan_kernel[(cdiv(f, SCAN_CONFIG["BF"]), b)](
         x_ptr=states,
         y_ptr=y,
         init_ptr=init.float().contiguous() if init is not None else dummy,
@@ -476,8 +478,8 @@ def fused_scan_fits(
     if group % 16:
         return False
     cfg = scan_config(group, da, db, dtype, arch)
-    programs = batch * triton.cdiv(da, cfg["BA"]) * triton.cdiv(db, cfg["BB"])
-    return programs >= FUSED_SCAN_MIN_PROGRAMS or triton.cdiv(n, group) <= FUSED_SCAN_MAX_GROUPS
+    programs = batch * cdiv(da, cfg["BA"]) * cdiv(db, cfg["BB"])
+    return programs >= FUSED_SCAN_MIN_PROGRAMS or cdiv(n, group) <= FUSED_SCAN_MAX_GROUPS
 
 
 def group_scan(
@@ -510,13 +512,13 @@ def group_scan(
         states = group_state(a, b, group, row_mask=row_mask)
         return state_scan(states, group, init, want_last, reverse, out_dtype)
     check_row_offsets(a=a, b=b)
-    g = triton.cdiv(n, group)
+    g = cdiv(n, group)
     y = new_output(a, (bsz, g, da, db), out_dtype)
     last = new_output(a, (bsz, da, db), torch.float32) if want_last else None
     mask = row_mask_u8(row_mask)
     cfg = scan_config(group, da, db, a.dtype, device_arch(a.device))
     dummy = a.new_empty(0)
-    _group_scan_kernel[(triton.cdiv(da, cfg["BA"]) * triton.cdiv(db, cfg["BB"]), bsz)](
+    _group_scan_kernel[(cdiv(da, cfg["BA"]) * cdiv(db, cfg["BB"]), bsz)](
         a_ptr=a,
         b_ptr=b,
         y_ptr=y,

@@ -25,12 +25,14 @@ from torch import Tensor
 from .. import tuning
 from ..common.jit import (
     FP_FUSION,
+    cdiv,
     check_row_offsets,
     device_arch,
     dot,
     dot_precision,
     last_dim_contiguous,
     new_output,
+    next_power_of_2,
     row_mask_u8,
     window_bounds,
 )
@@ -749,9 +751,9 @@ def launch_config(
     hopper = arch == 90 and key in TILES_SM90 and not (lin or bias)
     hopper = hopper and qk_dim <= TILES_SM90[key][2] and v_dim > TILES[key][3]
     bm, bn, bs, be, warps = TILES_SM90[key] if hopper else TILES[key]
-    fit = max(16, triton.next_power_of_2(window))
-    bs = min(bs, max(16, triton.next_power_of_2(qk_dim)))
-    be = min(be, max(16, triton.next_power_of_2(v_dim)))
+    fit = max(16, next_power_of_2(window))
+    bs = min(bs, max(16, next_power_of_2(qk_dim)))
+    be = min(be, max(16, next_power_of_2(v_dim)))
     # 16 x 16 score tiles (windows of <= 16 tokens): 4 warps where 8 spilled inside the loop (float32 dk on sm_90,
     # half-precision dk with dropout on sm_80; a half dk without dropout spills at 4 instead, and so does dk when it
     # adds dq in, in either precision, with dropout or not)
@@ -761,9 +763,7 @@ def launch_config(
         warps = 4  # 3.6) at query/key width 64; 4 spill nowhere there, but do at width 128 on sm_90
     if kind == "dq" and precision == "half" and dropout and qk_dim > bs:  # two 128-wide blocks with dropout spilled
         bs = 64  # inside the loop on sm_90 (triton 3.6); 64-wide blocks spill nowhere
-    cfg = dict(
-        BM=min(bm, fit), BN=min(bn, fit), BS=bs, S_BLOCKS=triton.cdiv(qk_dim, bs), BE=be, num_warps=warps, num_stages=2
-    )
+    cfg = dict(BM=min(bm, fit), BN=min(bn, fit), BS=bs, S_BLOCKS=cdiv(qk_dim, bs), BE=be, num_warps=warps, num_stages=2)
     if kind in ("dk", "dq", "dkq"):
         # ptxas, left to itself, holds some of these builds to 128 registers (two blocks per SM) and spills inside
         # the loop (sm_80, 16-wide tiles with dropout; width 64; specialised widths): allow it every register. One
@@ -835,7 +835,7 @@ def quad_attn_fwd(
     check_row_offsets(q=q, k=k, v=v, gate=gate, lin_q=lin_q, bias=bias.expand(b, n, n) if bias is not None else None)
     e = v.shape[-1]
     w = window
-    g = windows.shape[0] if windows is not None else triton.cdiv(n, w)
+    g = windows.shape[0] if windows is not None else cdiv(n, w)
     mask_u8 = row_mask_u8(key_mask)
     lut = bucket_lut(causal, t5_weight.numel(), t5_max_distance, q.device) if t5_weight is not None else None
     t5_rel = t5_relative(t5_weight, lut, t5_scale) if t5_weight is not None else None
@@ -870,7 +870,7 @@ def quad_attn_fwd(
     out = new_output(v, v.shape)  # contiguous whatever v's strides
     o_pre = new_output(v, v.shape) if store_pre else None
     dummy = q.new_empty(0)
-    grid = (g * triton.cdiv(w, cfg["BM"]), triton.cdiv(e, cfg["BE"]), b)
+    grid = (g * cdiv(w, cfg["BM"]), cdiv(e, cfg["BE"]), b)
     _quad_attn_fwd_kernel[grid](
         q,
         k,
@@ -960,7 +960,7 @@ def quad_attn_bwd(
     check_row_offsets(dy=dy, q=q, k=k, v=v, bias=bias.expand(b, n, n) if bias is not None else None, dbias=dbias_like)
     e = v.shape[-1]
     w = window
-    g = windows.shape[0] if windows is not None else triton.cdiv(n, w)
+    g = windows.shape[0] if windows is not None else cdiv(n, w)
     mask_u8 = row_mask_u8(key_mask)
     lut = bucket_lut(causal, t5_weight.numel(), t5_max_distance, q.device) if t5_weight is not None else None
     t5_rel = t5_relative(t5_weight, lut, t5_scale) if t5_weight is not None else None
@@ -1001,8 +1001,8 @@ def quad_attn_bwd(
     dqa = q.new_zeros(q.shape, dtype=torch.float32) if atomic_dq else None
     dq = new_output(q, q.shape) if not atomic_dq else None
     dummy = q.new_empty(0)
-    nb = triton.next_power_of_2(t5_weight.numel()) if t5_weight is not None else 1
-    key_tiles = g * triton.cdiv(w, cfgs[key_kind]["BN"])
+    nb = next_power_of_2(t5_weight.numel()) if t5_weight is not None else 1
+    key_tiles = g * cdiv(w, cfgs[key_kind]["BN"])
     need_dt5 = need_dt5 and t5_weight is not None
     need_dbias = need_dbias and bias is not None
     dt5_part = new_output(q, (b * key_tiles, nb), torch.float32) if need_dt5 else None
@@ -1035,7 +1035,7 @@ def quad_attn_bwd(
         dropout_p,
     )
     cfg = cfgs["dv"]
-    _quad_attn_bwd_dv_kernel[(g * triton.cdiv(w, cfg["BN"]), triton.cdiv(e, cfg["BE"]), b)](
+    _quad_attn_bwd_dv_kernel[(g * cdiv(w, cfg["BN"]), cdiv(e, cfg["BE"]), b)](
         q,
         k,
         dy,
@@ -1061,7 +1061,7 @@ def quad_attn_bwd(
     )
     passes = [(key_kind, True, key_tiles, dk)]
     if not atomic_dq:
-        passes.append(("dq", False, g * triton.cdiv(w, cfgs["dq"]["BM"]), dq))
+        passes.append(("dq", False, g * cdiv(w, cfgs["dq"]["BM"]), dq))
     for kind, key, tiles, dx in passes:
         cfg = cfgs[kind]
         _quad_attn_bwd_dqk_kernel[(tiles, cfg["S_BLOCKS"], b)](
@@ -1108,9 +1108,9 @@ def quad_attn_bwd(
 def dropout_keep_mask(seed: Tensor, batch: int, n: int, window: int, dropout_p: float) -> Tensor:
     """(batch, G, W, W) bool: the dropout keep-mask the kernels draw for this seed (for tests and debugging)."""
     w = window
-    g = triton.cdiv(n, w)
+    g = cdiv(n, w)
     out = new_output(seed, (batch, g, w, w), torch.uint8)
-    blk = min(64, max(16, triton.next_power_of_2(w)))
-    grid = (triton.cdiv(w, blk), triton.cdiv(w, blk), batch * g)
+    blk = min(64, max(16, next_power_of_2(w)))
+    grid = (cdiv(w, blk), cdiv(w, blk), batch * g)
     _dropout_keep_kernel[grid](seed, out, w, g, dropout_p, BM=blk, BN=blk, enable_fp_fusion=FP_FUSION)
     return out.bool()

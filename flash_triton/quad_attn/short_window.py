@@ -36,11 +36,13 @@ from torch import Tensor
 from .. import tuning
 from ..common.jit import (
     FP_FUSION,
+    cdiv,
     check_row_offsets,
     device_arch,
     dot,
     dot_precision,
     new_output,
+    next_power_of_2,
     window_bounds,
 )
 from .kernels import _NOSPEC, _act, _act_grad, _bias_strides, _dropout_scale, _keep, _scores, t5_bucket_sums
@@ -443,7 +445,7 @@ def short_config(
     product over the value width: ``v_dim``; over the query/key width: pass it as ``v_dim`` too), on a GPU of
     compute capability ``arch`` (a tuned entry of :mod:`flash_triton.tuning` where there is one; never BM x BN);
     ``bias``: a caller's bias is added to the scores."""
-    fit = max(16, triton.next_power_of_2(window))
+    fit = max(16, next_power_of_2(window))
     cfg = _short_default(kind, fit, qk_dim, v_dim, dtype)
     if kind == "dscores" and bias and dtype != torch.float32:
         # ptxas held the half-precision score gradients with a caller's bias (and its gradient, laplace) to 128
@@ -454,15 +456,15 @@ def short_config(
 
 def _short_default(kind: str, fit: int, qk_dim: int, v_dim: int, dtype: torch.dtype) -> dict:
     t = SHORT_TILES["fp32" if dtype == torch.float32 else "half"]
-    s_fit = max(16, triton.next_power_of_2(qk_dim))
-    e_fit = max(16, triton.next_power_of_2(v_dim))
+    s_fit = max(16, next_power_of_2(qk_dim))
+    e_fit = max(16, next_power_of_2(v_dim))
     cfg = dict(BM=min(t["BM"], fit), BN=min(t["BN"], fit), num_stages=2)
     if kind == "weights":
         bs, cfg["num_warps"] = t["weights"]
-        return dict(cfg, BS=min(bs, s_fit), S_BLOCKS=triton.cdiv(qk_dim, min(bs, s_fit)))
+        return dict(cfg, BS=min(bs, s_fit), S_BLOCKS=cdiv(qk_dim, min(bs, s_fit)))
     if kind == "dscores":
         bs, be, cfg["num_warps"], cfg["num_stages"] = t["dscores"]
-        return dict(cfg, BS=min(bs, s_fit), S_BLOCKS=triton.cdiv(qk_dim, min(bs, s_fit)), BE=min(be, e_fit))
+        return dict(cfg, BS=min(bs, s_fit), S_BLOCKS=cdiv(qk_dim, min(bs, s_fit)), BE=min(be, e_fit))
     if kind == "product":
         bd, cfg["num_warps"] = t["product"]
         return dict(cfg, BD=min(bd, e_fit))
@@ -475,7 +477,7 @@ def _tile_store(like: Tensor, window: int, cfg: dict, dtype: torch.dtype) -> Ten
     whole BN-wide column tiles covering min(window, N) keys (16-byte aligned rows, the layout every kernel here
     reads); the tiles no kernel reads are never written."""
     b, n = like.shape[:2]
-    return like.new_empty(b, n, triton.cdiv(min(window, n), cfg["BN"]) * cfg["BN"], dtype=dtype)
+    return like.new_empty(b, n, cdiv(min(window, n), cfg["BN"]) * cfg["BN"], dtype=dtype)
 
 
 def _score_args(
@@ -570,7 +572,7 @@ def short_window_fwd(
     b, n, s = q.shape
     e = v.shape[-1]
     w = window
-    g = windows.shape[0] if windows is not None else triton.cdiv(n, w)
+    g = windows.shape[0] if windows is not None else cdiv(n, w)
     dummy = q.new_empty(0)
     arch = device_arch(q.device)
     cw = short_config("weights", w, s, e, q.dtype, arch)
@@ -588,14 +590,14 @@ def short_window_fwd(
         dropout_p=dropout_p,
     )
     scores = _score_args(q, k, mask_u8, t5_rel, lut, bias, seed, windows, g, **scalars)
-    _quad_weights_kernel[(g * triton.cdiv(w, cw["BM"]), weights.shape[-1] // cw["BN"], b)](
+    _quad_weights_kernel[(g * cdiv(w, cw["BM"]), weights.shape[-1] // cw["BN"], b)](
         a_ptr=weights, stride_ab=weights.stride(0), stride_an=weights.stride(1), **scores, **cw
     )
     out = new_output(v, v.shape)
     o_pre = new_output(v, v.shape) if store_pre else None
     lin_strides = lin_q.stride()[:2] if lin_q is not None else (0, 0)
     state_strides = state.stride()[:3] if state is not None else (0, 0, 0)
-    _quad_out_kernel[(triton.cdiv(e, co["BE"]), g * triton.cdiv(w, co["BM"]), b)](
+    _quad_out_kernel[(cdiv(e, co["BE"]), g * cdiv(w, co["BM"]), b)](
         a_ptr=weights,
         v_ptr=v,
         gate_ptr=gate if gate is not None else dummy,
@@ -641,7 +643,7 @@ def _tile_product(
     b, n, d = x.shape
     cfg = short_config("product", window, d, d, x.dtype, device_arch(x.device))
     y = new_output(like, like.shape)
-    grid = (triton.cdiv(d, cfg["BD"]), g * triton.cdiv(window, cfg["BN"] if columns else cfg["BM"]), b)
+    grid = (cdiv(d, cfg["BD"]), g * cdiv(window, cfg["BN"] if columns else cfg["BM"]), b)
     _quad_tile_product_kernel[grid](
         m_ptr=m,
         x_ptr=x,
@@ -698,12 +700,12 @@ def short_window_bwd(
     b, n, s = q.shape
     e = v.shape[-1]
     w = window
-    g = windows.shape[0] if windows is not None else triton.cdiv(n, w)
+    g = windows.shape[0] if windows is not None else cdiv(n, w)
     cfg = short_config("dscores", w, s, e, q.dtype, device_arch(q.device), bias=bias is not None)
     weights, dscores = _tile_store(q, w, cfg, v.dtype), _tile_store(q, w, cfg, q.dtype)
     check_row_offsets(weights=weights, dbias=torch.empty(b, n, n, device="meta") if need_dbias else None)
-    grid = (g * triton.cdiv(w, cfg["BM"]), weights.shape[-1] // cfg["BN"], b)
-    nb = triton.next_power_of_2(t5_weight.numel()) if t5_weight is not None else 1
+    grid = (g * cdiv(w, cfg["BM"]), weights.shape[-1] // cfg["BN"], b)
+    nb = next_power_of_2(t5_weight.numel()) if t5_weight is not None else 1
     # programs that visit no tile leave their partial rows at zero
     dt5_part = q.new_zeros(b * grid[0] * grid[1], nb, dtype=torch.float32) if need_dt5 else None
     dbias = q.new_zeros(b, n, n, dtype=torch.float32) if need_dbias else None
