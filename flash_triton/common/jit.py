@@ -91,7 +91,7 @@ def device_arch(device: torch.device) -> int | None:
 
 def cdiv(a: int, b: int) -> int:
     """ceil(a / b) for the launchers' grids and block counts: plain Python (``triton.cdiv`` is a constexpr function
-    whose host-side call costs ~3-7 us, tens of times per layer step)."""
+    whose host-side call costs ~2.5 us, 89 times per FLASH layer step)."""
     return -(-a // b)
 
 
