@@ -384,10 +384,11 @@ class Context:
                 raise Skip(f"skipped: out of memory already at n={past['n']} batch={past['batch']}")
             if past.get("ms") and past_flops > 0:
                 per_call = past["ms"] * 1e-3 * flops / past_flops
-                if 6 * per_call > self.row_limit_s:
+                if 6 * per_call > self.row_limit_s:  # the first call, warm-up and timed calls: about 6 at the least
                     raise Skip(
-                        f"skipped: predicted ~{per_call:.1f} s per call (scaled from n={past['n']} "
-                        f"batch={past['batch']}), over the per-row limit of {self.row_limit_s:.0f} s"
+                        f"skipped: predicted ~{6 * per_call:.1f} s for the row (6 calls of ~{per_call:.1f} s, "
+                        f"scaled from n={past['n']} batch={past['batch']}), over the per-row limit of "
+                        f"{self.row_limit_s:.0f} s"
                     )
             break
 

@@ -81,7 +81,8 @@ def header(run: dict) -> list[str]:
         lines.append("")
     lines += [
         f"- device: {run['device']}",
-        f"- date: {run['date']}; commit {run['commit']} (`+dirty`: uncommitted changes)",
+        f"- date: {run['date']}; commit {run['commit']}"
+        + (" (`+dirty`: uncommitted changes)" if str(run["commit"]).endswith("+dirty") else ""),
         f"- torch {run['torch']}, triton {run['triton']}, flash_triton {run['flash_triton']}, "
         f"FLASH-pytorch {run['flash_pytorch']}, python {run['python']}",
     ]

@@ -50,8 +50,10 @@ A subject is a module ``benchmarks/subjects/<module>.py`` registered by one line
   ``TITLE`` and ``shape``, and may pick its sizes from ``ctx.shapes_for()`` (e.g. each distinct n at batch 1);
   rows join the sweeps, hence the plots, by their (n, batch).
 
-CPU runs: ``--device cpu`` took 38 minutes on the project's 2-core machine (``--threads 1``; 16 of them were
-torch.compile compiling), ``--quick --device cpu`` 3 minutes; ``--render RESULTS_JSON`` rewrites the tables and plots
+CPU runs: ``--device cpu`` took 38 minutes once on the project's 2-core machine (``--threads 1``, otherwise idle; 16
+of them were torch.compile compiling); ``--quick --device cpu`` took about 3 minutes there idle and 10.5 on a loaded
+machine, so ``--quick`` has a time budget on every device (240 s on CPU, 200 s on CUDA: rows past it are kept, each
+saying so); ``--render RESULTS_JSON`` rewrites the tables and plots
 of an earlier run.
 """
 
@@ -85,7 +87,7 @@ DEFAULTS = {
     ("cpu", False): dict(
         n=[1024, 2048, 4096], tokens=4096, batch1_n=[1024, 4096], long_n=[16384], row_limit_s=60.0, budget_s=None
     ),
-    ("cpu", True): dict(n=[256, 1024], tokens=1024, batch1_n=[2048], long_n=[], row_limit_s=20.0, budget_s=None),
+    ("cpu", True): dict(n=[256, 1024], tokens=1024, batch1_n=[2048], long_n=[], row_limit_s=20.0, budget_s=240.0),
 }
 QUICK_COMPILE_SUBJECTS = ("flash-layer",)  # --quick: torch.compile (minutes of compiling) only where a target needs it
 

@@ -5,6 +5,7 @@ FLOP formulas equal a brute-force count of the products the reference path execu
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ PROVENANCE = {"device", "device_kind", "torch", "triton", "flash_triton", "flash
 ROW_FIELDS = {"subject", "provider", "mode", "dtype", "n", "batch", "tokens", "shape", "flops", "bytes"}
 CEILINGS = {"matmul_tflops", "copy_gbps"}
 TIMED_FIELDS = {"ms", "ms_p20", "ms_p80", "reps", "first_call_s", "peak_mib", "tflops", "gbps", "floor_ms"}
-TINY = ["--quick", "--device", "cpu", "--n", "128", "256", "--tokens", "256", "--batch1-n", "256"]
+TINY = ["--quick", "--device", "cpu", "--n", "128", "256", "--tokens", "256", "--batch1-n", "256", "--budget-s", "900"]
 TINY += ["--model-depth", "1", "--threads", "1", "--providers", "reference", "upstream", "transformer++", "projections"]
 
 
@@ -248,6 +249,18 @@ def test_the_projections_baseline_is_the_layer_with_an_identity_core(layer):
     torch.testing.assert_close(model(x), real)  # restored
 
 
+def test_cpu_quick_has_a_time_budget_and_the_dirty_legend_only_when_dirty():
+    """--quick promises a time budget on every device; results.md explains "+dirty" only for a dirty checkout."""
+    from benchmarks.run import DEFAULTS
+
+    assert all(DEFAULTS[(device, True)]["budget_s"] for device in ("cpu", "cuda"))
+    run = dict(device="CPU", date="d", torch="t", triton="tr", flash_triton="f", flash_pytorch="u", python="p")
+    run.update(command="python -m benchmarks.run", wall_s=1.0)
+    for commit, legend in (("abc1234", False), ("abc1234+dirty", True)):
+        md = report.markdown([], dict(run, commit=commit, ceilings={}, device_kind="cuda"), {})
+        assert ("`+dirty`: uncommitted changes" in md) == legend, md
+
+
 def test_sweeps_share_shapes_and_run_smallest_first():
     cfg = dict(n=[1024, 4096, 16384], tokens=16384, batch1_n=[4096, 16384], long_n=[65536, 16384])
     shapes, long, labels = sweep_shapes(cfg)
@@ -352,6 +365,9 @@ def test_guards_skip_rows_that_would_not_fit():
     # 1000x the FLOPs of a 10 ms row: ~10 s per call, over the 1 s limit
     big = _measure(ctx, lambda: pytest.fail("built"), n=16, flops=1e9)
     assert big["error"].startswith("skipped: predicted ~") and "per-row limit of 1 s" in big["error"]
+    # the predicted figure is the row's (over the limit), each call's alongside it
+    row_s, call_s = (float(x) for x in re.findall(r"~([0-9.]+) s", big["error"])[:2])
+    assert row_s > 1.0 and row_s == pytest.approx(6 * call_s, rel=0.05)
     bigger = _measure(ctx, lambda: pytest.fail("built"), n=32, flops=1e10)  # predicted from the row that ran
     assert bigger["error"].startswith("skipped: predicted ~") and "scaled from n=8" in bigger["error"]
     huge = _measure(ctx, lambda: pytest.fail("built"), mem_bytes=2.0**60)
