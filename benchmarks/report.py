@@ -187,19 +187,25 @@ def summary(rows: list[dict], run: dict) -> str:
     groups = defaultdict(dict)
     for r in rows:
         groups[tuple(r[k] for k in GROUP_KEY)][r["provider"]] = r
+    not_run = run.get("not_run", {})
     for key, by_provider in groups.items():
         base = by_provider.get(lead, {}).get("ms")
         cells = []
         for p in providers:
             r = by_provider.get(p)
-            if r is None:
-                cells.append("")
+            if r is None:  # left out of this run (see the note below the table), or not a provider of the subject
+                cells.append("not run" if p in not_run.get(key[0], {}) else "—")
             elif r.get("ms"):
                 ratio = f" ({r['ms'] / base:.2f}x)" if base and p != lead else ""
                 cells.append(_fmt(r["ms"]) + ratio)
             else:
                 cells.append(_short_error(r.get("error", "")))
         out.append("| " + " | ".join(str(k) for k in key) + " | " + " | ".join(cells) + " |")
+    reasons = sorted({(p, why) for by_p in not_run.values() for p, why in by_p.items()})
+    if groups:
+        out.append("")
+        out.append("—: no row (the subject has no such provider, or `--providers` left it out; see results.md).")
+        out += [f"not run: {p} on {', '.join(s for s in not_run if p in not_run[s])}: {why}." for p, why in reasons]
     return "\n".join(out) + "\n"
 
 

@@ -261,6 +261,22 @@ def test_cpu_quick_has_a_time_budget_and_the_dirty_legend_only_when_dirty():
         assert ("`+dirty`: uncommitted changes" in md) == legend, md
 
 
+def test_summary_says_why_a_cell_is_empty():
+    """A provider left out of the run for a subject (--quick drops torch.compile outside flash-layer) reads "not
+    run", with the reason under the table; one without a row for another reason reads "—", explained there too."""
+    base = dict(dtype="bf16", mode="fwd", n=1024, batch=1, speedup_over={})
+    rows = [
+        dict(base, subject="quad-attn", provider="triton", ms=1.0),
+        dict(base, subject="decode", provider="triton", ms=2.0),
+        dict(base, subject="flash-layer", provider="compile", ms=3.0),
+    ]
+    run = dict(device="GPU", device_kind="cuda", date="d", commit="c", not_run={"quad-attn": {"compile": "why"}})
+    text = report.summary(rows, run)
+    table = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert table["quad-attn"].endswith("| 1.000 | not run |") and table["decode"].endswith("| 2.000 | — |")
+    assert "not run: compile on quad-attn: why." in text and "—: no row (the subject has no such provider" in text
+
+
 def test_sweeps_share_shapes_and_run_smallest_first():
     cfg = dict(n=[1024, 4096, 16384], tokens=16384, batch1_n=[4096, 16384], long_n=[65536, 16384])
     shapes, long, labels = sweep_shapes(cfg)
