@@ -20,15 +20,21 @@ def transformer_pp() -> TransformerPP:
     return TransformerPP(DIM, heads=HEADS, hidden=E)
 
 
-def identity_quad(q, k, v, gate, **_):
-    """GAU's core as the identity on the gated value; the zero term keeps q and k in the graph, so their
-    projection's backward runs as in the real layer."""
-    return v * gate + 0.0 * (q[..., :1] + k[..., :1])
+def _kept(*tensors, **kw) -> torch.Tensor:
+    """0, depending on every tensor the real core would read (q, k, the T5 table, ...): their producers' backward
+    runs as in the real layer, and every parameter gets a (zero) gradient."""
+    rest = [t for t in kw.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    return 0.0 * (sum(t[..., :1] for t in tensors) + sum(t.sum() for t in rest))
 
 
-def identity_mixed(quad_q, quad_k, lin_q, lin_k, v, gate, **_):
-    """FLASH's core as the identity on the gated value (see :func:`identity_quad`)."""
-    return v * gate + 0.0 * (quad_q[..., :1] + quad_k[..., :1] + lin_q[..., :1] + lin_k[..., :1])
+def identity_quad(q, k, v, gate, **kw):
+    """GAU's core as the identity on the gated value."""
+    return v * gate + _kept(q, k, **kw)
+
+
+def identity_mixed(quad_q, quad_k, lin_q, lin_k, v, gate, **kw):
+    """FLASH's core as the identity on the gated value."""
+    return v * gate + _kept(quad_q, quad_k, lin_q, lin_k, **kw)
 
 
 @contextlib.contextmanager
