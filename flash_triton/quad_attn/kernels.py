@@ -156,8 +156,9 @@ def _quad_attn_fwd_kernel(
     o_ptr,  # (B, N, E) gated output
     opre_ptr,  # (B, N, E) output before the gate (saved for dgate) or dummy
     mask_ptr,  # (B, N) uint8 or dummy
-    t5_ptr,  # (2 * max_dist + 1,) float32 T5 term per relative position (t5_relative) or dummy
-    lut_ptr,  # (2 * max_dist + 1,) int32 buckets: the T5 gradient's (the backward's dk); unused here
+    t5_ptr,  # (num_buckets,) T5 table or dummy. Not the folded per-position table of the other kernels: its one
+    # gather was software-pipelined here and spilled the 16-warp sm_90 tiles inside the loop under triton 3.9
+    lut_ptr,  # (2 * max_dist + 1,) int32 bucket of each clamped relative position, or dummy
     bias_ptr,  # (B, N, N) through strides (0 where broadcast) or dummy
     seed_ptr,  # (1,) int64 dropout seed or dummy
     lq_ptr,  # (B, N, S) FLASH's linear-attention queries, or dummy
@@ -250,7 +251,7 @@ def _quad_attn_fwd_kernel(
             stride_bm,
             stride_bn,
             bias_scale,
-            HAS_T5,
+            False,  # the T5 term below
             HAS_BIAS,
             BM,
             BN,
@@ -258,6 +259,9 @@ def _quad_attn_fwd_kernel(
             S_BLOCKS,
             DOT_PREC,
         )
+        if HAS_T5:  # the bucket, then its weight: two dependent gathers (see the t5_ptr argument)
+            rel = tl.minimum(tl.maximum(o_n[None, :] - o_m[:, None], -max_dist), max_dist) + max_dist
+            s += tl.load(t5_ptr + tl.load(lut_ptr + rel)).to(tl.float32) * t5_scale
         a = _act(s, LAPLACE)
         if DROPOUT:
             a = a * _dropout_scale(seed, i_b * G * W, o_m, o_n, win_start, dropout_p, BM, BN)
@@ -879,7 +883,7 @@ def quad_attn_fwd(
         out,
         o_pre if store_pre else dummy,
         mask_u8 if mask_u8 is not None else dummy,
-        t5_rel if t5_rel is not None else dummy,
+        t5_weight if t5_weight is not None else dummy,
         lut if lut is not None else dummy,
         bias if bias is not None else dummy,
         seed if seed is not None else dummy,
