@@ -842,7 +842,6 @@ def quad_attn_fwd(
     g = windows.shape[0] if windows is not None else cdiv(n, w)
     mask_u8 = row_mask_u8(key_mask)
     lut = bucket_lut(causal, t5_weight.numel(), t5_max_distance, q.device) if t5_weight is not None else None
-    t5_rel = t5_relative(t5_weight, lut, t5_scale) if t5_weight is not None else None
     if w <= SHORT_WINDOW:  # weights computed once and stored, then one pass over the value width
         from .short_window import short_window_fwd  # imports this module's jit helpers: imported on first use
 
@@ -852,7 +851,8 @@ def quad_attn_fwd(
             v,
             gate,
             mask_u8,
-            t5_rel,
+            t5_relative(t5_weight, lut, t5_scale) if t5_weight is not None else None,  # the streaming kernel below
+            # reads the bucket table and the weights instead
             lut,
             bias,
             seed,
