@@ -217,6 +217,32 @@ def measure_ceilings(device: str, dtype: torch.dtype, bench: Callable[[Callable]
     }
 
 
+CEILING_RATES = ("matmul_tflops", "copy_gbps")
+
+
+def combine_ceilings(samples: list[dict]) -> dict:
+    """The ceilings of a run from its measurements (one before the first subject, one after each): the best rate
+    of each, since the device did reach it and a slower sample means the machine was busy then; every sample's
+    rate is kept (``<rate>_samples``) so the report can show the spread."""
+    best = dict(samples[0])
+    for key in CEILING_RATES:
+        best[key] = max(s[key] for s in samples)
+        best[f"{key}_samples"] = [s[key] for s in samples]
+    return best
+
+
+def apply_roofline(row: dict, ceilings: dict) -> None:
+    """The row's ceilings, roofline floor (``floor_ms``) and the floor as a fraction of its time. Applied when
+    the row is measured and again whenever the run's ceilings improve; ``flops`` and ``bytes`` are the row's
+    own (per generated token in the decode subject), so the floor is in the row's unit."""
+    row.update({k: ceilings[k] for k in (*CEILING_RATES, "matmul_shape", "copy_mib") if k in ceilings})
+    if not row.get("ms"):
+        return
+    floor_s = max(row["flops"] / (ceilings["matmul_tflops"] * 1e12), row["bytes"] / (ceilings["copy_gbps"] * 1e9))
+    row["floor_ms"] = floor_s * 1e3
+    row["roofline_fraction"] = row["floor_ms"] / row["ms"]
+
+
 def _git(*args: str) -> str:
     try:
         res = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
@@ -412,7 +438,6 @@ class Context:
         ``mem_bytes`` is an optional estimate of what the step needs (rows over the available memory are skipped).
         Any exception becomes the row's ``error``; the sweep goes on."""
         row = dict(self.meta)
-        row.update(self.ceilings)
         row.update(
             subject=subject,
             provider=provider,
@@ -456,11 +481,7 @@ class Context:
             sec = row["ms"] * 1e-3
             row["tflops"] = flops / sec / 1e12
             row["gbps"] = bytes_moved / sec / 1e9
-            floor_s = max(
-                flops / (self.ceilings["matmul_tflops"] * 1e12), bytes_moved / (self.ceilings["copy_gbps"] * 1e9)
-            )
-            row["floor_ms"] = floor_s * 1e3
-            row["roofline_fraction"] = floor_s / sec
+        apply_roofline(row, self.ceilings)
         self._history.append((key, flops, row))
         status = row.get("error") or f"{row['ms']:.3f} ms"
         self.log(f"  {subject:12s} {mode:8s} {self.dtype_name} n={n:<8d} b={batch:<4d} {provider:14s} {status}")
