@@ -1,6 +1,7 @@
 """Next-token loss and top-k sampling around a causal language model (FLASH-pytorch 0.1.9's wrapper)."""
 
 import functools
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -45,8 +46,34 @@ class AutoregressiveWrapper(nn.Module):
 
     def __init__(self, net: nn.Module, pad_value: int = 0):
         super().__init__()
-        self.pad_value = pad_value
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"net must be a torch.nn.Module (e.g. a FLASHTransformer), got {type(net).__name__}")
+        if isinstance(pad_value, bool) or not isinstance(pad_value, numbers.Integral):
+            raise TypeError(f"pad_value must be an int token id, got {type(pad_value).__name__} {pad_value!r}")
+        self.pad_value = int(pad_value)
         self.net = net
+
+    def _check_tokens(self, name: str, x: object) -> None:
+        """x: (batch, seq) integer token ids, within the net's vocabulary when it has ``num_tokens``."""
+        num_tokens = getattr(self.net, "num_tokens", None)
+        if num_tokens is not None:
+            _checks.tokens(name, x, num_tokens)
+            return
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(x).__name__}")
+        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integer token ids, got dtype {x.dtype}")
+        if x.dim() != 2:
+            raise ValueError(f"{name} must have shape (batch, seq), got {tuple(x.shape)}")
+
+    @staticmethod
+    def _check_kwargs(kwargs: dict) -> None:
+        managed = sorted({"cache", "return_cache"} & set(kwargs))
+        if managed:
+            raise ValueError(
+                f"{', '.join(managed)} cannot be passed through the wrapper: generate(use_cache=...) manages the "
+                "decoding cache itself, and the loss takes the logits only"
+            )
 
     @torch.no_grad()
     @eval_decorator
@@ -70,10 +97,20 @@ class AutoregressiveWrapper(nn.Module):
         the net over the whole sequence for every token, as upstream; None (default) uses the cache when the net
         supports it. ``kwargs`` go to the net's forward (not with the cache).
         """
-        if start_tokens.dim() != 2:
-            raise ValueError(f"start_tokens must have shape (batch, seq), got {tuple(start_tokens.shape)}")
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 0:
+        self._check_tokens("start_tokens", start_tokens)
+        if start_tokens.shape[1] < 1:
+            raise ValueError(f"start_tokens must hold at least one token per row, got {tuple(start_tokens.shape)}")
+        if isinstance(seq_len, bool) or not isinstance(seq_len, numbers.Integral) or seq_len < 0:
             raise ValueError(f"seq_len must be a non-negative int, got {seq_len!r}")
+        if eos_token is not None:
+            if isinstance(eos_token, bool) or not isinstance(eos_token, numbers.Integral):
+                raise TypeError(f"eos_token must be None or an int token id, got {type(eos_token).__name__}")
+            num_tokens = getattr(self.net, "num_tokens", None)
+            if eos_token < 0 or (num_tokens is not None and eos_token >= num_tokens):
+                raise ValueError(f"eos_token must be a token id in [0, {num_tokens or 'vocab'}), got {eos_token}")
+        if use_cache is not None:
+            use_cache = _checks.flag("use_cache", use_cache)
+        self._check_kwargs(kwargs)
         temperature = _checks.real("temperature", temperature)
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
@@ -116,10 +153,9 @@ class AutoregressiveWrapper(nn.Module):
 
     def forward(self, x: Tensor, **kwargs) -> Tensor:
         """Mean cross-entropy of predicting ``x[:, 1:]`` from ``x[:, :-1]``; x (b, n + 1) token ids, n >= 1."""
-        num_tokens = getattr(self.net, "num_tokens", None)
-        if num_tokens is not None:  # the labels include the last token, which the net never sees
-            _checks.tokens("x", x, num_tokens)
-        if x.dim() != 2 or x.shape[1] < 2:
+        self._check_tokens("x", x)  # the labels include the last token, which the net never sees
+        self._check_kwargs(kwargs)
+        if x.shape[1] < 2:
             raise ValueError(f"x must have shape (batch, seq + 1) with seq >= 1, got {tuple(x.shape)}")
         x_inp, x_labels = x[:, :-1], x[:, 1:]
         logits = self.net(x_inp, **kwargs)

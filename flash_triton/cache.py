@@ -66,6 +66,34 @@ def _move(t: Tensor | None, device: torch.device | str) -> Tensor | None:
     return None if t is None else t.to(device)
 
 
+def check_index(index: object, batch: int) -> Tensor:
+    """``reorder``'s index: a non-empty 1-D int64/int32 tensor of rows in [0, batch)."""
+    if not isinstance(index, Tensor) or index.dtype not in (torch.int64, torch.int32):
+        what = f"dtype {index.dtype}" if isinstance(index, Tensor) else type(index).__name__
+        raise TypeError(f"index must be a 1-D int64 or int32 tensor of batch rows, got {what}")
+    if index.dim() != 1 or index.numel() == 0:
+        raise ValueError(f"index must be 1-D and select at least one row, got shape {tuple(index.shape)}")
+    if index.device.type != "meta":
+        lo, hi = torch.stack(torch.aminmax(index)).tolist()
+        if lo < 0 or hi >= batch:
+            raise ValueError(f"index selects rows in [{lo}, {hi}] but the cache holds batch size {batch}")
+    return index
+
+
+def check_device(device: object) -> torch.device:
+    """``to``'s device: a torch.device or its name, one that exists here (a dtype is refused: a cache keeps the
+    dtypes of the model that made it)."""
+    if not isinstance(device, (torch.device, str, int)) or isinstance(device, bool):
+        raise TypeError(f"device must be a torch.device or a device name such as 'cuda', got {type(device).__name__}")
+    try:
+        device = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device must name a device, got {device!r}: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} is not available here (torch.cuda.is_available() is False)")
+    return device
+
+
 @dataclasses.dataclass(frozen=True)
 class FLASHLayerCache:
     """Decoding state of one causal :class:`~flash_triton.FLASH` layer (see the module docstring)."""
@@ -89,6 +117,10 @@ class FLASHLayerCache:
 
     def reorder(self, index: Tensor) -> FLASHLayerCache:
         """The cache of the batch rows ``index`` (1-D long), e.g. the surviving beams of a beam search."""
+        check_index(index, self.batch_size)
+        return self._reorder(index)
+
+    def _reorder(self, index: Tensor) -> FLASHLayerCache:
         return dataclasses.replace(
             self,
             state=_index(self.state, index),
@@ -100,6 +132,7 @@ class FLASHLayerCache:
 
     def to(self, device: torch.device | str) -> FLASHLayerCache:
         """The same cache on ``device``."""
+        device = check_device(device)
         return dataclasses.replace(
             self,
             state=self.state.to(device),
@@ -130,12 +163,12 @@ class FLASHCache:
 
     def reorder(self, index: Tensor) -> FLASHCache:
         """The cache of the batch rows ``index`` (1-D long), e.g. the surviving beams of a beam search."""
-        if not isinstance(index, Tensor) or index.dim() != 1 or index.dtype.is_floating_point:
-            raise TypeError(f"index must be a 1-D integer tensor, got {index!r}")
-        return dataclasses.replace(self, layers=tuple(layer.reorder(index) for layer in self.layers))
+        check_index(index, self.batch_size)
+        return dataclasses.replace(self, layers=tuple(layer._reorder(index) for layer in self.layers))
 
     def to(self, device: torch.device | str) -> FLASHCache:
         """The same cache on ``device``."""
+        device = check_device(device)
         return dataclasses.replace(self, layers=tuple(layer.to(device) for layer in self.layers))
 
 

@@ -40,8 +40,13 @@ class T5RelativePositionBias(nn.Module):
         super().__init__()
         _checks.positive_int("num_buckets", num_buckets)
         _checks.positive_int("max_distance", max_distance)
-        self.scale = scale
-        self.causal = causal
+        if num_buckets < 4 or max_distance <= num_buckets // 2:
+            raise ValueError(
+                f"num_buckets must be >= 4 and max_distance > num_buckets // 2 (the last exactly-bucketed distance), "
+                f"got num_buckets={num_buckets}, max_distance={max_distance}"
+            )
+        self.scale = _checks.real("scale", scale)
+        self.causal = _checks.flag("causal", causal)
         self.num_buckets = num_buckets
         self.max_distance = max_distance
         self.relative_attention_bias = nn.Embedding(num_buckets, 1)
@@ -76,9 +81,15 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, dim: int, custom_freqs: Tensor | None = None, theta: float = 10000, learned_freq: bool = False):
         super().__init__()
         _checks.positive_int("dim", dim)
+        theta = _checks.positive_real("theta", theta)
+        learned_freq = _checks.flag("learned_freq", learned_freq)
         if dim % 2 and custom_freqs is None:
             raise ValueError(f"dim must be even (features are rotated in pairs), got {dim}")
         if custom_freqs is not None:
+            if not isinstance(custom_freqs, Tensor) or not custom_freqs.is_floating_point():
+                raise TypeError(f"custom_freqs must be a floating-point tensor, got {type(custom_freqs).__name__}")
+            if custom_freqs.dim() != 1 or custom_freqs.numel() == 0:
+                raise ValueError(f"custom_freqs must be 1-D (one frequency per pair), got {tuple(custom_freqs.shape)}")
             freqs = custom_freqs
         else:
             freqs = 1.0 / (theta ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim))

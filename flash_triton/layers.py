@@ -10,8 +10,8 @@ from . import _checks
 from .backend import check_backend
 from .cache import FLASHLayerCache, cache_owner, check_cache, new_owner_id
 from .embeddings import RotaryEmbedding, T5RelativePositionBias
-from .mixed_chunk_attn import mixed_chunk_attn, mixed_chunk_attn_step
-from .quad_attn import quad_attn
+from .mixed_chunk_attn import run_mixed_chunk_attn, run_mixed_chunk_attn_step
+from .quad_attn import run_quad_attn
 from .reference.activations import laplace_attn_fn, relu_squared
 from .reference.rope import apply_rotary
 
@@ -21,6 +21,8 @@ class ScaleNorm(nn.Module):
 
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
+        _checks.positive_int("dim", dim)
+        eps = _checks.positive_real("eps", eps)
         self.scale = dim**-0.5
         self.eps = eps
         self.g = nn.Parameter(torch.ones(1))
@@ -35,6 +37,8 @@ class OffsetScale(nn.Module):
 
     def __init__(self, dim: int, heads: int = 1):
         super().__init__()
+        _checks.positive_int("dim", dim)
+        _checks.positive_int("heads", heads)
         self.gamma = nn.Parameter(torch.ones(heads, dim))
         self.beta = nn.Parameter(torch.zeros(heads, dim))
         nn.init.normal_(self.gamma, std=0.02)
@@ -57,6 +61,7 @@ class LaplacianAttnFn(nn.Module):
 
 
 def _hidden_dim(dim: int, expansion_factor: float) -> int:
+    expansion_factor = _checks.positive_real("expansion_factor", expansion_factor)
     hidden = int(expansion_factor * dim)
     if hidden < 1:
         raise ValueError(
@@ -101,11 +106,20 @@ class GAU(nn.Module):
         _checks.positive_int("query_key_dim", query_key_dim)
         _checks.probability("dropout", dropout)
         hidden_dim = _hidden_dim(dim, expansion_factor)
+        add_residual, causal, laplace_attn_fn = (
+            _checks.flag(name, value)
+            for name, value in (
+                ("add_residual", add_residual),
+                ("causal", causal),
+                ("laplace_attn_fn", laplace_attn_fn),
+            )
+        )
+        _checks.flag("rel_pos_bias", rel_pos_bias)  # accepted and ignored, as upstream (the bias is always on)
         self.dim = dim
         self.backend = check_backend(backend)
         self.laplace_attn_fn = laplace_attn_fn
 
-        self.norm = norm_klass(dim)
+        self.norm = _checks.norm_module("norm_klass", norm_klass, dim)
         self.causal = causal
         self.dropout = nn.Dropout(dropout)
         self.attn_fn = LaplacianAttnFn() if laplace_attn_fn else ReLUSquared()
@@ -121,12 +135,14 @@ class GAU(nn.Module):
         _checks.same_dtype("x", x, self)
         mask = _checks.key_mask("mask", mask, b, n, x.device)
         rel_pos_bias = _checks.attn_bias("rel_pos_bias", rel_pos_bias, b, n)
+        if rel_pos_bias is not None and rel_pos_bias.dtype != x.dtype:
+            _checks.same_dtype("rel_pos_bias", rel_pos_bias, self)
 
         normed_x = self.norm(x)
         v, gate = self.to_hidden(normed_x).chunk(2, dim=-1)
         q, k = self.offsetscale(self.to_qk(normed_x))
         t5 = self.rel_pos_bias
-        out = quad_attn(
+        out = run_quad_attn(
             q,
             k,
             v,
@@ -180,10 +196,28 @@ class FLASH(nn.Module):
     ):
         super().__init__()
         _checks.positive_int("dim", dim)
-        _checks.positive_int("group_size", group_size)
+        _checks.length("group_size", group_size)
         _checks.positive_int("query_key_dim", query_key_dim)
         _checks.probability("dropout", dropout)
         hidden_dim = _hidden_dim(dim, expansion_factor)
+        causal, shift_tokens, laplace_attn_fn, reduce_group_non_causal_attn = (
+            _checks.flag(name, value)
+            for name, value in (
+                ("causal", causal),
+                ("shift_tokens", shift_tokens),
+                ("laplace_attn_fn", laplace_attn_fn),
+                ("reduce_group_non_causal_attn", reduce_group_non_causal_attn),
+            )
+        )
+        if rotary_pos_emb is not None and not (
+            isinstance(rotary_pos_emb, nn.Module)
+            and callable(getattr(rotary_pos_emb, "rotate_queries_or_keys", None))
+            and isinstance(getattr(rotary_pos_emb, "freqs", None), Tensor)
+        ):
+            raise TypeError(
+                "rotary_pos_emb must be None or a RotaryEmbedding (flash_triton's or rotary-embedding-torch's), got "
+                f"{type(rotary_pos_emb).__name__}"
+            )
         if rotary_pos_emb is not None and rotary_pos_emb.freqs.numel() * 2 > query_key_dim:
             rot = rotary_pos_emb.freqs.numel() * 2
             raise ValueError(f"rotary_pos_emb rotates {rot} features but query_key_dim is {query_key_dim}")
@@ -197,7 +231,7 @@ class FLASH(nn.Module):
 
         self.rotary_pos_emb = rotary_pos_emb
         self.rel_pos_bias = T5RelativePositionBias(query_key_dim**0.5, causal=causal)
-        self.norm = norm_klass(dim)
+        self.norm = _checks.norm_module("norm_klass", norm_klass, dim)
         self.dropout = nn.Dropout(dropout)
         self.reduce_group_non_causal_attn = reduce_group_non_causal_attn
         self.to_hidden = nn.Sequential(nn.Linear(dim, hidden_dim * 2), nn.SiLU())
@@ -226,6 +260,7 @@ class FLASH(nn.Module):
         _checks.same_dtype("x", x, self)
         mask = _checks.key_mask("mask", mask, b, n, x.device)
         cu_seqlens = _checks.cu_seqlens("cu_seqlens", cu_seqlens, b, n, x.device)
+        return_cache = _checks.flag("return_cache", return_cache)
         rope = self.rotary_pos_emb
         if cu_seqlens is not None and rope is not None and not isinstance(rope, RotaryEmbedding):
             raise ValueError("cu_seqlens needs flash_triton.RotaryEmbedding (per-sequence positions)")
@@ -279,7 +314,7 @@ class FLASH(nn.Module):
             out = self.to_out(out) + x
             return (out, new_cache) if return_cache else out
 
-        out = mixed_chunk_attn(
+        out = run_mixed_chunk_attn(
             quad_q,
             quad_k,
             lin_q,
@@ -317,6 +352,11 @@ class FLASH(nn.Module):
             )
         if cache is not None:
             check_cache("cache", cache, FLASHLayerCache, owner or cache_owner(self), batch, dtype, device, n)
+            if cache.quad_k.shape[1] != cache.position % self.group_size:
+                raise ValueError(
+                    f"cache holds {cache.quad_k.shape[1]} tokens of the current group at position {cache.position} "
+                    f"(group_size {self.group_size}): not a cache this layer returned"
+                )
 
     def _decode(self, quad_q, lin_q, gate, quad_k, lin_k, v, cache, last_shift, dtype, t5_kw, owner):
         """Attention of the new tokens given the cache, and the cache after them."""
@@ -328,7 +368,7 @@ class FLASH(nn.Module):
                 torch.cat((c.to(t.dtype), t), dim=1)
                 for c, t in ((cache.quad_k, quad_k), (cache.lin_k, lin_k), (cache.v, v))
             )
-        out = mixed_chunk_attn_step(
+        out = run_mixed_chunk_attn_step(
             quad_q, lin_q, gate, quad_k, lin_k, v, state, group_size=g, backend=self.backend, **t5_kw
         )
         # fold the groups completed in this window into the running state (Σ over groups of lin_kᵀ v / g)

@@ -5,7 +5,7 @@ from torch import Tensor, nn
 
 from . import _checks
 from .backend import check_backend
-from .cache import FLASHCache, cache_owner, check_cache, new_owner_id
+from .cache import FLASHCache, FLASHLayerCache, cache_owner, check_cache, new_owner_id
 from .embeddings import RotaryEmbedding, ScaledSinuEmbedding
 from .layers import FLASH, ScaleNorm, sequence_starts
 
@@ -56,7 +56,17 @@ class FLASHTransformer(nn.Module):
                 "query_key_dim below 32 must be even (the rotary embedding turns its first min(32, query_key_dim) "
                 f"features in pairs), got {query_key_dim}"
             )
-        if norm_type not in NORM_TYPES:
+        _checks.length("group_size", group_size)
+        _checks.probability("attn_dropout", attn_dropout)
+        for name, value in (
+            ("causal", causal),
+            ("shift_tokens", shift_tokens),
+            ("laplace_attn_fn", laplace_attn_fn),
+            ("reduce_group_non_causal_attn", reduce_group_non_causal_attn),
+        ):
+            _checks.flag(name, value)
+        causal = bool(causal)
+        if not isinstance(norm_type, str) or norm_type not in NORM_TYPES:
             raise ValueError(f"norm_type must be one of {tuple(NORM_TYPES)}, got {norm_type!r}")
         norm_klass = NORM_TYPES[norm_type]
         self.num_tokens = num_tokens
@@ -116,12 +126,17 @@ class FLASHTransformer(nn.Module):
         b, n = _checks.tokens("x", x, self.num_tokens)
         mask = _checks.key_mask("mask", mask, b, n, x.device)
         cu_seqlens = _checks.cu_seqlens("cu_seqlens", cu_seqlens, b, n, x.device)
-        decoding = cache is not None or return_cache
+        decoding = cache is not None or _checks.flag("return_cache", return_cache)
         if decoding:
             dtype = self.token_emb.weight.dtype
             owner = cache_owner(self)  # once per call: the check and the new cache's record
             if cache is not None:
                 check_cache("cache", cache, FLASHCache, owner, b, dtype, x.device, n)
+                layers = cache.layers
+                if not isinstance(layers, tuple) or len(layers) != len(self.layers):
+                    raise ValueError(f"cache must hold one layer cache per layer ({len(self.layers)})")
+                if any(not isinstance(c, FLASHLayerCache) or c.position != cache.position for c in layers):
+                    raise ValueError("cache's layer caches do not match it: not a cache this model returned")
             for i, flash in enumerate(self.layers):
                 layer_cache = None if cache is None else cache.layers[i]
                 flash.check_decoding(b, n, dtype, x.device, mask, cu_seqlens, layer_cache)

@@ -40,12 +40,12 @@ def identity_mixed(quad_q, quad_k, lin_q, lin_k, v, gate, **kw):
 @contextlib.contextmanager
 def identity_core():
     """The layers' attention cores replaced by the identity for the duration (the "projections" provider)."""
-    saved = layers.quad_attn, layers.mixed_chunk_attn
-    layers.quad_attn, layers.mixed_chunk_attn = identity_quad, identity_mixed
+    saved = layers.run_quad_attn, layers.run_mixed_chunk_attn
+    layers.run_quad_attn, layers.run_mixed_chunk_attn = identity_quad, identity_mixed
     try:
         yield
     finally:
-        layers.quad_attn, layers.mixed_chunk_attn = saved
+        layers.run_quad_attn, layers.run_mixed_chunk_attn = saved
 
 
 def run_layers(

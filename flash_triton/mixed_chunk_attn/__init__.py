@@ -24,8 +24,8 @@ Importing this package imports no triton: :mod:`.op` and :mod:`.kernels` load on
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import reference
-from ..backend import resolve_backend
+from .. import _checks, reference
+from ..backend import check_backend, resolve_backend
 
 
 def mixed_chunk_attn(
@@ -40,12 +40,21 @@ def mixed_chunk_attn(
     **kw,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """FLASH mixed chunk attention; the arguments of :func:`flash_triton.reference.mixed_chunk_attn` plus
-    ``backend`` ("auto" | "triton" | "reference" | None, see :mod:`flash_triton.backend`)."""
-    if resolve_backend(backend, "mixed_chunk_attn", quad_q) == "triton":
+    ``backend`` ("auto" | "triton" | "reference" | None, see :mod:`flash_triton.backend`). Every argument is checked
+    first (a ValueError / TypeError naming it)."""
+    check_backend(backend)
+    _checks.mixed_chunk_attn_args((quad_q, quad_k, lin_q, lin_k, v, gate), kw)
+    return run_mixed_chunk_attn(quad_q, quad_k, lin_q, lin_k, v, gate, backend=backend, **kw)
+
+
+def run_mixed_chunk_attn(*tensors: Tensor, backend: str | None = None, **kw) -> Tensor | tuple[Tensor, Tensor]:
+    """:func:`mixed_chunk_attn` (the same arguments) without the argument checks: the entry of the layers, which
+    check their own input."""
+    if resolve_backend(backend, "mixed_chunk_attn", tensors[0]) == "triton":
         from .op import mixed_chunk_attn_triton as impl  # an import statement (traced by torch.compile)
     else:
         impl = reference.mixed_chunk_attn
-    return impl(quad_q, quad_k, lin_q, lin_k, v, gate, **kw)
+    return impl(*tensors, **kw)
 
 
 def mixed_chunk_attn_step(
@@ -66,8 +75,17 @@ def mixed_chunk_attn_step(
 
     Kernels: the fused causal op over the whole window (at most g - 1 rows more than the new tokens) with zero
     queries and gates in the rows before the new tokens and ``initial_state=state``. Reference: the direct
-    computation of the new rows when m < g, else the reference op over the window.
+    computation of the new rows when m < g, else the reference op over the window. Every argument is checked first.
     """
+    check_backend(backend)
+    tensors = (quad_q, lin_q, gate, quad_k, lin_k, v)
+    _checks.mixed_chunk_attn_step_args(tensors, state, dict(kw, group_size=group_size))
+    return run_mixed_chunk_attn_step(*tensors, state, group_size=group_size, backend=backend, **kw)
+
+
+def run_mixed_chunk_attn_step(*tensors: Tensor | None, group_size: int, backend: str | None = None, **kw) -> Tensor:
+    """:func:`mixed_chunk_attn_step` (the same arguments) without the argument checks (the layers' entry)."""
+    quad_q, lin_q, gate, quad_k, lin_k, v, state = tensors
     m, r = quad_q.shape[1], quad_k.shape[1] - quad_q.shape[1]
     if resolve_backend(backend, "mixed_chunk_attn", quad_q) == "triton":
         from .op import mixed_chunk_attn_triton as impl

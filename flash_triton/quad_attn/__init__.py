@@ -15,15 +15,25 @@ Importing this package imports no triton: :mod:`.op` and :mod:`.kernels` load on
 
 from torch import Tensor
 
-from .. import reference
-from ..backend import resolve_backend
+from .. import _checks, reference
+from ..backend import check_backend, resolve_backend
 
 
 def quad_attn(
     q: Tensor, k: Tensor, v: Tensor, gate: Tensor | None = None, *, backend: str | None = None, **kw
 ) -> Tensor:
     """Gated relu²/laplace quadratic attention; the arguments of :func:`flash_triton.reference.quad_attn` plus
-    ``backend`` ("auto" | "triton" | "reference" | None, see :mod:`flash_triton.backend`)."""
+    ``backend`` ("auto" | "triton" | "reference" | None, see :mod:`flash_triton.backend`). Every argument is checked
+    first (a ValueError / TypeError naming it)."""
+    check_backend(backend)
+    _checks.quad_attn_args(q, k, v, gate, kw)
+    return run_quad_attn(q, k, v, gate, backend=backend, **kw)
+
+
+def run_quad_attn(
+    q: Tensor, k: Tensor, v: Tensor, gate: Tensor | None = None, *, backend: str | None = None, **kw
+) -> Tensor:
+    """:func:`quad_attn` without the argument checks: the entry of the layers, which check their own input."""
     if resolve_backend(backend, "quad_attn", q) == "triton":
         from .op import quad_attn_triton as impl  # an import statement (traced by torch.compile): triton on first use
     else:

@@ -142,8 +142,12 @@ def _probe_backend(backend: str | None, device: torch.device, precision: str) ->
 
 
 def _load_data(data: str | None, cfg: TrainConfig) -> Corpus:
-    corpus = load_corpus(data)
-    corpus.check_fits(cfg.seq_len)
+    """The corpus; its errors name --data when the user gave one."""
+    try:
+        corpus = load_corpus(data)
+        corpus.check_fits(cfg.seq_len)
+    except ValueError as err:
+        raise ValueError(f"--data: {err}" if data is not None else str(err)) from None
     return corpus
 
 
@@ -151,7 +155,10 @@ def _eval_only(args: argparse.Namespace, dist_env: DistEnv) -> int:
     if dist_env.enabled:
         raise ValueError("--eval-only runs in one process: start it without torchrun")
     path = Path(args.eval_only)
-    ckpt = load_checkpoint(path)
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"--eval-only: {err}") from None
     saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
     try:
         base = PRESETS[args.preset] if args.preset else config_from_dict(saved)
@@ -208,6 +215,8 @@ def _prepare(args: argparse.Namespace, dist_env: DistEnv) -> _Plan | int:
     precision = resolve_precision(args.precision, device)
     overrides = overrides_from_args(args)
     preset = args.preset or "tiny"
+    if args.out is not None and not args.out.strip():
+        raise ValueError("--out must name a run directory, got an empty string")
     out = Path(args.out if args.out is not None else Path("runs") / preset)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} exists and is not a directory")
@@ -247,7 +256,10 @@ def _prepare(args: argparse.Namespace, dist_env: DistEnv) -> _Plan | int:
                     f"{str(out)!r} holds an unfinished run (checkpoint at step {step} of {total}): pass "
                     "--resume to continue it, --overwrite to replace it, or another --out"
                 )
-    build_model(TrainConfig(**{**dataclasses.asdict(cfg), "depth": 1}))  # shape errors (odd dim, ...) now
+    try:  # shape errors (odd dim, ...) now, and a width this machine cannot hold
+        build_model(TrainConfig(**{**dataclasses.asdict(cfg), "depth": 1}))
+    except (RuntimeError, MemoryError) as err:  # torch's allocation failure
+        raise ValueError(f"cannot build one layer of the model (dim {cfg.dim}): {one_line(err)}") from None
     corpus = _load_data(data, cfg)
     data_fp = fingerprint(corpus)
     if resume is not None and resume.get("data") and resume["data"] != data_fp:
@@ -334,6 +346,8 @@ def _main(argv: list[str] | None) -> int:
         return _error(str(err), DistEnv())
     try:
         if args.eval_only is not None:
+            if args.stop_after is not None:
+                raise ValueError("--stop-after does not apply to --eval-only (it trains no steps)")
             return _eval_only(args, dist_env)
         plan = _prepare(args, dist_env)
     except (OSError, ValueError) as err:  # CheckpointError is a ValueError
@@ -384,6 +398,12 @@ def _main(argv: list[str] | None) -> int:
         return _error(str(err), dist_env)
     except TrainingDiverged as err:  # nothing non-finite written; the last checkpoint stays the latest
         _error(str(err), dist_env)
+        return 1
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:  # the checkpoints written so far stay valid
+        cpu_allocator = "can't allocate memory" in str(err)  # the CPU allocator's RuntimeError
+        if isinstance(err, RuntimeError) and not isinstance(err, torch.OutOfMemoryError) and not cpu_allocator:
+            raise  # anything else is a bug: its traceback
+        _error(f"out of memory: {one_line(err)} (lower --batch-size or --seq-len, or raise --grad-accum)", dist_env)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -8,7 +8,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .._checks import MAX_SEQ_LEN
 from ..transformer import FLASHTransformer
+
+FLOAT32_MAX = 3.4028234663852886e38
 
 PROG = "flash-triton-train"
 CHECKPOINT_FORMAT = 2
@@ -115,7 +118,10 @@ def check_field(name: str, value: Any) -> Any:
     (1.0, 'layernorm')
     """
     default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
-    return check_value(name, value, FIELD_RULES[name][1], type(default))
+    value = check_value(name, value, FIELD_RULES[name][1], type(default))
+    if name in ("group_size", "seq_len") and value > MAX_SEQ_LEN:
+        raise ValueError(f"{name} must be at most {MAX_SEQ_LEN} tokens (the model's sequence limit), got {value}")
+    return value
 
 
 def check_value(name: str, value: Any, rule: Any, kind: type) -> Any:
@@ -139,6 +145,10 @@ def check_value(name: str, value: Any, rule: Any, kind: type) -> Any:
         value = float(value)
         if not math.isfinite(value):
             raise ValueError(f"{name} must be finite, got {value!r}")
+        if abs(value) > FLOAT32_MAX:  # the optimizer's float32 tensors would overflow to inf
+            raise ValueError(f"{name} must be at most {FLOAT32_MAX:.3g} in magnitude (float32), got {value!r}")
+    elif not -(2**63) <= value < 2**63:
+        raise ValueError(f"{name} must fit in 64 bits, got {value!r}")
     if rule == ">0" and not value > 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
     if rule == ">=0" and not value >= 0:
