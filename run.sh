@@ -12,7 +12,8 @@
 #     unpinned torch pulls a multi-GB CUDA build), the default build where one is;
 #   - triton on Linux x86_64 when none is importable: 3.6.0, the version the GPU machines run (the default stack);
 #   - numpy < 2.4 beside a triton older than 3.7, whose CPU interpreter fails on numpy 2.4 (triton-lang/triton#9171);
-#   - this package in editable mode with its test extra (pytest, ruff, FLASH-pytorch 0.1.9 as the oracle).
+#   - this package in editable mode with its test extra (pytest, ruff, FLASH-pytorch 0.1.9 as the oracle,
+#     transformers + safetensors + accelerate for the Hugging Face integration's tests).
 # FLASH_TRITON_STACK=newest builds the newest supported stack instead (CI's second environment): triton 3.9.0 and
 # the newest numpy beside the same torch, in $FLASH_TRITON_VENV (e.g. .venv-newest).
 # Without network (a GPU machine with everything preinstalled) the editable install may fail; the package then

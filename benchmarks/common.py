@@ -40,7 +40,7 @@ import flash_triton as ft
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MODES = ("fwd", "fwd+bwd")
-PROVIDERS = ("triton", "reference", "compile", "upstream", "transformer++", "projections")
+PROVIDERS = ("triton", "reference", "compile", "upstream", "transformer++", "projections", "hf")
 PROVIDER_INFO = {
     "triton": "flash_triton's fused Triton kernels (backend='triton')",
     "reference": "flash_triton's pure-PyTorch reference path, eager",
@@ -49,6 +49,7 @@ PROVIDER_INFO = {
     "transformer++": "PyTorch SDPA causal multi-head attention (+ SwiGLU FFN in layers), equal width",
     "projections": "the layer with its attention core replaced by the identity (v * gate): norm, projections, "
     "residual only, the floor every layer ratio stands on",
+    "hf": "flash_triton.hf's FLASHForCausalLM.generate (transformers) through the same cache (decode only)",
 }
 REPO = Path(__file__).resolve().parents[1]
 MIB = 2.0**20

@@ -1,7 +1,10 @@
 """FLASHTransformer: token embedding + scaled sinusoidal position + FLASH layers + LayerNorm/Linear head."""
 
+import functools
+
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from . import _checks
 from .backend import check_backend
@@ -100,6 +103,10 @@ class FLASHTransformer(nn.Module):
             ]
         )
         self.to_logits = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_tokens))
+        # activation checkpointing of the layers (also what transformers' gradient_checkpointing_enable() sets,
+        # with its own checkpoint function)
+        self.gradient_checkpointing = False
+        self._gradient_checkpointing_func = None
 
     @property
     def supports_cache(self) -> bool:
@@ -122,7 +129,26 @@ class FLASHTransformer(nn.Module):
         :class:`~flash_triton.FLASHCache` of the tokens so far; ``cache=`` continues from it with x the next tokens
         (one or more per call). Logits equal those of one call over the whole sequence; the work per token does not
         grow with the context. Not with ``mask`` / ``cu_seqlens`` or active dropout.
+
+        Activation checkpointing: with ``model.gradient_checkpointing = True`` each layer's activations are
+        recomputed in the backward (training mode, grad enabled, not when decoding); the result is exact (dropout
+        draws are replayed).
         """
+        h, new_cache = self.hidden_states(x, mask=mask, cu_seqlens=cu_seqlens, cache=cache, return_cache=return_cache)
+        logits = self.to_logits(h)
+        return (logits, new_cache) if new_cache is not None else logits
+
+    def hidden_states(
+        self,
+        x: Tensor,
+        *,
+        mask: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
+        cache: FLASHCache | None = None,
+        return_cache: bool = False,
+    ) -> tuple[Tensor, FLASHCache | None]:
+        """The last layer's output (b, n, dim), before the head's norm, and the new cache (None unless decoding):
+        :meth:`forward` without the head."""
         b, n = _checks.tokens("x", x, self.num_tokens)
         mask = _checks.key_mask("mask", mask, b, n, x.device)
         cu_seqlens = _checks.cu_seqlens("cu_seqlens", cu_seqlens, b, n, x.device)
@@ -150,9 +176,14 @@ class FLASHTransformer(nn.Module):
         else:
             x = self.abs_pos_emb(x) + x
         if not decoding:
+            checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
             for flash in self.layers:
-                x = flash(x, mask=mask, cu_seqlens=cu_seqlens)
-            return self.to_logits(x)
+                if checkpointing:
+                    run = self._gradient_checkpointing_func or functools.partial(checkpoint, use_reentrant=False)
+                    x = run(functools.partial(flash, mask=mask, cu_seqlens=cu_seqlens), x)
+                else:
+                    x = flash(x, mask=mask, cu_seqlens=cu_seqlens)
+            return x, None
 
         layer_caches = []
         for i, flash in enumerate(self.layers):
@@ -161,4 +192,4 @@ class FLASHTransformer(nn.Module):
         new_cache = FLASHCache(
             layers=tuple(layer_caches), position=position + n, dtype=layer_caches[0].dtype, owner=owner
         )
-        return self.to_logits(x), new_cache
+        return x, new_cache

@@ -491,6 +491,7 @@ CLI_BAD = {
     "--lr": ["1e300"],
     "--group-size": [str(2**40)],
     "--dim": ["15"],
+    "--save-hf": [__file__],  # an existing file
 }
 #: the numeric configuration flags not listed above: a negative count, or a non-number
 CLI_NUMERIC_BAD = {int: "-3", float: "x"}

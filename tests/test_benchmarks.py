@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import flash_triton as ft
 from benchmarks import formulas, report
 from benchmarks.baselines import TransformerPP, TransformerPPLM
-from benchmarks.common import Context, Skip, cpu_bench, cpu_step_memory
+from benchmarks.common import PROVIDERS, Context, Skip, cpu_bench, cpu_step_memory
 from benchmarks.run import main, sweep_shapes
 from benchmarks.subjects import SUBJECTS, load
 from flash_triton import reference as ref
@@ -30,6 +30,7 @@ CEILINGS = {"matmul_tflops", "copy_gbps"}
 TIMED_FIELDS = {"ms", "ms_p20", "ms_p80", "reps", "first_call_s", "peak_mib", "tflops", "gbps", "floor_ms"}
 TINY = ["--quick", "--device", "cpu", "--n", "128", "256", "--tokens", "256", "--batch1-n", "256", "--budget-s", "900"]
 TINY += ["--model-depth", "1", "--threads", "1", "--providers", "reference", "upstream", "transformer++", "projections"]
+TINY += ["hf"]
 
 
 def _run_suite(out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -53,7 +54,7 @@ def test_cpu_run_writes_rows_with_provenance(cpu_suite):
     _out, _stdout, data = cpu_suite
     rows, run = data["rows"], data["run"]
     assert run["device_kind"] == "cpu" and run["device"].startswith("CPU")
-    assert run["providers"] == ["reference", "upstream", "transformer++", "projections"]
+    assert run["providers"] == ["reference", "upstream", "transformer++", "projections", "hf"]
     assert set(run["ceilings"]) == {"fp32"} and run["ceilings"]["fp32"]["matmul_tflops"] > 0
     # measured before the first subject and after each; every row's floor uses the best of them
     samples = run["ceilings"]["fp32"]["matmul_tflops_samples"]
@@ -66,8 +67,8 @@ def test_cpu_run_writes_rows_with_provenance(cpu_suite):
         assert not missing, (r["subject"], r["provider"], missing)
         assert r["dtype"] == "fp32" and r["device_kind"] == "cpu"
         assert r["tokens"] == r["n"] * r["batch"] and r["flops"] > 0 and r["bytes"] > 0
-        if r["provider"] == "upstream" and r.get("error"):
-            assert r["error"].startswith("not installed")  # FLASH-pytorch absent: a row that says so
+        if r["provider"] in ("upstream", "hf") and r.get("error"):
+            assert r["error"].startswith("not installed")  # FLASH-pytorch / transformers absent: a row that says so
             continue
         assert not r.get("error"), r
         assert not TIMED_FIELDS - set(r), TIMED_FIELDS - set(r)
@@ -90,11 +91,11 @@ def test_cpu_run_writes_rows_with_provenance(cpu_suite):
     # decoding: one token at each context length of the run, per token, cached (reference) vs FLASH-pytorch
     decode = [r for r in rows if r["subject"] == "decode"]
     assert {(r["n"], r["batch"], r["mode"], r["provider"]) for r in decode} == {
-        (n, 1, "fwd", p) for n in (128, 256) for p in ("reference", "upstream")
+        (n, 1, "fwd", p) for n in (128, 256) for p in ("reference", "upstream", "hf")
     }
     for r in decode:
         assert r["sweeps"] == ["context"] and r["shape"]["context"] == r["n"]
-        if r["provider"] == "reference":
+        if r["provider"] in ("reference", "hf"):
             assert r["shape"]["tokens_per_call"] == 256  # one call generates a whole group; the row is per token
             assert r["flops"] == formulas.decode_flops(512, 128, 1024, 256, 256, 1)
 
@@ -296,7 +297,7 @@ def test_subjects_follow_the_interface():
     for name in SUBJECTS:
         m = load(name)
         assert name == m.NAME and m.TITLE and callable(m.run)
-        assert set(m.PROVIDERS) <= {"triton", "reference", "compile", "upstream", "transformer++", "projections"}
+        assert set(m.PROVIDERS) <= set(PROVIDERS)
         assert not set(getattr(m, "NOT_APPLICABLE", {})) & set(m.PROVIDERS)
 
 

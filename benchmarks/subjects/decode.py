@@ -8,6 +8,10 @@ top-k filtering (0.9) and a multinomial draw.
   tokens is prefilled once (untimed); one timed call then generates ``group_size`` tokens from that cache, one
   per forward, so every position of a group is covered once (the cost of a step depends on the position in the
   group, through the current group's keys, not on n). The row reports the call's time divided by ``group_size``.
+- ``hf``: the Hugging Face integration, ``FLASHForCausalLM.generate`` (sampling, top-k of the same k) on the same
+  model (the kernels on a GPU, the reference on the CPU), handed the prefilled cache of the first n - 1 tokens:
+  one timed call generates ``group_size`` tokens, like the cached rows, so the ratio of the two rows is what
+  transformers' generate loop adds per token (its logits processors, stopping criteria and bookkeeping).
 - ``upstream``: FLASH-pytorch 0.1.9's ``AutoregressiveWrapper.generate(prompt, 1)`` on a model of the same
   configuration (its own random weights; the time does not depend on them): it runs the whole sequence of n tokens
   through the net for every new token.
@@ -26,7 +30,7 @@ from ._steps import upstream
 
 NAME = "decode"
 TITLE = "Decoding: one token at context n, batch 1 (LM dim 512, group 256, s 128, e 1024, vocab 256)"
-PROVIDERS = ("triton", "reference", "upstream")
+PROVIDERS = ("triton", "reference", "hf", "upstream")
 NOT_APPLICABLE = {
     "compile": "the cached step is a few small ops per layer; not compiled",
     "transformer++": "no KV-cache decoder written for it",
@@ -69,6 +73,42 @@ def _cached_step(ctx, provider: str, n: int):
     return group_of_tokens
 
 
+def _hf_step(ctx, n: int):
+    from ..common import Unavailable
+
+    try:
+        from flash_triton import hf
+    except ImportError as exc:
+        raise Unavailable("not installed (pip install 'flash-triton[hf]')") from exc
+    backend = "triton" if ctx.device == "cuda" else "reference"
+
+    def make():
+        cfg = _config()
+        config = hf.FLASHConfig(vocab_size=cfg.pop("num_tokens"), **{**cfg, "depth": ctx.model_depth}, backend=backend)
+        return hf.FLASHForCausalLM(config).to(ctx.device, ctx.dtype).eval()
+
+    model = ctx.once("hf", make)
+    prompt = torch.randint(0, VOCAB, (1, n), device=ctx.device)
+    with torch.no_grad():
+        _, prefilled = model.model(prompt[:, :-1], return_cache=True)  # generate feeds the last prompt token
+    k = max(1, int((1 - THRES) * VOCAB))  # what top_k(thres=THRES) keeps
+    ones = torch.ones_like(prompt)  # no padding (generate would infer one from pad_token_id otherwise)
+
+    def group_of_tokens() -> None:
+        cache = hf.FLASHGenerationCache(prefilled)
+        model.generate(
+            prompt,
+            attention_mask=ones,
+            max_new_tokens=G,
+            min_new_tokens=G,
+            do_sample=True,
+            top_k=k,
+            **{hf.CACHE_FIELD: cache},
+        )
+
+    return group_of_tokens
+
+
 def _upstream_step(ctx, n: int):
     flash_pytorch = upstream()
     from flash_pytorch.autoregressive_wrapper import AutoregressiveWrapper
@@ -106,8 +146,12 @@ def run(ctx) -> list[dict]:
             if cached:
                 flops = G * formulas.decode_flops(DIM, S, E, G, VOCAB, depth)
                 nbytes = G * formulas.decode_bytes(DIM, S, E, G, VOCAB, depth, p)
-                build = lambda pr=provider, n=n: _cached_step(ctx, pr, n)  # noqa: E731
-                note = f"cached; per token: one call of {G} tokens (a whole group) / {G}"
+                if provider == "hf":
+                    build = lambda n=n: _hf_step(ctx, n)  # noqa: E731
+                    note = f"transformers generate, cached; per token: one call of {G} tokens / {G}"
+                else:
+                    build = lambda pr=provider, n=n: _cached_step(ctx, pr, n)  # noqa: E731
+                    note = f"cached; per token: one call of {G} tokens (a whole group) / {G}"
             else:
                 layer_flops = formulas.flash_flops(n, DIM, S, E, G, True, False)
                 layer_bytes = formulas.flash_bytes(n, DIM, S, E, G, p, False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import math
 import sys
 from collections.abc import Callable
@@ -110,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this many steps of this invocation, with a checkpoint (exit 0)",
     )
     run.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+    run.add_argument(
+        "--save-hf",
+        metavar="DIR",
+        help="also write the final model as a Hugging Face save_pretrained folder (config.json + model.safetensors; "
+        "needs transformers: pip install 'flash-triton[hf]'); DIR must not exist or be empty",
+    )
 
     cfg_group = p.add_argument_group("configuration (default: the preset's value)")
     for f in dataclasses.fields(TrainConfig):
@@ -139,6 +146,25 @@ def _probe_backend(backend: str | None, device: torch.device, precision: str) ->
     probe = build_model(TrainConfig(dim=16, depth=1, group_size=4, query_key_dim=8), backend).to(device)
     with torch.no_grad(), autocast(device, precision):
         probe(torch.zeros(1, 8, dtype=torch.long, device=device))
+
+
+def _check_save_hf(folder: str) -> None:
+    """--save-hf: transformers importable and the folder writable as a whole, before anything is written."""
+    if not folder.strip():
+        raise ValueError("--save-hf must name a folder, got an empty string")
+    if importlib.util.find_spec("transformers") is None:
+        raise ValueError("--save-hf needs transformers: pip install 'flash-triton[hf]'")
+    from ..hf import check_folder
+
+    check_folder("--save-hf", Path(folder))
+
+
+def _save_hf(out: Path, folder: str) -> None:
+    """The run's final checkpoint as a save_pretrained folder."""
+    from ..hf import from_training_checkpoint, save_folder
+
+    save_folder(from_training_checkpoint(out / "checkpoint.pt"), Path(folder))
+    print(f"wrote the final model to {folder} (Hugging Face save_pretrained: config.json, model.safetensors)")
 
 
 def _load_data(data: str | None, cfg: TrainConfig) -> Corpus:
@@ -217,6 +243,8 @@ def _prepare(args: argparse.Namespace, dist_env: DistEnv) -> _Plan | int:
     preset = args.preset or "tiny"
     if args.out is not None and not args.out.strip():
         raise ValueError("--out must name a run directory, got an empty string")
+    if args.save_hf is not None:
+        _check_save_hf(args.save_hf)
     out = Path(args.out if args.out is not None else Path("runs") / preset)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} exists and is not a directory")
@@ -346,8 +374,9 @@ def _main(argv: list[str] | None) -> int:
         return _error(str(err), DistEnv())
     try:
         if args.eval_only is not None:
-            if args.stop_after is not None:
-                raise ValueError("--stop-after does not apply to --eval-only (it trains no steps)")
+            for flag, value in (("--stop-after", args.stop_after), ("--save-hf", args.save_hf)):
+                if value is not None:
+                    raise ValueError(f"{flag} does not apply to --eval-only (it trains no steps)")
             return _eval_only(args, dist_env)
         plan = _prepare(args, dist_env)
     except (OSError, ValueError) as err:  # CheckpointError is a ValueError
@@ -416,4 +445,12 @@ def _main(argv: list[str] | None) -> int:
     if result.status == "done" and result.metrics and dist_env.is_main:
         h_val = plan.run_info["unigram_bpb_val"]
         print(f"final val bpb {result.metrics['val_bpb']:.4f} vs unigram entropy {h_val:.4f} bits/byte (validation)")
+    if result.status != "done" and dist_env.is_main and args.save_hf is not None:
+        print(f"note: --save-hf: the run stopped before its end; nothing written to {args.save_hf}")
+    if result.status == "done" and dist_env.is_main and args.save_hf is not None:
+        try:
+            _save_hf(plan.out, args.save_hf)
+        except (OSError, ValueError) as err:  # the run itself is complete and its checkpoint stays
+            _error(f"--save-hf: {err}", dist_env)
+            return 1
     return result.exit_code
