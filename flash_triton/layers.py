@@ -178,6 +178,8 @@ class FLASH(nn.Module):
     torch.Size([2, 40, 64])
     """
 
+    _context_parallel = None  # flash_triton.distributed.context_parallel() sets it
+
     def __init__(
         self,
         *,
@@ -270,6 +272,11 @@ class FLASH(nn.Module):
             owner = cache_owner(self)  # once per call: the check below and the new cache's record
             self.check_decoding(b, n, x.dtype, x.device, mask, cu_seqlens, cache, owner)
         position = 0 if cache is None else cache.position
+        cp = self._context_parallel
+        if cp is not None:  # this rank holds a slice of the sequence: global positions, shift across ranks
+            if decoding or cu_seqlens is not None:
+                raise ValueError("cache / return_cache / cu_seqlens are not supported with context parallelism")
+            position = cp.offsets(n, self.group_size, x)[0]
 
         normed_x = self.norm(x)
         last_shift = None
@@ -277,7 +284,12 @@ class FLASH(nn.Module):
             # token shift: the first half of the features comes from the previous position (zeros at t = 0)
             x_shift, x_pass = normed_x.chunk(2, dim=-1)
             last_shift = x_shift[:, -1]
-            if cache is None:
+            if cp is not None:  # the previous rank's last token (zeros on the first rank)
+                from .distributed import previous_rank_row
+
+                before = previous_rank_row(x_shift[:, -1], cp.group)
+                x_shift = torch.cat((before[:, None], x_shift[:, :-1]), dim=1)
+            elif cache is None:
                 x_shift = F.pad(x_shift, (0, 0, 1, -1))
             else:
                 x_shift = torch.cat((cache.shift[:, None].to(x_shift.dtype), x_shift[:, :-1]), dim=1)
@@ -314,6 +326,26 @@ class FLASH(nn.Module):
             out = self.to_out(out) + x
             return (out, new_cache) if return_cache else out
 
+        dropout_p = self.dropout.p if self.training else 0.0
+        if cp is not None:
+            from .distributed import mixed_chunk_attn as cp_mixed_chunk_attn
+
+            out = cp_mixed_chunk_attn(
+                quad_q,
+                quad_k,
+                lin_q,
+                lin_k,
+                v,
+                gate,
+                group_size=self.group_size,
+                group=cp.group,
+                key_mask=mask,
+                dropout_p=dropout_p,
+                backend=self.backend,
+                check=False,
+                **t5_kw,
+            )
+            return self.to_out(out) + x
         out = run_mixed_chunk_attn(
             quad_q,
             quad_k,
@@ -324,7 +356,7 @@ class FLASH(nn.Module):
             group_size=self.group_size,
             causal=self.causal,
             key_mask=mask,
-            dropout_p=self.dropout.p if self.training else 0.0,
+            dropout_p=dropout_p,
             reduce_group=self.reduce_group_non_causal_attn,
             backend=self.backend,
             **t5_kw,

@@ -28,6 +28,8 @@ class FLASHTransformer(nn.Module):
     torch.Size([1, 50, 256])
     """
 
+    _context_parallel = None  # flash_triton.distributed.context_parallel() sets it
+
     def __init__(
         self,
         *,
@@ -167,6 +169,11 @@ class FLASHTransformer(nn.Module):
                 layer_cache = None if cache is None else cache.layers[i]
                 flash.check_decoding(b, n, dtype, x.device, mask, cu_seqlens, layer_cache)
         position = 0 if cache is None else cache.position
+        cp = self._context_parallel
+        if cp is not None:  # this rank holds a slice of the sequence: global positions
+            if decoding or cu_seqlens is not None:
+                raise ValueError("cache / return_cache / cu_seqlens are not supported with context parallelism")
+            position = cp.offsets(n, self.group_size, x)[0]
 
         x = self.token_emb(x)
         if cu_seqlens is not None:

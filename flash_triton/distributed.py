@@ -1,0 +1,177 @@
+"""Context parallelism for causal FLASH: one sequence split over the ranks of a ``torch.distributed`` process group.
+
+Each rank holds a contiguous slice of every sequence (rank r the r-th slice), each slice a multiple of the group
+size, so FLASH's groups never straddle two ranks. What crosses ranks is then independent of the length:
+
+* the causal linear state. Rank r's groups read the exclusive prefix of every earlier group's ``lin_kᵀ v / g``:
+  the totals of the earlier ranks (one all-gather of a (b, s, e) float32 state per rank and layer) plus their own
+  rank's prefix, which the local op computes from ``initial_state``;
+* with ``shift_tokens``, the previous rank's last token (half its normalised features): one more small all-gather;
+* the slice lengths (positions: RoPE and the sinusoidal embedding use global positions).
+
+The backward is the adjoint: the gradient of every gathered tensor is summed over the ranks (an all-reduce of the
+stacked gradients) and each rank keeps the part of the tensor it produced, so every input and parameter gradient
+equals the single-process one (parameter gradients summed over the ranks, as data parallelism does).
+
+Use :func:`mixed_chunk_attn` for the op, or :func:`context_parallel` to make a ``FLASH`` / ``FLASHTransformer``
+(every causal FLASH layer in a module) run context-parallel; the inputs each rank passes are its slices. Causal
+only: non-causal attention reads one global context, which is refused (as are packed ``cu_seqlens`` and decoding
+caches) with a clear error.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from . import _checks
+from .mixed_chunk_attn import run_mixed_chunk_attn
+
+
+class _AllGather(torch.autograd.Function):
+    """(world, *x.shape): every rank's ``x``; backward: the all-reduced gradient's own slice."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, group) -> Tensor:
+        ctx.group = group
+        ctx.rank = dist.get_rank(group)
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.contiguous()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[ctx.rank], None
+
+
+def all_gather(x: Tensor, group=None) -> Tensor:
+    """Differentiable all-gather: (world, *x.shape)."""
+    return _AllGather.apply(x, group)
+
+
+def _before_me(stacked: Tensor, rank: int) -> Tensor:
+    """Σ of the gathered rows of the ranks before ``rank``, as a function of every row (so that every rank's
+    backward reaches the collective: one rank skipping it would leave the others waiting)."""
+    weight = (torch.arange(stacked.shape[0], device=stacked.device) < rank).to(stacked.dtype)
+    return torch.einsum("r,r...->...", weight, stacked)
+
+
+def slice_offsets(n: int, group_size: int, group=None, device=None) -> tuple[int, int]:
+    """(this rank's first global position, the global length), checking that every rank's slice is a non-empty
+    multiple of ``group_size``; every rank raises the same error (no rank is left waiting in a collective)."""
+    lengths = torch.tensor([n], dtype=torch.int64, device=device)
+    parts = [torch.empty_like(lengths) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, lengths, group=group)
+    all_lengths = [int(p.item()) for p in parts]
+    bad = [(r, m) for r, m in enumerate(all_lengths) if m < 1 or m % group_size]
+    if bad:
+        raise ValueError(
+            f"context parallelism splits sequences on group boundaries: every rank's slice must be a positive "
+            f"multiple of group_size {group_size}, got lengths {all_lengths} (ranks {[r for r, _ in bad]})"
+        )
+    rank = dist.get_rank(group)
+    return sum(all_lengths[:rank]), sum(all_lengths)
+
+
+def mixed_chunk_attn(
+    quad_q: Tensor,
+    quad_k: Tensor,
+    lin_q: Tensor,
+    lin_k: Tensor,
+    v: Tensor,
+    gate: Tensor,
+    *,
+    group_size: int,
+    causal: bool = True,
+    group=None,
+    key_mask: Tensor | None = None,
+    backend: str | None = None,
+    check: bool = True,
+    **kw,
+) -> Tensor:
+    """Context-parallel :func:`flash_triton.ops.mixed_chunk_attn`: the arguments are this rank's slices (rank r
+    holds positions ``sum(len of ranks < r) ..``); the result is this rank's slice of the single-process output,
+    and gradients flow back to the ranks that produced each input. ``check=False`` skips the slice-length
+    collective (the caller checked)."""
+    if not _checks.flag("causal", causal):
+        raise ValueError("context-parallel mixed_chunk_attn is causal only (non-causal reads one global context)")
+    for name in ("initial_state", "output_final_state", "cu_seqlens", "dropout_mask"):
+        if kw.get(name) not in (None, False):
+            raise ValueError(f"{name} is not supported with context parallelism")
+    g = _checks.length("group_size", group_size)
+    if check:
+        _checks.mixed_chunk_attn_args(
+            (quad_q, quad_k, lin_q, lin_k, v, gate), dict(kw, group_size=g, causal=True, key_mask=key_mask)
+        )
+        slice_offsets(quad_q.shape[1], g, group, device=_collective_device(group, quad_q))
+    lin_k_kept = lin_k if key_mask is None else lin_k.masked_fill(~key_mask[..., None], 0.0)
+    total = torch.einsum("bns,bne->bse", lin_k_kept.float(), v.float()) / g  # this rank's Σ over its groups
+    prefix = _before_me(all_gather(total, group), dist.get_rank(group))
+    return run_mixed_chunk_attn(
+        quad_q,
+        quad_k,
+        lin_q,
+        lin_k,
+        v,
+        gate,
+        group_size=g,
+        causal=True,
+        key_mask=key_mask,
+        initial_state=prefix,
+        backend=backend,
+        **kw,
+    )
+
+
+def previous_rank_row(row: Tensor, group=None) -> Tensor:
+    """The previous rank's ``row`` (zeros on rank 0), differentiable back to it."""
+    return _before_me_one(all_gather(row, group), dist.get_rank(group))
+
+
+def _before_me_one(stacked: Tensor, rank: int) -> Tensor:
+    weight = (torch.arange(stacked.shape[0], device=stacked.device) == rank - 1).to(stacked.dtype)
+    return torch.einsum("r,r...->...", weight, stacked)
+
+
+def _collective_device(group, like: Tensor) -> torch.device:
+    """Where the group's collectives take tensors: the CPU for gloo, the input's device otherwise."""
+    return torch.device("cpu") if dist.get_backend(group) == "gloo" else like.device
+
+
+class ContextParallel:
+    """What a FLASH layer needs to run context-parallel: the process group (None: the default group)."""
+
+    def __init__(self, group=None):
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError("context parallelism needs torch.distributed initialised (init_process_group)")
+        self.group = group
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank(self.group)
+
+    def offsets(self, n: int, group_size: int, like: Tensor) -> tuple[int, int]:
+        return slice_offsets(n, group_size, self.group, device=_collective_device(self.group, like))
+
+
+def context_parallel(module: torch.nn.Module, group=None, enabled: bool = True) -> torch.nn.Module:
+    """Make every causal ``FLASH`` layer and ``FLASHTransformer`` in ``module`` run context-parallel over
+    ``group`` (``enabled=False`` undoes it); returns ``module``. Each rank then passes its slice of the sequence
+    (``x`` (b, n_r, ...), n_r a multiple of the group size), and gets its slice of the outputs."""
+    from .layers import FLASH
+    from .transformer import FLASHTransformer
+
+    cp = ContextParallel(group) if enabled else None
+    found = False
+    for m in module.modules():
+        if isinstance(m, (FLASH, FLASHTransformer)):
+            if enabled and not m.causal:
+                raise ValueError(f"context parallelism is causal only; {type(m).__name__} has causal=False")
+            m._context_parallel = cp
+            found = True
+    if not found:
+        raise ValueError(f"{type(module).__name__} holds no FLASH layer")
+    return module
