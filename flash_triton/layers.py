@@ -326,42 +326,23 @@ class FLASH(nn.Module):
             out = self.to_out(out) + x
             return (out, new_cache) if return_cache else out
 
-        dropout_p = self.dropout.p if self.training else 0.0
+        tensors = (quad_q, quad_k, lin_q, lin_k, v, gate)
+        kw = dict(
+            group_size=self.group_size,
+            key_mask=mask,
+            dropout_p=self.dropout.p if self.training else 0.0,
+            backend=self.backend,
+            **t5_kw,
+        )
         if cp is not None:
             from .distributed import mixed_chunk_attn as cp_mixed_chunk_attn
 
-            out = cp_mixed_chunk_attn(
-                quad_q,
-                quad_k,
-                lin_q,
-                lin_k,
-                v,
-                gate,
-                group_size=self.group_size,
-                group=cp.group,
-                key_mask=mask,
-                dropout_p=dropout_p,
-                backend=self.backend,
-                check=False,
-                **t5_kw,
+            out = cp_mixed_chunk_attn(*tensors, group=cp.group, check=False, **kw)
+        else:
+            cu = {} if cu_seqlens is None else {"cu_seqlens": cu_seqlens}
+            out = run_mixed_chunk_attn(
+                *tensors, causal=self.causal, reduce_group=self.reduce_group_non_causal_attn, **kw, **cu
             )
-            return self.to_out(out) + x
-        out = run_mixed_chunk_attn(
-            quad_q,
-            quad_k,
-            lin_q,
-            lin_k,
-            v,
-            gate,
-            group_size=self.group_size,
-            causal=self.causal,
-            key_mask=mask,
-            dropout_p=dropout_p,
-            reduce_group=self.reduce_group_non_causal_attn,
-            backend=self.backend,
-            **t5_kw,
-            **({} if cu_seqlens is None else {"cu_seqlens": cu_seqlens}),
-        )
         return self.to_out(out) + x
 
     def check_decoding(
