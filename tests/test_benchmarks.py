@@ -648,3 +648,16 @@ def test_gpu_check_script_runs_every_step_and_reports_each(tmp_path):
         assert "no CUDA device is available" in (out / log).read_text(), log
     assert "timing needs a CUDA GPU" in (out / "tune.log").read_text()
     assert json.loads((out / "tuned_configs.json").read_text())["format"] == 1
+
+
+def test_activation_memory_is_per_token_and_checkpointing_keeps_the_layer_inputs():
+    """benchmarks.activation_memory (issue 15's memory model): saved bytes per token do not depend on n (no n x n
+    tensor saved, parameters left out), and activation checkpointing keeps about one dim-wide input per layer."""
+    from benchmarks import activation_memory as am
+
+    small, large = am.measure("reference", 256), am.measure("reference", 512)
+    for key in ("layer", "lm0", "lm1"):
+        assert small[key] == pytest.approx(large[key], rel=0.05), key
+    # without checkpointing: at least the two layers' own activations; with it: far less than one layer's
+    assert large["lm0"] > 2 * large["layer"] > 0
+    assert 2 * am.DIM * 4 <= large["lm1"] < large["layer"] / 2

@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
     run.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute each FLASH layer's activations in the backward instead of keeping them (less memory, "
+        "about one more forward of compute; the result is exactly the same)",
+    )
+    run.add_argument(
         "--save-hf",
         metavar="DIR",
         help="also write the final model as a Hugging Face save_pretrained folder (config.json + model.safetensors; "
@@ -418,6 +424,7 @@ def _main(argv: list[str] | None) -> int:
             stop_after=args.stop_after,
             dist_env=dist_env,
             control_group=control_group,
+            activation_checkpointing=args.activation_checkpointing,
         )
         if dist_env.enabled and result.status == "done":  # every rank (all finish the same steps) past its last
             # collective before any tears its connections down: a gloo rank that left first aborted its peer's exit

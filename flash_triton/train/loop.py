@@ -92,6 +92,7 @@ class Trainer:
         stop_after: int | None = None,
         dist_env: DistEnv | None = None,
         control_group: Any = None,
+        activation_checkpointing: bool = False,
     ) -> None:
         self.cfg, self.corpus, self.device, self.out, self.run_info = cfg, corpus, device, out, run_info
         self.precision, self.resume, self.stop_after, self.control_group = precision, resume, stop_after, control_group
@@ -102,6 +103,7 @@ class Trainer:
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, backend)
+        self.model.gradient_checkpointing = activation_checkpointing  # exact: layers recomputed in the backward
         self.wrapper = AutoregressiveWrapper(self.model)
         self.start_step = 0
         if resume is not None:
