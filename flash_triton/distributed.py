@@ -28,6 +28,15 @@ from torch import Tensor
 from . import _checks
 from .mixed_chunk_attn import run_mixed_chunk_attn
 
+#: bytes this process sent into the context-parallel collectives (the tensors it contributed: its part of each
+#: all-gather, the whole gradient of each all-reduce), since the process started; see :func:`communication_bytes`
+_SENT = [0]
+
+
+def communication_bytes() -> int:
+    """Bytes this rank has contributed to context-parallel collectives so far (read it before and after a step)."""
+    return _SENT[0]
+
 
 class _AllGather(torch.autograd.Function):
     """(world, *x.shape): every rank's ``x``; backward: the all-reduced gradient's own slice."""
@@ -37,12 +46,15 @@ class _AllGather(torch.autograd.Function):
         ctx.group = group
         ctx.rank = dist.get_rank(group)
         parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
-        dist.all_gather(parts, x.contiguous(), group=group)
+        x = x.contiguous()
+        _SENT[0] += x.numel() * x.element_size()
+        dist.all_gather(parts, x, group=group)
         return torch.stack(parts)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         grad = grad.contiguous()
+        _SENT[0] += grad.numel() * grad.element_size()
         dist.all_reduce(grad, group=ctx.group)
         return grad[ctx.rank], None
 
@@ -64,6 +76,7 @@ def slice_offsets(n: int, group_size: int, group=None, device=None) -> tuple[int
     multiple of ``group_size``; every rank raises the same error (no rank is left waiting in a collective)."""
     lengths = torch.tensor([n], dtype=torch.int64, device=device)
     parts = [torch.empty_like(lengths) for _ in range(dist.get_world_size(group))]
+    _SENT[0] += 8
     dist.all_gather(parts, lengths, group=group)
     all_lengths = [int(p.item()) for p in parts]
     bad = [(r, m) for r, m in enumerate(all_lengths) if m < 1 or m % group_size]

@@ -77,6 +77,15 @@ def _run_case(rank, world, kind, name, n, g, backend, seed):
         out = model(x[:, lo:hi])
         out.square().sum().backward()
         return {"out": out.detach(), "grads": {k: p.grad for k, p in model.named_parameters() if p.grad is not None}}
+    if kind == "comm":  # bytes sent per FLASH-layer step at two lengths: independent of n
+        layer = ftd.context_parallel(ft.FLASH(dim=16, group_size=g, query_key_dim=8, causal=True, shift_tokens=True))
+        sent = []
+        for length in (n, 4 * n):
+            x = torch.randn(B, length // world, 16, requires_grad=True)
+            before = ftd.communication_bytes()
+            layer(x).sum().backward()
+            sent.append(ftd.communication_bytes() - before)
+        return {"sent": sent}
     if kind == "ragged":  # rank 0 holds one token too many: every rank must refuse, none may hang
         m = hi - lo + (1 if rank == 0 else 0)
         ftd.mixed_chunk_attn(*[t[:, :m] for t in _op_inputs(n, seed)], group_size=g, backend=backend)
@@ -117,11 +126,20 @@ def test_context_parallel_equals_single_process(world, tmp_path):
     cases = [("op", f"op-g{g}-{be}", world * 2 * g, g, be, g) for g in (4, 8) for be in backends]
     cases += [("lm", f"lm-{be}", world * 8, 4, be, 7) for be in backends]
     cases.append(("ragged", "ragged", world * 4, 4, "reference", 3))
+    cases.append(("comm", "comm", world * 8, 4, "reference", 0))
     ranks = _spawn(world, cases, tmp_path)
     for kind, name, n, g, backend, seed in cases:
         if kind == "ragged":
             for r in ranks:
                 assert "every rank's slice must be a positive multiple of group_size 4" in r[name]["error"], r[name]
+            continue
+        if kind == "comm":
+            # forward: the slice length (8 B), the state (b, s, e) fp32, the shifted token (b, dim / 2) fp32;
+            # backward: the gathered gradients of both, (world, ...) each
+            state, token = B * 8 * 32 * 4, B * 8 * 4  # FLASH(dim 16): s = query_key_dim 8, e = 2 * 16 = 32
+            expected = 8 + state + token + world * (state + token)
+            for r in ranks:
+                assert r[name]["sent"] == [expected, expected], (r[name], expected)
             continue
         for r in ranks:
             assert "error" not in r[name], r[name].get("trace")
