@@ -112,7 +112,7 @@ def mixed_chunk_attn(
     if not _checks.flag("causal", causal):
         raise ValueError("context-parallel mixed_chunk_attn is causal only (non-causal reads one global context)")
     for name in ("initial_state", "output_final_state", "cu_seqlens", "dropout_mask"):
-        if kw.get(name) not in (None, False):
+        if kw.get(name) is not None and kw.get(name) is not False:  # (a tensor is never compared by value)
             raise ValueError(f"{name} is not supported with context parallelism")
     g = _checks.length("group_size", group_size)
     if check:

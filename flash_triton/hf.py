@@ -53,6 +53,13 @@ MODEL_TYPE = "flash"
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
+def expansion_for(hidden: int, dim: int) -> float:
+    """An ``expansion_factor`` that rebuilds a hidden width: the layers use ``int(expansion_factor * dim)``, so
+    ``hidden / dim`` unless float rounding would land just below ``hidden`` (then half a unit more)."""
+    factor = hidden / dim
+    return factor if int(factor * dim) == hidden else (hidden + 0.5) / dim
+
+
 class FLASHConfig(PretrainedConfig):
     """Every :class:`~flash_triton.FLASHTransformer` argument (``vocab_size`` is its ``num_tokens``), plus
     ``backend``, which is a choice of this process: it is not saved (a model saved on a GPU loads anywhere)."""
@@ -132,7 +139,7 @@ class FLASHConfig(PretrainedConfig):
             depth=len(model.layers),
             group_size=model.group_size,
             query_key_dim=layer.to_qk[0].out_features,
-            expansion_factor=layer.to_out.in_features / layer.dim,
+            expansion_factor=expansion_for(layer.to_out.in_features, layer.dim),
             causal=model.causal,
             attn_dropout=layer.dropout.p,
             norm_type="scalenorm" if isinstance(layer.norm, ScaleNorm) else "layernorm",
@@ -377,7 +384,7 @@ def from_upstream_state_dict(
         depth=depth,
         group_size=group_size,
         query_key_dim=qk,
-        expansion_factor=hidden / dim,
+        expansion_factor=expansion_for(hidden, dim),
         causal=True,
         norm_type=norm_type,
         shift_tokens=shift_tokens,

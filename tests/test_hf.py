@@ -244,3 +244,16 @@ def test_convert_a_flash_pytorch_state_dict(tmp_path, capsys):
     x = torch.randint(0, 40, (2, 11))
     expected = theirs(x)
     torch.testing.assert_close(loaded(x).logits, expected, rtol=0, atol=2e-5 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("expansion_factor", [1.3, 2.0, 0.7])
+def test_from_transformer_rebuilds_any_width(expansion_factor):
+    """from_transformer reads the arguments back from the modules (int(expansion_factor * dim) widths included)."""
+    torch.manual_seed(0)
+    twin = ft.FLASHTransformer(
+        num_tokens=30, dim=24, depth=2, group_size=5, query_key_dim=10, expansion_factor=expansion_factor, causal=True
+    ).eval()
+    scramble(twin)
+    model = hf.FLASHForCausalLM.from_transformer(twin).eval()
+    x = torch.randint(0, 30, (2, 12))
+    torch.testing.assert_close(model(x).logits, twin(x), rtol=0, atol=0)
