@@ -12,8 +12,8 @@
 #     unpinned torch pulls a multi-GB CUDA build), the default build where one is;
 #   - triton on Linux x86_64 when none is importable: 3.6.0, the version the GPU machines run (the default stack);
 #   - numpy < 2.4 beside a triton older than 3.7, whose CPU interpreter fails on numpy 2.4 (triton-lang/triton#9171);
-#   - this package in editable mode with its test extra (pytest, ruff, FLASH-pytorch 0.1.9 as the oracle,
-#     transformers + safetensors + accelerate for the Hugging Face integration's tests).
+#   - this package in editable mode with its test extra (pytest, ruff, FLASH-pytorch 0.1.9 as the oracle) and, on
+#     the default stack, its hf extra (transformers, safetensors, accelerate: the Hugging Face integration's tests).
 # FLASH_TRITON_STACK=newest builds the newest supported stack instead (CI's second environment): triton 3.9.0 and
 # the newest numpy beside the same torch, in $FLASH_TRITON_VENV (e.g. .venv-newest).
 # Without network (a GPU machine with everything preinstalled) the editable install may fail; the package then
@@ -69,8 +69,12 @@ setup() {
     then
         extra=("numpy<2.4")  # triton < 3.7's CPU interpreter fails on numpy >= 2.4 (triton-lang/triton#9171)
     fi
-    say "installing flash_triton (editable) with its test extra"
-    if ! "${pip[@]}" -e ".[test]" "${extra[@]}"; then
+    local extras="test,hf"  # hf: the Hugging Face integration's tests (the newest stack runs kernel tests only)
+    if [ "$stack" = newest ]; then
+        extras="test"
+    fi
+    say "installing flash_triton (editable) with its extras: $extras"
+    if ! "${pip[@]}" -e ".[$extras]" "${extra[@]}"; then
         say "editable install failed (no network?); running from this checkout"
         "$py" - <<'EOF'
 import importlib.util, sys
