@@ -232,9 +232,9 @@ def _common_kw(d: Dims, kw: dict, *, window: int | None) -> None:
     """The keywords :func:`quad_attn`, :func:`mixed_chunk_attn` and :func:`mixed_chunk_attn_step` share."""
     if kw.get("key_mask") is not None:
         d.check("key_mask", kw["key_mask"], "bn", "bool")
+    distance = positive_int("t5_max_distance", kw.get("t5_max_distance", 128))
     if kw.get("t5_weight") is not None:
         buckets = d.check("t5_weight", kw["t5_weight"], ("num_buckets",)).numel()
-        distance = positive_int("t5_max_distance", kw.get("t5_max_distance", 128))
         if buckets < 4 or distance <= buckets // 2:
             raise ValueError(
                 f"t5_weight has {buckets} buckets and t5_max_distance is {distance}: the T5 buckets need at least 4 "
@@ -243,8 +243,6 @@ def _common_kw(d: Dims, kw: dict, *, window: int | None) -> None:
     for name in ("t5_scale", "bias_scale"):
         if name in kw:
             real(name, kw[name])
-    if "t5_max_distance" in kw:
-        positive_int("t5_max_distance", kw["t5_max_distance"])
     for name in ("laplace", "causal", "reduce_group", "output_final_state"):
         if name in kw:
             flag(name, kw[name])

@@ -64,16 +64,16 @@ def all_gather(x: Tensor, group=None) -> Tensor:
     return _AllGather.apply(x, group)
 
 
-def _before_me(stacked: Tensor, rank: int) -> Tensor:
-    """Σ of the gathered rows of the ranks before ``rank``, as a function of every row (so that every rank's
+def _sum_rows(stacked: Tensor, keep) -> Tensor:
+    """Σ of the gathered rows whose rank r has ``keep(r)``, as a function of every row (so that every rank's
     backward reaches the collective: one rank skipping it would leave the others waiting)."""
-    weight = (torch.arange(stacked.shape[0], device=stacked.device) < rank).to(stacked.dtype)
+    weight = keep(torch.arange(stacked.shape[0], device=stacked.device)).to(stacked.dtype)
     return torch.einsum("r,r...->...", weight, stacked)
 
 
-def slice_offsets(n: int, group_size: int, group=None, device=None) -> tuple[int, int]:
-    """(this rank's first global position, the global length), checking that every rank's slice is a non-empty
-    multiple of ``group_size``; every rank raises the same error (no rank is left waiting in a collective)."""
+def slice_offset(n: int, group_size: int, group=None, device=None) -> int:
+    """This rank's first global position, checking that every rank's slice is a non-empty multiple of
+    ``group_size``; every rank raises the same error (no rank is left waiting in a collective)."""
     lengths = torch.tensor([n], dtype=torch.int64, device=device)
     parts = [torch.empty_like(lengths) for _ in range(dist.get_world_size(group))]
     _SENT[0] += 8
@@ -85,8 +85,7 @@ def slice_offsets(n: int, group_size: int, group=None, device=None) -> tuple[int
             f"context parallelism splits sequences on group boundaries: every rank's slice must be a positive "
             f"multiple of group_size {group_size}, got lengths {all_lengths} (ranks {[r for r, _ in bad]})"
         )
-    rank = dist.get_rank(group)
-    return sum(all_lengths[:rank]), sum(all_lengths)
+    return sum(all_lengths[: dist.get_rank(group)])
 
 
 def mixed_chunk_attn(
@@ -119,10 +118,11 @@ def mixed_chunk_attn(
         _checks.mixed_chunk_attn_args(
             (quad_q, quad_k, lin_q, lin_k, v, gate), dict(kw, group_size=g, causal=True, key_mask=key_mask)
         )
-        slice_offsets(quad_q.shape[1], g, group, device=_collective_device(group, quad_q))
+        slice_offset(quad_q.shape[1], g, group, device=_collective_device(group, quad_q))
     lin_k_kept = lin_k if key_mask is None else lin_k.masked_fill(~key_mask[..., None], 0.0)
     total = torch.einsum("bns,bne->bse", lin_k_kept.float(), v.float()) / g  # this rank's Σ over its groups
-    prefix = _before_me(all_gather(total, group), dist.get_rank(group))
+    rank = dist.get_rank(group)
+    prefix = _sum_rows(all_gather(total, group), lambda r: r < rank)
     return run_mixed_chunk_attn(
         quad_q,
         quad_k,
@@ -141,12 +141,8 @@ def mixed_chunk_attn(
 
 def previous_rank_row(row: Tensor, group=None) -> Tensor:
     """The previous rank's ``row`` (zeros on rank 0), differentiable back to it."""
-    return _before_me_one(all_gather(row, group), dist.get_rank(group))
-
-
-def _before_me_one(stacked: Tensor, rank: int) -> Tensor:
-    weight = (torch.arange(stacked.shape[0], device=stacked.device) == rank - 1).to(stacked.dtype)
-    return torch.einsum("r,r...->...", weight, stacked)
+    rank = dist.get_rank(group)
+    return _sum_rows(all_gather(row, group), lambda r: r == rank - 1)
 
 
 def _collective_device(group, like: Tensor) -> torch.device:
@@ -162,12 +158,9 @@ class ContextParallel:
             raise RuntimeError("context parallelism needs torch.distributed initialised (init_process_group)")
         self.group = group
 
-    @property
-    def rank(self) -> int:
-        return dist.get_rank(self.group)
-
-    def offsets(self, n: int, group_size: int, like: Tensor) -> tuple[int, int]:
-        return slice_offsets(n, group_size, self.group, device=_collective_device(self.group, like))
+    def offset(self, n: int, group_size: int, like: Tensor) -> int:
+        """This rank's first global position (a collective: every rank of the group calls it)."""
+        return slice_offset(n, group_size, self.group, device=_collective_device(self.group, like))
 
 
 def context_parallel(module: torch.nn.Module, group=None, enabled: bool = True) -> torch.nn.Module:

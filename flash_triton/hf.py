@@ -234,8 +234,10 @@ class FLASHPreTrainedModel(PreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.model.token_emb = value
 
-    def _run(self, input_ids, attention_mask, cache, use_cache):
-        """(hidden states before the head's norm, the generation cache or None)."""
+    def _run(self, input_ids, attention_mask, cache, past_key_values, use_cache):
+        """(hidden states before the head's norm, the generation cache or None). The cache arrives as ``cache``
+        (transformers >= 5.24) or ``past_key_values`` (before)."""
+        cache = cache if cache is not None else past_key_values
         if cache is not None and not isinstance(cache, FLASHGenerationCache):
             raise TypeError(
                 f"{CACHE_FIELD} must be a FLASHGenerationCache (from this model), got {type(cache).__name__}"
@@ -286,8 +288,7 @@ class FLASHModel(FLASHPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ):
-        cache = cache if cache is not None else past_key_values
-        h, new_cache = self._run(input_ids, attention_mask, cache, use_cache)
+        h, new_cache = self._run(input_ids, attention_mask, cache, past_key_values, use_cache)
         out = BaseModelOutputWithPast(last_hidden_state=self.model.to_logits[0](h), **{CACHE_FIELD: new_cache})
         return out if return_dict is not False else out.to_tuple()
 
@@ -320,8 +321,7 @@ class FLASHForCausalLM(FLASHPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         **kwargs,
     ):
-        cache = cache if cache is not None else past_key_values
-        h, new_cache = self._run(input_ids, attention_mask, cache, use_cache)
+        h, new_cache = self._run(input_ids, attention_mask, cache, past_key_values, use_cache)
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
             h = h[:, -logits_to_keep:]
         logits = self.model.to_logits(h)

@@ -276,7 +276,7 @@ class FLASH(nn.Module):
         if cp is not None:  # this rank holds a slice of the sequence: global positions, shift across ranks
             if decoding or cu_seqlens is not None:
                 raise ValueError("cache / return_cache / cu_seqlens are not supported with context parallelism")
-            position = cp.offsets(n, self.group_size, x)[0]
+            position = cp.offset(n, self.group_size, x)
 
         normed_x = self.norm(x)
         last_shift = None

@@ -173,7 +173,7 @@ class FLASHTransformer(nn.Module):
         if cp is not None:  # this rank holds a slice of the sequence: global positions
             if decoding or cu_seqlens is not None:
                 raise ValueError("cache / return_cache / cu_seqlens are not supported with context parallelism")
-            position = cp.offsets(n, self.group_size, x)[0]
+            position = cp.offset(n, self.group_size, x)
 
         x = self.token_emb(x)
         if cu_seqlens is not None:
