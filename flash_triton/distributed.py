@@ -21,6 +21,9 @@ caches) with a clear error.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -181,3 +184,32 @@ def context_parallel(module: torch.nn.Module, group=None, enabled: bool = True) 
     if not found:
         raise ValueError(f"{type(module).__name__} holds no FLASH layer")
     return module
+
+
+@contextlib.contextmanager
+def suspended(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run ``module`` on whole sequences inside the block (one rank alone, e.g. decoding a sample: no collective),
+    whatever :func:`context_parallel` set; the previous setting of every layer is restored after."""
+    saved = [(m, m.__dict__["_context_parallel"]) for m in module.modules() if "_context_parallel" in m.__dict__]
+    for m, _ in saved:
+        m._context_parallel = None
+    try:
+        yield module
+    finally:
+        for m, cp in saved:
+            m._context_parallel = cp
+
+
+def window_slice(windows: Tensor, rank: int, ranks: int) -> Tensor:
+    """Rank ``rank``'s part of token windows (b, n + 1) whose n predicted tokens are split over ``ranks``: the
+    inputs of its n / ranks positions and the next token of each, ``windows[:, r·n/ranks : (r+1)·n/ranks + 1]``
+    (the :class:`~flash_triton.AutoregressiveWrapper` input of that slice).
+
+    >>> window_slice(torch.arange(9)[None], 1, 2).tolist()
+    [[4, 5, 6, 7, 8]]
+    """
+    n = windows.shape[1] - 1
+    if n % ranks:
+        raise ValueError(f"windows of {n} predicted tokens do not split over {ranks} ranks")
+    part = n // ranks
+    return windows[:, rank * part : (rank + 1) * part + 1]

@@ -20,6 +20,7 @@ from flash_triton import AutoregressiveWrapper
 from flash_triton import checkpoint as ckpt_mod
 from flash_triton import data as data_mod
 from flash_triton import train as train_mod
+from flash_triton.train import cli as train_cli
 from flash_triton.train import runtime as train_runtime
 from tests._helpers import (
     MICRO,
@@ -701,6 +702,10 @@ def test_dist_env_and_precision(monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in ({"WORLD_SIZE": "2", "RANK": "2"}, {"WORLD_SIZE": "x"}):
         with pytest.raises(ValueError, match="torchrun environment"):
             train_mod.DistEnv.from_environ(bad)
+    layout = [(e.dp_rank, e.cp_rank, e.dp_size) for e in (env.split(2), env.split(4), env.split(1))]
+    assert layout == [(1, 1, 2), (0, 3, 1), (3, 0, 4)]  # consecutive ranks share a sequence
+    with pytest.raises(ValueError, match=r"--context-parallel 3 must divide the number of processes \(WORLD_SIZE 4"):
+        env.split(3)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert train_mod.resolve_precision("auto", cpu) == "fp32"
     monkeypatch.setattr(train_runtime, "_bf16_supported", lambda: True)
@@ -793,3 +798,13 @@ def test_endless_or_huge_data_is_refused(tmp_path: Path, monkeypatch: pytest.Mon
     small = tmp_path / "ok.gz"
     small.write_bytes(gzip.compress(b"abc"))
     assert data_mod.read_bytes(small) == b"abc"
+
+
+def test_context_parallel_needs_whole_groups_in_every_slice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """--seq-len must split into C slices of whole groups; refused before anything is written (as 4 processes)."""
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "1")  # not rank 0: no lock, and nothing is written anyway
+    flags = [*config_flags(seq_len=48, group_size=16), "--device", "cpu", "--out", str(tmp_path / "run")]
+    with pytest.raises(ValueError, match=r"--seq-len \(48\) must be a multiple of 2 x --group-size \(16\) = 32"):
+        train_cli._prepare(train_cli.build_parser().parse_args(flags), train_mod.DistEnv.from_environ().split(2))
+    assert not (tmp_path / "run").exists()

@@ -244,3 +244,59 @@ def test_torchrun_two_gloo_processes(tmp_path: Path, data_file: Path, one_thread
     assert any(not torch.equal(t, single_model[k]) for k, t in ckpt["model"].items())
     # The single process's own result is reproduced by its evaluation of the DDP checkpoint's weights.
     assert train_mod.main(["--eval-only", str(out / "checkpoint.pt")]) == 0
+
+
+def test_torchrun_context_parallel_trains_as_one_process_and_resumes_on_one(
+    tmp_path: Path, data_file: Path, one_thread: None
+) -> None:
+    """Each sequence split over 2 gloo processes (--context-parallel 2, one data-parallel group): the same batches,
+    losses and weights as one process, up to float rounding; its checkpoint resumes on one process (another C), and
+    the result still equals the uninterrupted single-process run."""
+    out, single = tmp_path / "cp", tmp_path / "single"
+    # depth 2 and token shift: the state and the shifted token cross the processes in every layer
+    flags = [
+        *config_flags(MICRO, depth=2, steps=6, eval_every=3, checkpoint_every=3, sample_len=8, shift_tokens=True),
+        "--data",
+        str(data_file),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
+    proc = subprocess.run(
+        [
+            *torchrun,
+            "-m",
+            "flash_triton.train",
+            *flags,
+            "--context-parallel",
+            "2",
+            "--stop-after",
+            "3",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log
+    assert "context parallelism 2: each sequence of 32 split into 2 slices of 16, 1 data-parallel group(s)" in log
+    ckpt = load(out / "checkpoint.pt")
+    assert ckpt["step"] == 3 and ckpt["context_parallel"] == 2 and ckpt["world_size"] == 2
+    assert read_metrics(out)[0]["tokens"] == 3 * MICRO.batch_size * MICRO.seq_len  # one batch stream, not two
+
+    assert train_mod.main([*flags, "--out", str(single)]) == 0
+    assert train_mod.main([*flags, "--out", str(out), "--resume"]) == 0  # one process, no context parallelism
+    cp_metrics, one_metrics = read_metrics(out), read_metrics(single)
+    assert [m["step"] for m in cp_metrics] == [m["step"] for m in one_metrics] == [3, 6]
+    for got, want in zip(cp_metrics, one_metrics, strict=True):
+        for key in ("train_loss", "val_loss"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (key, got, want)
+        assert got["tokens"] == want["tokens"]
+    got_model, want_model = load(out / "checkpoint.pt")["model"], load(single / "checkpoint.pt")["model"]
+    for name, want in want_model.items():
+        torch.testing.assert_close(got_model[name], want, rtol=1e-5, atol=1e-5, msg=name)

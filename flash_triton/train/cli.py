@@ -118,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
         "about one more forward of compute; the result is exactly the same)",
     )
     run.add_argument(
+        "--context-parallel",
+        type=_arg_type("context_parallel", int, ">0"),
+        default=1,
+        metavar="C",
+        help="under torchrun: split every sequence over C consecutive processes (context parallelism: each holds "
+        "seq_len / C positions, a multiple of group_size; what crosses processes per layer is one state and one "
+        "token, whatever the length); data parallelism runs over WORLD_SIZE / C groups (default 1)",
+    )
+    run.add_argument(
         "--save-hf",
         metavar="DIR",
         help="also write the final model as a Hugging Face save_pretrained folder (config.json + model.safetensors; "
@@ -240,6 +249,15 @@ def _keep_schedule(cfg: TrainConfig, saved: dict[str, Any], overrides: dict[str,
     return dataclasses.replace(cfg, schedule_steps=span) if cfg.cosine_decay else cfg
 
 
+def _check_context_parallel(cfg: TrainConfig, cp: int) -> None:
+    """Every slice of a training or validation window a whole number of groups."""
+    if cp > 1 and cfg.seq_len % (cp * cfg.group_size):
+        raise ValueError(
+            f"--context-parallel {cp} splits each sequence on group boundaries: --seq-len ({cfg.seq_len}) must be a "
+            f"multiple of {cp} x --group-size ({cfg.group_size}) = {cp * cfg.group_size}"
+        )
+
+
 def _prepare(args: argparse.Namespace, dist_env: DistEnv) -> _Plan | int:
     """Check everything that can be wrong with the input before anything is written; returns an exit code instead of
     a plan when there is nothing to do."""
@@ -290,6 +308,7 @@ def _prepare(args: argparse.Namespace, dist_env: DistEnv) -> _Plan | int:
                     f"{str(out)!r} holds an unfinished run (checkpoint at step {step} of {total}): pass "
                     "--resume to continue it, --overwrite to replace it, or another --out"
                 )
+    _check_context_parallel(cfg, dist_env.context_parallel)
     try:  # shape errors (odd dim, ...) now, and a width this machine cannot hold
         build_model(TrainConfig(**{**dataclasses.asdict(cfg), "depth": 1}))
     except (RuntimeError, MemoryError) as err:  # torch's allocation failure
@@ -316,6 +335,7 @@ def _prepare(args: argparse.Namespace, dist_env: DistEnv) -> _Plan | int:
         "precision": precision,
         "backend": args.backend,
         "world_size": dist_env.world_size,
+        "context_parallel": dist_env.context_parallel,
     }
     if resume is not None:
         run_info["resumed_from"] = str(found.path)  # type: ignore[union-attr]
@@ -383,7 +403,10 @@ def _main(argv: list[str] | None) -> int:
             for flag, value in (("--stop-after", args.stop_after), ("--save-hf", args.save_hf)):
                 if value is not None:
                     raise ValueError(f"{flag} does not apply to --eval-only (it trains no steps)")
+            if args.context_parallel != 1:
+                raise ValueError("--context-parallel does not apply to --eval-only (it runs in one process)")
             return _eval_only(args, dist_env)
+        dist_env = dist_env.split(args.context_parallel)
         plan = _prepare(args, dist_env)
     except (OSError, ValueError) as err:  # CheckpointError is a ValueError
         return _error(one_line(err) if isinstance(err, CheckpointError) else str(err), dist_env)
@@ -400,7 +423,7 @@ def _main(argv: list[str] | None) -> int:
         except (OSError, ValueError) as err:
             return _error(str(err), dist_env)
 
-    control_group = None
+    control_group = cp_group = None
     if dist_env.enabled:
         import torch.distributed as dist
 
@@ -410,6 +433,12 @@ def _main(argv: list[str] | None) -> int:
             control_group = dist.new_group(backend="gloo")
         else:
             dist.init_process_group("gloo")
+        cp = dist_env.context_parallel
+        if cp > 1:  # every process creates every group, in the same order; it keeps its own
+            for first in range(0, dist_env.world_size, cp):
+                group = dist.new_group(list(range(first, first + cp)))
+                if first == dist_env.rank - dist_env.cp_rank:
+                    cp_group = group
     try:
         result = train(
             plan.cfg,
@@ -425,6 +454,7 @@ def _main(argv: list[str] | None) -> int:
             dist_env=dist_env,
             control_group=control_group,
             activation_checkpointing=args.activation_checkpointing,
+            cp_group=cp_group,
         )
         if dist_env.enabled and result.status == "done":  # every rank (all finish the same steps) past its last
             # collective before any tears its connections down: a gloo rank that left first aborted its peer's exit

@@ -31,6 +31,7 @@ from ..checkpoint import (
     to_cpu,
 )
 from ..data import Corpus, WindowSampler, stream_seed, validation_windows
+from ..distributed import window_slice
 from .config import CHECKPOINT_FORMAT, PROG, TrainConfig, build_model
 from .metrics import evaluate, generate_sample, plot_metrics, read_metrics
 from .runtime import DistEnv, Progress, StopRequest, autocast, gather, param_digest
@@ -93,6 +94,7 @@ class Trainer:
         dist_env: DistEnv | None = None,
         control_group: Any = None,
         activation_checkpointing: bool = False,
+        cp_group: Any = None,
     ) -> None:
         self.cfg, self.corpus, self.device, self.out, self.run_info = cfg, corpus, device, out, run_info
         self.precision, self.resume, self.stop_after, self.control_group = precision, resume, stop_after, control_group
@@ -105,6 +107,11 @@ class Trainer:
         self.model = build_model(cfg, backend)
         self.model.gradient_checkpointing = activation_checkpointing  # exact: layers recomputed in the backward
         self.wrapper = AutoregressiveWrapper(self.model)
+        self.cp = self.dist_env.context_parallel
+        if self.cp > 1:  # each process of a context-parallel group holds one slice of every sequence
+            from ..distributed import context_parallel
+
+            context_parallel(self.model, cp_group)
         self.start_step = 0
         if resume is not None:
             self.start_step = int(resume["step"])
@@ -117,7 +124,10 @@ class Trainer:
         self.wrapper.to(device)
         self.optimizer = torch.optim.Adam(self.wrapper.parameters(), lr=lr_at(cfg, max(1, self.start_step + 1)))
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        self.sampler = WindowSampler(corpus.train, cfg.batch_size, cfg.seq_len, seed=cfg.seed, rank=self.dist_env.rank)
+        # one batch stream per data-parallel rank: the processes of a context-parallel group read the same batch
+        self.sampler = WindowSampler(
+            corpus.train, cfg.batch_size, cfg.seq_len, seed=cfg.seed, rank=self.dist_env.dp_rank
+        )
         self.notes: list[str] = []
         progress_state = self._restore(resume) if resume is not None else {}
         if resume is None and self.dist_env.rank > 0:
@@ -136,7 +146,7 @@ class Trainer:
         self.saved_config = {**run_info, **dataclasses.asdict(cfg)}
         self.can_plot = True
 
-        self.tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len * self.dist_env.world_size
+        self.tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len * self.dist_env.dp_size
         # the running train-loss average since the previous evaluation (restored on resume), and the log window's
         self.loss_sum = torch.tensor(float(progress_state.get("loss_sum", 0.0)), device=device)
         self.loss_count = int(progress_state.get("loss_count", 0))
@@ -163,17 +173,26 @@ class Trainer:
             self.scaler.load_state_dict(resume["scaler"])
         progress_state = dict(resume.get("progress") or {})
         ranks = resume.get("ranks") or []
-        rank, world = self.dist_env.rank, self.dist_env.world_size
-        if rank < len(ranks) and len(ranks) == world:
+        rank, world, cp = self.dist_env.rank, self.dist_env.world_size, self.cp
+        saved_cp = int(resume.get("context_parallel", 1))
+        if rank < len(ranks) and len(ranks) == world and saved_cp == cp:
             restore_rng(ranks[rank]["rng"], self.device)
             progress_state["loss_sum"] = ranks[rank]["loss_sum"]
-        else:  # another process count: fresh, rank-dependent random streams (the data position is still exact)
+        else:  # another process layout: fresh, rank-dependent random streams (the data position is still exact)
             torch.manual_seed(stream_seed(self.cfg.seed, rank, self.start_step))
+            # every process's running loss is a share of the same mean: the mean of the saved shares keeps it
             losses = [r["loss_sum"] for r in ranks]
             progress_state["loss_sum"] = sum(losses) / len(losses) if losses else 0.0
+            saved_dp = max(1, len(ranks) // saved_cp)
+            data = (
+                "the same batches (as many data-parallel streams), new dropout streams"
+                if saved_dp == self.dist_env.dp_size
+                else f"{saved_dp} -> {self.dist_env.dp_size} data-parallel batch streams and new dropout streams, "
+                "so the run is no longer identical to an uninterrupted one"
+            )
             self.notes.append(
-                f"checkpoint from {len(ranks)} process(es), resumed on {world}: new random "
-                "streams, so the run is no longer identical to an uninterrupted one"
+                f"checkpoint from {len(ranks)} process(es) with context parallelism {saved_cp}, resumed on {world} "
+                f"with {cp}: {data}"
             )
         return progress_state
 
@@ -220,6 +239,11 @@ class Trainer:
         n_threads = torch.get_num_threads()
         threads = f" ({n_threads} thread{'s' if n_threads != 1 else ''})" if device.type == "cpu" else ""
         procs = f", {dist_env.world_size} processes (DistributedDataParallel)" if dist_env.enabled else ""
+        if self.cp > 1:
+            procs += (
+                f"; context parallelism {self.cp}: each sequence of {cfg.seq_len} split into {self.cp} slices of "
+                f"{cfg.seq_len // self.cp}, {dist_env.dp_size} data-parallel group(s)"
+            )
         self.say(f"device: {device}{threads}, precision {self.precision}{procs}")
         self.say(f"validation: {len(self.windows)} fixed windows of {cfg.seq_len} predicted bytes")
         for note in self.notes:
@@ -272,6 +296,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict(),
                 "sampler": self.sampler.state_dict(),
                 "world_size": self.dist_env.world_size,
+                "context_parallel": self.cp,
                 "ranks": to_cpu(ranks),
                 "progress": {
                     "loss_count": self.loss_count,
@@ -284,12 +309,20 @@ class Trainer:
             save_checkpoint(self.out, state, step, self.cfg.keep_checkpoints)
         self.last_saved = step
 
+    def whole_sequences(self) -> contextlib.AbstractContextManager[Any]:
+        """Context parallelism off (one process decoding a sample alone), else nothing."""
+        if self.cp == 1:
+            return contextlib.nullcontext()
+        from ..distributed import suspended
+
+        return suspended(self.model)
+
     def write_sample(self, step: int) -> tuple[str, str]:
         device, cfg = self.device, self.cfg
         devices = (
             [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
         )
-        with torch.random.fork_rng(devices=devices), autocast(device, self.precision):
+        with torch.random.fork_rng(devices=devices), autocast(device, self.precision), self.whole_sequences():
             torch.manual_seed(cfg.seed)  # the same sample for the same weights, and the training RNG is untouched
             prompt, sample = generate_sample(
                 self.wrapper, self.corpus.val, cfg.sample_prompt_len, cfg.sample_len, device
@@ -307,7 +340,10 @@ class Trainer:
             group["lr"] = lr
         step_loss = torch.zeros((), device=device)
         for micro in range(cfg.grad_accum):
-            batch = self.sampler.sample().to(device, non_blocking=True)
+            batch = self.sampler.sample()
+            if self.cp > 1:  # this process's slice of every window (and its slice's next tokens)
+                batch = window_slice(batch, self.dist_env.cp_rank, self.cp)
+            batch = batch.to(device, non_blocking=True)
             no_sync = self.ddp is not None and micro < cfg.grad_accum - 1
             with self.ddp.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[union-attr]
                 with autocast(device, self.precision):

@@ -13,6 +13,7 @@ import torch
 
 from ..autoregressive_wrapper import AutoregressiveWrapper
 from ..checkpoint import atomic_write
+from ..distributed import window_slice
 from .runtime import DistEnv, autocast
 
 
@@ -38,17 +39,21 @@ def evaluate(
 ) -> float:
     """Mean next-byte cross-entropy (nats) over ``windows``, in eval mode; the training mode is restored.
 
-    Under torchrun each process scores ``windows[rank::world_size]`` and the sums are all-reduced, so every process
-    returns the loss of all windows.
+    Under torchrun each data-parallel rank scores ``windows[dp_rank::dp_size]`` and the sums are all-reduced, so
+    every process returns the loss of all windows; with context parallelism each process of a group scores its slice
+    of those windows (its share of each window's mean, ``1 / context_parallel`` of the positions).
     """
     dist_env = dist_env or DistEnv()
+    cp = dist_env.context_parallel
     was_training = wrapper.training
     wrapper.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
     try:
         with autocast(device, precision):
-            for chunk in windows[dist_env.rank :: dist_env.world_size].split(batch_size):
-                total += wrapper(chunk.to(device)).double() * len(chunk)
+            for chunk in windows[dist_env.dp_rank :: dist_env.dp_size].split(batch_size):
+                if cp > 1:
+                    chunk = window_slice(chunk, dist_env.cp_rank, cp)
+                total += wrapper(chunk.to(device)).double() * len(chunk) / cp
     finally:
         wrapper.train(was_training)
     if dist_env.enabled:

@@ -28,6 +28,9 @@ class DistEnv:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    #: ranks that split each sequence (``--context-parallel``): consecutive ranks form one context-parallel group,
+    #: and data parallelism runs over the ``world_size // context_parallel`` groups
+    context_parallel: int = 1
 
     @classmethod
     def from_environ(cls, environ: dict[str, str] | None = None) -> DistEnv:
@@ -47,9 +50,37 @@ class DistEnv:
             raise ValueError(f"invalid torchrun environment: WORLD_SIZE={world}, RANK={rank}, LOCAL_RANK={local}")
         return cls(rank, world, local)
 
+    def split(self, context_parallel: int) -> DistEnv:
+        """This layout with ``context_parallel`` ranks per sequence; ``ValueError`` unless it divides the world.
+
+        >>> DistEnv(rank=3, world_size=4).split(2).dp_rank, DistEnv(rank=3, world_size=4).split(2).cp_rank
+        (1, 1)
+        """
+        if context_parallel > 1 and self.world_size % context_parallel:
+            raise ValueError(
+                f"--context-parallel {context_parallel} must divide the number of processes (WORLD_SIZE "
+                f"{self.world_size}): start torchrun with --nproc_per_node a multiple of {context_parallel}"
+            )
+        return dataclasses.replace(self, context_parallel=context_parallel)
+
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+    @property
+    def dp_size(self) -> int:
+        """Data-parallel width: how many different batches one step reads."""
+        return self.world_size // self.context_parallel
+
+    @property
+    def dp_rank(self) -> int:
+        """Which batch stream this process reads (the ranks of one context-parallel group read the same)."""
+        return self.rank // self.context_parallel
+
+    @property
+    def cp_rank(self) -> int:
+        """Which slice of each sequence this process holds (0 without context parallelism)."""
+        return self.rank % self.context_parallel
 
     @property
     def is_main(self) -> bool:
