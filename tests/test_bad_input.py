@@ -493,6 +493,7 @@ CLI_BAD = {
     "--dim": ["15"],
     "--save-hf": [__file__],  # an existing file
     "--context-parallel": ["2"],  # one process: 2 does not divide WORLD_SIZE 1
+    "--fsdp": [],  # one process: nothing to shard over
 }
 #: the numeric configuration flags not listed above: a negative count, or a non-number
 CLI_NUMERIC_BAD = {int: "-3", float: "x"}

@@ -7,6 +7,7 @@ in-process runs they are compared with), so that results are bit-for-bit compara
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -73,6 +74,21 @@ def wait_for(condition, proc: subprocess.Popen[bytes], log: Path, timeout: float
             proc.kill()
             pytest.fail(f"timed out waiting:\n{log.read_text()}")
         time.sleep(0.01)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every process under it (torchrun's workers do not share its process group), at once:
+    the descendants are listed first, so none of them sees its parent die."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        found.append(parent)
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            with contextlib.suppress(OSError):  # (the task ended meanwhile)
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    for p in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
 
 
 def newest_step(out: Path) -> int:
@@ -202,31 +218,39 @@ def test_sigkill_during_checkpoint_write(
     assert not list(out.rglob(".*"))
 
 
-def test_torchrun_two_gloo_processes(tmp_path: Path, data_file: Path, one_thread: None) -> None:
-    out, single = tmp_path / "ddp", tmp_path / "single"
-    flags = [
-        *config_flags(MICRO, steps=6, eval_every=3, checkpoint_every=3, sample_len=8),
-        "--data",
-        str(data_file),
-        "--device",
-        "cpu",
-        "--no-progress",
-    ]
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--standalone",
-        "-m",
-        "flash_triton.train",
-    ]
+#: the multi-process runs: 6 steps, evaluations and checkpoints at 3 and 6, a sample
+DIST_FLAGS = [*config_flags(MICRO, steps=6, eval_every=3, checkpoint_every=3, sample_len=8), "--device", "cpu"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
+
+
+def torchrun(args: list[str]) -> str:
+    """Run the training program as 2 gloo processes; returns the log (the exit code must be 0)."""
     proc = subprocess.run(
-        [*torchrun, *flags, "--out", str(out)], cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300
+        [*TORCHRUN, "-m", "flash_triton.train", *args, "--no-progress"],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log
+    return log
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory, data_file: Path) -> tuple[Path, str]:
+    """``DIST_FLAGS`` on 2 processes with DistributedDataParallel: the run directory and the log."""
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    return out, torchrun([*DIST_FLAGS, "--data", str(data_file), "--out", str(out)])
+
+
+def test_torchrun_two_gloo_processes(
+    tmp_path: Path, data_file: Path, ddp_run: tuple[Path, str], one_thread: None
+) -> None:
+    out, log = ddp_run
+    flags = [*DIST_FLAGS, "--data", str(data_file), "--no-progress"]
+    single = tmp_path / "single"
     assert "2 processes (DistributedDataParallel)" in log
     assert "ddp: parameters identical on 2 processes" in log  # checked by all-gathering a digest at the end
     assert log.count("step 0: val loss") == 1 and log.count("final val bpb") == 1  # only rank 0 reports
@@ -246,6 +270,46 @@ def test_torchrun_two_gloo_processes(tmp_path: Path, data_file: Path, one_thread
     assert train_mod.main(["--eval-only", str(out / "checkpoint.pt")]) == 0
 
 
+def test_fsdp_trains_as_ddp_and_resumes_exactly_after_sigkill(
+    tmp_path: Path, data_file: Path, ddp_run: tuple[Path, str]
+) -> None:
+    """--fsdp on 2 gloo processes: losses, weights and Adam state equal DistributedDataParallel's up to float
+    rounding (the checkpoint gathered to process 0 in the same format); killed (SIGKILL, every process) after its
+    step-3 checkpoint and resumed with --fsdp, it ends bit-identical to the uninterrupted --fsdp run."""
+    flags = [*DIST_FLAGS, "--data", str(data_file), "--fsdp"]
+    straight, killed = tmp_path / "fsdp", tmp_path / "killed"
+    log = torchrun([*flags, "--out", str(straight)])
+    assert "2 processes (FSDP2: fully_shard per FLASH layer)" in log
+    assert "fsdp: parameters, gradients and Adam state sharded over 2 processes" in log
+    assert "returned a view" not in log and log.count("final val bpb") == 1
+    got, want = load(straight / "checkpoint.pt"), load(ddp_run[0] / "checkpoint.pt")
+    assert got["fsdp"] is True and want["fsdp"] is False and got["step"] == want["step"] == 6
+    for name, tensor in want["model"].items():
+        torch.testing.assert_close(got["model"][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    assert got["optimizer"]["param_groups"] == want["optimizer"]["param_groups"]
+    assert got["optimizer"]["state"].keys() == want["optimizer"]["state"].keys()
+    for index, state in want["optimizer"]["state"].items():
+        for key, tensor in state.items():
+            torch.testing.assert_close(got["optimizer"]["state"][index][key], tensor, rtol=1e-5, atol=1e-7)
+    for a, b in zip(read_metrics(straight), read_metrics(ddp_run[0]), strict=True):
+        assert a["step"] == b["step"] and a["tokens"] == b["tokens"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
+
+    log_path = tmp_path / "killed.log"
+    launcher = [*TORCHRUN, "-m", "flash_triton.train"]
+    proc = start([*flags, "--out", str(killed), "--no-progress"], log_path, prefix=launcher)
+    try:
+        wait_for(lambda: newest_step(killed) >= 3, proc, log_path)
+    finally:
+        kill_tree(proc.pid)
+        proc.wait(timeout=60)
+    assert newest_step(killed) == 3, "the run ended before the kill: nothing was resumed"
+    log = torchrun([*flags, "--out", str(killed), "--resume"])
+    assert "resumed from step 3 of 6" in log
+    assert_matches_straight(killed, straight)
+
+
 def test_torchrun_context_parallel_trains_as_one_process_and_resumes_on_one(
     tmp_path: Path, data_file: Path, one_thread: None
 ) -> None:
@@ -262,28 +326,7 @@ def test_torchrun_context_parallel_trains_as_one_process_and_resumes_on_one(
         "cpu",
         "--no-progress",
     ]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
-    proc = subprocess.run(
-        [
-            *torchrun,
-            "-m",
-            "flash_triton.train",
-            *flags,
-            "--context-parallel",
-            "2",
-            "--stop-after",
-            "3",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log
+    log = torchrun([*flags, "--context-parallel", "2", "--stop-after", "3", "--out", str(out)])
     assert "context parallelism 2: each sequence of 32 split into 2 slices of 16, 1 data-parallel group(s)" in log
     ckpt = load(out / "checkpoint.pt")
     assert ckpt["step"] == 3 and ckpt["context_parallel"] == 2 and ckpt["world_size"] == 2

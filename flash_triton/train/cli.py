@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         "token, whatever the length); data parallelism runs over WORLD_SIZE / C groups (default 1)",
     )
     run.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="under torchrun: shard parameters, gradients and Adam state over the processes with FSDP2 (fully_shard "
+        "per FLASH layer; bf16 parameters with float32 gradient reduction under --precision bf16 on GPUs) instead of "
+        "replicating them with DistributedDataParallel; checkpoints are gathered to process 0 in the usual format",
+    )
+    run.add_argument(
         "--save-hf",
         metavar="DIR",
         help="also write the final model as a Hugging Face save_pretrained folder (config.json + model.safetensors; "
@@ -263,6 +270,11 @@ def _prepare(args: argparse.Namespace, dist_env: DistEnv) -> _Plan | int:
     a plan when there is nothing to do."""
     device = resolve_device(args.device, dist_env)
     precision = resolve_precision(args.precision, device)
+    if args.fsdp and precision == "fp16":
+        raise ValueError(
+            "--fsdp with fp16: the grad scaler's overflow check would see only this process's gradient shards; "
+            "use --precision bf16 (or fp32)"
+        )
     overrides = overrides_from_args(args)
     preset = args.preset or "tiny"
     if args.out is not None and not args.out.strip():
@@ -407,6 +419,8 @@ def _main(argv: list[str] | None) -> int:
                 raise ValueError("--context-parallel does not apply to --eval-only (it runs in one process)")
             return _eval_only(args, dist_env)
         dist_env = dist_env.split(args.context_parallel)
+        if args.fsdp and not dist_env.enabled:
+            raise ValueError("--fsdp shards the model over torchrun processes: start it with torchrun")
         plan = _prepare(args, dist_env)
     except (OSError, ValueError) as err:  # CheckpointError is a ValueError
         return _error(one_line(err) if isinstance(err, CheckpointError) else str(err), dist_env)
@@ -455,6 +469,7 @@ def _main(argv: list[str] | None) -> int:
             control_group=control_group,
             activation_checkpointing=args.activation_checkpointing,
             cp_group=cp_group,
+            fsdp=args.fsdp,
         )
         if dist_env.enabled and result.status == "done":  # every rank (all finish the same steps) past its last
             # collective before any tears its connections down: a gloo rank that left first aborted its peer's exit

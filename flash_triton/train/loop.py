@@ -32,6 +32,7 @@ from ..checkpoint import (
 )
 from ..data import Corpus, WindowSampler, stream_seed, validation_windows
 from ..distributed import window_slice
+from . import sharding
 from .config import CHECKPOINT_FORMAT, PROG, TrainConfig, build_model
 from .metrics import evaluate, generate_sample, plot_metrics, read_metrics
 from .runtime import DistEnv, Progress, StopRequest, autocast, gather, param_digest
@@ -95,10 +96,11 @@ class Trainer:
         control_group: Any = None,
         activation_checkpointing: bool = False,
         cp_group: Any = None,
+        fsdp: bool = False,
     ) -> None:
         self.cfg, self.corpus, self.device, self.out, self.run_info = cfg, corpus, device, out, run_info
         self.precision, self.resume, self.stop_after, self.control_group = precision, resume, stop_after, control_group
-        self.show_progress = progress
+        self.show_progress, self.backend, self.fsdp = progress, backend, fsdp
         self.dist_env = dist_env or DistEnv()
         self.is_main = self.dist_env.is_main
 
@@ -122,6 +124,9 @@ class Trainer:
                     f"checkpoint at step {self.start_step} does not fit the model: {one_line(err)}"
                 ) from None
         self.wrapper.to(device)
+        if fsdp:  # every process holds the same whole model here (seeded init or the checkpoint): shard it
+            param_dtype = torch.bfloat16 if device.type == "cuda" and precision == "bf16" else None
+            sharding.shard(self.model, list(self.model.layers), device, param_dtype)
         self.optimizer = torch.optim.Adam(self.wrapper.parameters(), lr=lr_at(cfg, max(1, self.start_step + 1)))
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         # one batch stream per data-parallel rank: the processes of a context-parallel group read the same batch
@@ -134,7 +139,7 @@ class Trainer:
             torch.manual_seed(stream_seed(cfg.seed, self.dist_env.rank, "rng"))  # own dropout stream; init is rank 0's
 
         self.ddp = None
-        if self.dist_env.enabled:
+        if self.dist_env.enabled and not fsdp:
             from torch.nn.parallel import DistributedDataParallel
 
             self.ddp = DistributedDataParallel(
@@ -165,7 +170,10 @@ class Trainer:
     def _restore(self, resume: dict[str, Any]) -> dict[str, Any]:
         """Load the optimizer, data position, grad scaler and this process's random state; the progress counters."""
         try:
-            self.optimizer.load_state_dict(resume["optimizer"])
+            if self.fsdp:
+                sharding.load_optimizer(self.model, self.optimizer, resume["optimizer"])
+            else:
+                self.optimizer.load_state_dict(resume["optimizer"])
             self.sampler.load_state_dict(resume["sampler"])
         except (ValueError, RuntimeError, KeyError, TypeError) as err:
             raise CheckpointError(f"checkpoint at step {self.start_step} cannot be resumed: {one_line(err)}") from None
@@ -238,7 +246,8 @@ class Trainer:
         )
         n_threads = torch.get_num_threads()
         threads = f" ({n_threads} thread{'s' if n_threads != 1 else ''})" if device.type == "cpu" else ""
-        procs = f", {dist_env.world_size} processes (DistributedDataParallel)" if dist_env.enabled else ""
+        engine = "FSDP2: fully_shard per FLASH layer" if self.fsdp else "DistributedDataParallel"
+        procs = f", {dist_env.world_size} processes ({engine})" if dist_env.enabled else ""
         if self.cp > 1:
             procs += (
                 f"; context parallelism {self.cp}: each sequence of {cfg.seq_len} split into {self.cp} slices of "
@@ -257,14 +266,15 @@ class Trainer:
             self.device,
             precision=self.precision,
             dist_env=self.dist_env,
+            same_count=self.fsdp,
         )
 
     def check_finite(self, step: int, lr: float, parameters: bool = False) -> None:
         """Raise :class:`TrainingDiverged` once a step's loss (or, with ``parameters``, a parameter) is not finite;
         under torchrun every process agrees (one all-reduce)."""
         ok = self.finite.clone()
-        if parameters:
-            ok &= torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
+        if parameters:  # (this process's shards under --fsdp: the all-reduce below covers the rest)
+            ok &= torch.stack([torch.isfinite(sharding.local(p)).all() for p in self.model.parameters()]).all()
         if self.dist_env.enabled:
             flag = ok.to(torch.int32)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
@@ -286,17 +296,22 @@ class Trainer:
         self.check_finite(step, lr_at(self.cfg, step), parameters=True)  # never write diverged weights
         per_rank = {"rng": capture_rng(self.device), "loss_sum": float(self.loss_sum)}
         ranks = gather(per_rank, self.dist_env, self.control_group)
+        if self.fsdp:  # gathered whole to process 0 (a collective), in the unsharded checkpoint's format
+            model_state, optim_state = sharding.full_state(self.model, self.optimizer)
+        elif self.is_main:
+            model_state, optim_state = self.model.state_dict(), self.optimizer.state_dict()
         if self.is_main:
             state = {
                 "format": CHECKPOINT_FORMAT,
                 "step": step,
                 "config": self.saved_config,
-                "model": to_cpu(self.model.state_dict()),
-                "optimizer": to_cpu(self.optimizer.state_dict()),
+                "model": to_cpu(model_state),
+                "optimizer": to_cpu(optim_state),
                 "scaler": self.scaler.state_dict(),
                 "sampler": self.sampler.state_dict(),
                 "world_size": self.dist_env.world_size,
                 "context_parallel": self.cp,
+                "fsdp": self.fsdp,
                 "ranks": to_cpu(ranks),
                 "progress": {
                     "loss_count": self.loss_count,
@@ -317,16 +332,31 @@ class Trainer:
 
         return suspended(self.model)
 
-    def write_sample(self, step: int) -> tuple[str, str]:
+    def sampling_wrapper(self) -> AutoregressiveWrapper | None:
+        """What decodes samples, on process 0 (None elsewhere): the model itself, or under --fsdp a whole copy
+        gathered from the shards (a collective of every process: decoding token by token needs no peers then)."""
+        if not self.fsdp:
+            return self.wrapper if self.is_main else None
+        state, _ = sharding.full_state(self.model, None)
+        if not self.is_main:
+            return None
+        copy = build_model(self.cfg, self.backend)
+        copy.load_state_dict(state, strict=True)
+        return AutoregressiveWrapper(copy).to(self.device).eval()
+
+    def write_sample(self, step: int) -> tuple[str, str] | None:
+        """Decode and write ``sample.txt`` (process 0); under --fsdp every process calls it (see
+        :meth:`sampling_wrapper`)."""
+        wrapper = self.sampling_wrapper()
+        if wrapper is None:
+            return None
         device, cfg = self.device, self.cfg
         devices = (
             [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
         )
         with torch.random.fork_rng(devices=devices), autocast(device, self.precision), self.whole_sequences():
             torch.manual_seed(cfg.seed)  # the same sample for the same weights, and the training RNG is untouched
-            prompt, sample = generate_sample(
-                self.wrapper, self.corpus.val, cfg.sample_prompt_len, cfg.sample_len, device
-            )
+            prompt, sample = generate_sample(wrapper, self.corpus.val, cfg.sample_prompt_len, cfg.sample_len, device)
         text = f"step {step}\nprompt:\n{prompt}\n{'-' * 40}\n{sample}\n"
         atomic_write(self.out / "sample.txt", lambda f: f.write(text.encode()))
         return prompt, sample
@@ -442,7 +472,7 @@ class Trainer:
                     lr = self.train_step(step)
                     if step % cfg.eval_every == 0 or step == cfg.steps:
                         self.evaluate_and_log(step, lr)
-                    sampling = self.is_main and cfg.sample_len and cfg.sample_every
+                    sampling = (self.is_main or self.fsdp) and cfg.sample_len and cfg.sample_every
                     if sampling and step % cfg.sample_every == 0 and step < cfg.steps:
                         self.write_sample(step)
                     if step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
@@ -487,13 +517,16 @@ class Trainer:
             f"checkpoint: {self.out / LATEST_NAME} (step {step}, "
             f"{time.perf_counter() - self.session_start:.1f} s this session)"
         )
-        if dist_env.enabled:
+        if self.fsdp:
+            self.say(f"fsdp: parameters, gradients and Adam state sharded over {dist_env.world_size} processes")
+        elif dist_env.enabled:
             digests = gather(param_digest(self.model), dist_env, self.control_group)
             if len(set(digests)) != 1:
                 raise RuntimeError(f"parameters differ between processes after training: {digests}")
             self.say(f"ddp: parameters identical on {dist_env.world_size} processes (sha256 {digests[0][:16]})")
-        if self.is_main and cfg.sample_len > 0:
-            prompt_text, sample_text = self.write_sample(step)
+        written = self.write_sample(step) if (self.is_main or self.fsdp) and cfg.sample_len > 0 else None
+        if written is not None:
+            prompt_text, sample_text = written
             self.say(
                 f"\nprompt ({cfg.sample_prompt_len} bytes of validation data):\n{prompt_text}\n"
                 f"\nsample ({cfg.sample_len} generated bytes):\n{sample_text}\n"

@@ -36,12 +36,15 @@ def evaluate(
     *,
     precision: str = "fp32",
     dist_env: DistEnv | None = None,
+    same_count: bool = False,
 ) -> float:
     """Mean next-byte cross-entropy (nats) over ``windows``, in eval mode; the training mode is restored.
 
     Under torchrun each data-parallel rank scores ``windows[dp_rank::dp_size]`` and the sums are all-reduced, so
     every process returns the loss of all windows; with context parallelism each process of a group scores its slice
-    of those windows (its share of each window's mean, ``1 / context_parallel`` of the positions).
+    of those windows (its share of each window's mean, ``1 / context_parallel`` of the positions). ``same_count``:
+    every process runs as many forwards (FSDP gathers each layer's weights from all of them), those short of
+    windows one more on a window they do not count.
     """
     dist_env = dist_env or DistEnv()
     cp = dist_env.context_parallel
@@ -50,10 +53,14 @@ def evaluate(
     total = torch.zeros((), dtype=torch.float64, device=device)
     try:
         with autocast(device, precision):
-            for chunk in windows[dist_env.dp_rank :: dist_env.dp_size].split(batch_size):
+            chunks = [(c, 1.0) for c in windows[dist_env.dp_rank :: dist_env.dp_size].split(batch_size)]
+            if same_count:  # the most any process has: ceil(ceil(windows / dp_size) / batch_size)
+                most = math.ceil(math.ceil(len(windows) / dist_env.dp_size) / batch_size)
+                chunks += [(windows[:1], 0.0)] * (most - len(chunks))
+            for chunk, weight in chunks:
                 if cp > 1:
                     chunk = window_slice(chunk, dist_env.cp_rank, cp)
-                total += wrapper(chunk.to(device)).double() * len(chunk) / cp
+                total += wrapper(chunk.to(device)).double() * (weight * len(chunk) / cp)
     finally:
         wrapper.train(was_training)
     if dist_env.enabled:
