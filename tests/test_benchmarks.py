@@ -661,3 +661,19 @@ def test_activation_memory_is_per_token_and_checkpointing_keeps_the_layer_inputs
     # without checkpointing: at least the two layers' own activations; with it: far less than one layer's
     assert large["lm0"] > 2 * large["layer"] > 0
     assert 2 * am.DIM * 4 <= large["lm1"] < large["layer"] / 2
+
+
+def test_context_parallel_benchmark_counts_the_bytes_of_its_construction(tmp_path, capsys):
+    """benchmarks.context_parallel (issue 15's speed report): both kinds of step timed, and the bytes every rank
+    sends per step counted in the collectives equal the construction's, at n and at n / 4."""
+    from benchmarks import context_parallel as cpb
+
+    flags = ["--n", "64", "--group-size", "16", "--dim", "16", "--query-key-dim", "8", "--steps", "1", "--batch", "2"]
+    assert cpb.main([*flags, "--json", str(tmp_path / "cp.json")]) == 0
+    result = json.loads((tmp_path / "cp.json").read_text())
+    expected = cpb.expected_bytes(2, 16, 8, 2)
+    assert expected == 8 + (2 * 8 * 32 * 4 + 2 * 8 * 4) * 3  # the state (b, s, e) and the shifted token, 3 times
+    assert result["bytes_sent_per_step"] == result["bytes_sent_at_n_short"] == [expected, expected]
+    assert result["n_short"] == 16 and result["bytes_sent_every_step_equal"]
+    assert len(result["single_ms"]) == len(result["parallel_ms"]) == 1 and result["ratio_of_medians"] > 0
+    assert "| 2 ranks, n = 2 x 64 |" in capsys.readouterr().out
