@@ -2,7 +2,8 @@
 
 The package: :mod:`.config` (:class:`TrainConfig`, field rules, presets, the model), :mod:`.runtime` (processes,
 device, precision, progress, signals), :mod:`.loop` (:class:`Trainer`, :func:`train`), :mod:`.metrics`
-(evaluation, samples, the metrics log and plot) and :mod:`.cli` (flags, input checks, :func:`main`).
+(evaluation, samples, the metrics log and plot), :mod:`.sharding` (``--fsdp``) and :mod:`.cli` (flags, input
+checks, :func:`main`).
 
 Examples::
 
@@ -11,6 +12,7 @@ Examples::
     python -m flash_triton.train --out runs/tiny --resume          # continue runs/tiny from its latest checkpoint
     python -m flash_triton.train --eval-only runs/tiny/checkpoint.pt
     torchrun --nproc_per_node 8 -m flash_triton.train --preset enwik8 --data enwik8.gz   # one process per GPU
+    torchrun --nproc_per_node 8 -m flash_triton.train --context-parallel 4 --fsdp ...     # 2 x 4, sharded
 
 **Configuration.** ``--preset`` (``tiny``, the CPU default; ``enwik8``, FLASH-pytorch's recipe) sets every field of
 :class:`TrainConfig`; each field has a flag that overrides it (``--dim``, ``--seq-len``, ``--grad-accum``,
@@ -52,7 +54,12 @@ gradient scaler on one that does not, and in fp32 on the CPU; ``fp32``, ``bf16``
 **Multiple processes.** Under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains a DistributedDataParallel
 replica (NCCL on GPUs, each process on ``cuda:LOCAL_RANK``; gloo on the CPU) on its own data stream (global batch =
 processes x batch_size x grad_accum); validation windows are shared out and the losses summed; at the end the
-processes check that their parameters are identical.
+processes check that their parameters are identical. ``--context-parallel C``: consecutive groups of C processes
+each split every sequence of their shared batch (process ``r`` holds slice ``r % C``; see
+:mod:`flash_triton.distributed`), data parallel over the ``WORLD_SIZE / C`` groups (global batch = groups x
+batch_size x grad_accum). Each process's loss is its slice's mean, a ``1 / C`` share of the sequence's, so the
+world-averaged gradients are the data-parallel ones. ``--fsdp``: FSDP2 instead of DistributedDataParallel (see
+:mod:`.sharding`).
 
 **One writer per run directory.** Process 0 holds an exclusive lock on OUT (a ``flock`` on the directory: no file,
 dropped by the OS when the process ends, however it ends) from before it reads OUT until the program returns; a

@@ -125,7 +125,7 @@ class Trainer:
                 ) from None
         self.wrapper.to(device)
         if fsdp:  # every process holds the same whole model here (seeded init or the checkpoint): shard it
-            param_dtype = torch.bfloat16 if device.type == "cuda" and precision == "bf16" else None
+            param_dtype = torch.bfloat16 if precision == "bf16" else None
             sharding.shard(self.model, list(self.model.layers), device, param_dtype)
         self.optimizer = torch.optim.Adam(self.wrapper.parameters(), lr=lr_at(cfg, max(1, self.start_step + 1)))
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
