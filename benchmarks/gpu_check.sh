@@ -11,8 +11,10 @@
 #      $OUT/tuned_configs.json (a copy of the package's; commit it as flash_triton/tuned_configs.json);
 #   4. the quick benchmark sweep on the tuned table (kernels vs reference vs Transformer++), in $OUT/bench/;
 #   5. steps 2 and 4 rendered side by side in $OUT/all/ (results.json, results.md, summary.md, plots);
-#   6. with the time left, the kernel test files on CUDA (bf16 included); log in $OUT/tests_kernels.log;
-#   7. a summary: the side-by-side table, then one line per step, last ($OUT/summary.md).
+#   6. with 2 or more GPUs only: the training program on 2 of them over NCCL, --context-parallel 2 --fsdp in bf16,
+#      against one GPU on the same batches (final validation bpb within 0.05); logs in $OUT/multi_gpu*.log;
+#   7. with the time left, the kernel test files on CUDA (bf16 included); log in $OUT/tests_kernels.log;
+#   8. a summary: the side-by-side table, then one line per step, last ($OUT/summary.md).
 # Every step has its own time limit, cut to what is left of TOTAL_S; a failed step does not stop the next. Exit
 # code 0 when every step passed.
 #
@@ -35,6 +37,7 @@ TUNE_LIMIT=${TUNE_LIMIT:-100}           # the tuner starts no new work after TUN
 TUNE_BUDGET=${TUNE_BUDGET:-70}
 BENCH_LIMIT=${BENCH_LIMIT:-120}
 BENCH_BUDGET=${BENCH_BUDGET:-90}
+MULTI_GPU_LIMIT=${MULTI_GPU_LIMIT:-150}   # both training runs of step 6
 KERNEL_TESTS_MIN=${KERNEL_TESTS_MIN:-60}  # the last step runs only with at least this many seconds left
 start=$SECONDS
 steps=()
@@ -147,7 +150,33 @@ else
 fi
 record "side-by-side tables" "$rc" $((SECONDS - t)) "$note"
 
-# 6. the kernel test files with the time left
+# 6. two GPUs: context parallelism and FSDP2 on NCCL, against one GPU reading the same batches (one data-parallel group)
+ngpu=$(timeout 60 "$PYTHON" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null)
+if [ "${ngpu:-0}" -ge 2 ] 2>/dev/null; then
+    t=$SECONDS
+    limit=$(left "$MULTI_GPU_LIMIT")
+    train_flags=(--device cuda --precision bf16 --steps 40 --eval-every 20 --sample-len 64 --no-progress)
+    echo "[gpu_check] 2 GPUs: --context-parallel 2 --fsdp (limit ${limit} s) -> $OUT/multi_gpu.log"
+    timeout --kill-after=10 "$limit" "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 2 \
+        -m flash_triton.train "${train_flags[@]}" --context-parallel 2 --fsdp --out "$OUT/multi_gpu_run" \
+        >"$OUT/multi_gpu.log" 2>&1 &&
+        timeout --kill-after=10 "$(left "$MULTI_GPU_LIMIT")" "$PYTHON" -m flash_triton.train "${train_flags[@]}" \
+            --out "$OUT/one_gpu_run" >"$OUT/multi_gpu_single.log" 2>&1 &&
+        "$PYTHON" - "$OUT/multi_gpu_run" "$OUT/one_gpu_run" >>"$OUT/multi_gpu.log" 2>&1 <<'PY'
+import json, sys
+last = [json.loads(open(f"{d}/metrics.jsonl").read().splitlines()[-1])["val_bpb"] for d in sys.argv[1:]]
+print(f"final val bpb: 2 GPUs {last[0]:.4f}, one GPU {last[1]:.4f}")
+sys.exit(0 if abs(last[0] - last[1]) <= 0.05 else 1)
+PY
+    rc=$?
+    note=$(grep -E "^final val bpb: 2 GPUs" "$OUT/multi_gpu.log" | tail -1 | cut -c1-100)
+    timed_out "$rc" && note="timed out after ${limit} s"
+    record "2 GPUs: --context-parallel 2 --fsdp, bf16, NCCL" "$rc" $((SECONDS - t)) "${note:-see multi_gpu.log}"
+else
+    steps+=("| 2 GPUs: context parallel + FSDP2 on NCCL | not run | 0 s | ${ngpu:-0} GPU(s) visible |")
+fi
+
+# 7. the kernel test files with the time left
 remaining=$((TOTAL_S - (SECONDS - start)))
 if [ "$remaining" -ge "$KERNEL_TESTS_MIN" ]; then
     run_pytest "kernel tests (CUDA, bf16 included)" "$remaining" "$OUT/tests_kernels.log" \

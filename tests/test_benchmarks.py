@@ -640,6 +640,7 @@ def test_gpu_check_script_runs_every_step_and_reports_each(tmp_path):
         "tuning",
         "quick benchmark sweep (tuned)",
         "side-by-side tables",
+        "2 GPUs: context parallel + FSDP2 on NCCL | not run | 0 s | 0 GPU(s) visible",
         "kernel tests (CUDA) | not run",
     ):
         assert step in summary, (step, summary)
