@@ -310,12 +310,14 @@ def test_fsdp_trains_as_ddp_and_resumes_exactly_after_sigkill(
     assert_matches_straight(killed, straight)
 
 
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
 def test_torchrun_context_parallel_trains_as_one_process_and_resumes_on_one(
-    tmp_path: Path, data_file: Path, one_thread: None
+    engine: str, tmp_path: Path, data_file: Path, one_thread: None
 ) -> None:
-    """Each sequence split over 2 gloo processes (--context-parallel 2, one data-parallel group): the same batches,
-    losses and weights as one process, up to float rounding; its checkpoint resumes on one process (another C), and
-    the result still equals the uninterrupted single-process run."""
+    """Each sequence split over 2 gloo processes (--context-parallel 2, one data-parallel group; replicated by DDP,
+    or sharded over both by --fsdp): the same batches, losses and weights as one process, up to float rounding; its
+    checkpoint resumes on one process (another C), and the result still equals the uninterrupted single-process
+    run."""
     out, single = tmp_path / "cp", tmp_path / "single"
     # depth 2 and token shift: the state and the shifted token cross the processes in every layer
     flags = [
@@ -326,10 +328,13 @@ def test_torchrun_context_parallel_trains_as_one_process_and_resumes_on_one(
         "cpu",
         "--no-progress",
     ]
-    log = torchrun([*flags, "--context-parallel", "2", "--stop-after", "3", "--out", str(out)])
+    sharded = ["--fsdp"] if engine == "fsdp" else []
+    log = torchrun([*flags, *sharded, "--context-parallel", "2", "--stop-after", "3", "--out", str(out)])
     assert "context parallelism 2: each sequence of 32 split into 2 slices of 16, 1 data-parallel group(s)" in log
+    assert ("FSDP2" in log) == (engine == "fsdp")
     ckpt = load(out / "checkpoint.pt")
     assert ckpt["step"] == 3 and ckpt["context_parallel"] == 2 and ckpt["world_size"] == 2
+    assert ckpt["fsdp"] == (engine == "fsdp")
     assert read_metrics(out)[0]["tokens"] == 3 * MICRO.batch_size * MICRO.seq_len  # one batch stream, not two
 
     assert train_mod.main([*flags, "--out", str(single)]) == 0
