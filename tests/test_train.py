@@ -808,3 +808,16 @@ def test_context_parallel_needs_whole_groups_in_every_slice(monkeypatch: pytest.
     with pytest.raises(ValueError, match=r"--seq-len \(48\) must be a multiple of 2 x --group-size \(16\) = 32"):
         train_cli._prepare(train_cli.build_parser().parse_args(flags), train_mod.DistEnv.from_environ().split(2))
     assert not (tmp_path / "run").exists()
+
+
+def test_fsdp_refuses_fp16_and_a_single_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--fsdp: fp16's grad scaler would check only one process's gradient shards; one process has nothing to shard
+    over. Both refused before anything is written."""
+    flags = [*config_flags(), "--device", "cpu", "--fsdp", "--out", str(tmp_path / "run")]
+    with pytest.raises(ValueError, match="--fsdp with fp16: the grad scaler's overflow check"):
+        train_cli._prepare(
+            train_cli.build_parser().parse_args([*flags, "--precision", "fp16"]), train_mod.DistEnv(1, 2, 1)
+        )
+    assert train_mod.main(flags) == 2
+    assert "--fsdp shards the model over torchrun processes: start it with torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
