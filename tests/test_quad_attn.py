@@ -91,9 +91,10 @@ def test_kernel_matches_reference(b, n, s, e, window, causal, laplace, mask, bia
 @pytest.mark.parametrize("dtype", [torch.bfloat16], ids=["bf16"])  # fp16 compiles to the same tiles
 def test_streaming_forward_in_its_hopper_tiles_matches_reference(monkeypatch, dtype):
     """The half-precision streaming forward's sm_90 tiles (512-wide value blocks, the query/key width in one
-    128-wide block, 16 warps), which the launcher picks only on a GPU of compute capability 9.0: forced here by
-    reporting that capability, at a value width past one block (the second one partial), query/key width padded
-    from 100 to 128, causal, masked keys; output and every gradient against the reference."""
+    128-wide block, 16 warps) and dv's (64-row query steps), which the launcher picks only on a GPU of compute
+    capability 9.0: forced here by reporting that capability, at a value width past one block (the second one
+    partial), query/key width padded from 100 to 128, causal, masked keys; output and every gradient against the
+    reference."""
     monkeypatch.setattr(qa, "SHORT_WINDOW", 0)
     monkeypatch.setattr(qa, "device_arch", lambda device: 90)
     picked, launch_config = [], qa.launch_config
@@ -110,6 +111,8 @@ def test_streaming_forward_in_its_hopper_tiles_matches_reference(monkeypatch, dt
     out, grads = run(op.quad_attn_triton, tensors, dtype, grad_out, **kw)
     fwd = [cfg for kind, cfg in picked if kind == "fwd"]
     assert fwd and all((c["BE"], c["BS"], c["S_BLOCKS"], c["num_warps"]) == (512, 128, 1, 16) for c in fwd), fwd
+    dv = [cfg for kind, cfg in picked if kind == "dv"]
+    assert dv and all(c["BM"] == 64 for c in dv), dv  # (n 40: 64 rows, the second step partial)
     out_ref, grads_ref = run(ref.quad_attn, tensors, dtype, grad_out, **kw)
     out64, grads64 = run(ref.quad_attn, tensors, torch.float64, grad_out, **kw)
     close_to_reference(out, out_ref, out64, dtype, "output")
@@ -128,6 +131,10 @@ def test_streaming_forward_in_its_hopper_tiles_matches_reference(monkeypatch, dt
     for arch, dt, dropout, qk, v, lin in cases:
         cfg = launch_config("fwd", 8192, qk, v, dt, dropout, arch, lin=lin)
         assert cfg["BE"] <= 256 and cfg["num_warps"] <= 8, (arch, dt, dropout, qk, v, lin)
+    # dv: 64-row query steps on sm_90 without dropout (FLASH's linear half and a bias change only the forward)
+    assert launch_config("dv", 8192, 128, 1024, dtype, False, 90, lin=True, bias=True)["BM"] == 64
+    for arch, dt, dropout in [(80, dtype, False), (None, dtype, False), (90, dtype, True), (90, torch.float32, False)]:
+        assert launch_config("dv", 8192, 128, 1024, dt, dropout, arch)["BM"] == 32, (arch, dt, dropout)
 
 
 def _through_views(fn, tensors: dict, grad_out, make_view, **kw):

@@ -729,7 +729,10 @@ TILES = {
 # half (FLASH's groups past SHORT_WINDOW: its 128 x 512 state tile takes the shared memory to 288 KiB), nor with a
 # caller's bias (its tile spilled 8-80 B in the loop under triton 3.9), nor past one 128-wide query/key block (two
 # spilled 24-116 B in the loop).
-TILES_SM90 = {("fwd", "half", False): (64, 32, 128, 512, 16)}
+# dv without dropout takes 64-row query steps on sm_90, so its q kᵀ runs on wgmma too (with 32-row steps only Aᵀ dy
+# did) in half the iterations; 234 registers, 8 warps resident. With dropout it spilled 80-1,108 B in the loop, and on
+# sm_80 48-56 B with a key mask and a caller's bias: both keep 32 rows.
+TILES_SM90 = {("fwd", "half", False): (64, 32, 128, 512, 16), ("dv", "half", False): (64, 64, 128, 256, 8)}
 
 
 def launch_config(
@@ -750,10 +753,10 @@ def launch_config(
     bias is added to the scores."""
     precision = "fp32" if dtype == torch.float32 else "half"
     key = (kind, precision, dropout)
-    # TILES_SM90 where its conditions hold, and only at value widths past the default block (below it 16 warps gain
-    # nothing and spilled 8 B)
-    hopper = arch == 90 and key in TILES_SM90 and not (lin or bias)
-    hopper = hopper and qk_dim <= TILES_SM90[key][2] and v_dim > TILES[key][3]
+    # TILES_SM90 where its conditions hold; the forward's only at value widths past the default block (below it 16
+    # warps gain nothing and spilled 8 B)
+    hopper = arch == 90 and key in TILES_SM90 and not (kind == "fwd" and (lin or bias))  # (they change the forward)
+    hopper = hopper and qk_dim <= TILES_SM90[key][2] and (kind != "fwd" or v_dim > TILES[key][3])
     bm, bn, bs, be, warps = TILES_SM90[key] if hopper else TILES[key]
     fit = max(16, next_power_of_2(window))
     bs = min(bs, max(16, next_power_of_2(qk_dim)))
