@@ -88,13 +88,14 @@ def test_kernel_matches_reference(b, n, s, e, window, causal, laplace, mask, bia
         close_to_reference(grads[name], grads_ref[name], grads64[name], dtype, f"grad of {name}")
 
 
+@pytest.mark.parametrize("deterministic", [False, True], ids=["", "deterministic"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16], ids=["bf16"])  # fp16 compiles to the same tiles
-def test_streaming_forward_in_its_hopper_tiles_matches_reference(monkeypatch, dtype):
+def test_streaming_forward_in_its_hopper_tiles_matches_reference(monkeypatch, dtype, deterministic):
     """The half-precision streaming forward's sm_90 tiles (512-wide value blocks, the query/key width in one
-    128-wide block, 16 warps) and dv's (64-row query steps), which the launcher picks only on a GPU of compute
-    capability 9.0: forced here by reporting that capability, at a value width past one block (the second one
-    partial), query/key width padded from 100 to 128, causal, masked keys; output and every gradient against the
-    reference."""
+    128-wide block, 16 warps), dv's (64-row query steps) and the deterministic pass's dq (64 x 64), which the
+    launcher picks only on a GPU of compute capability 9.0: forced here by reporting that capability, at a value
+    width past one block (the second one partial), query/key width padded from 100 to 128, causal, masked keys;
+    output and every gradient against the reference."""
     monkeypatch.setattr(qa, "SHORT_WINDOW", 0)
     monkeypatch.setattr(qa, "device_arch", lambda device: 90)
     picked, launch_config = [], qa.launch_config
@@ -108,7 +109,14 @@ def test_streaming_forward_in_its_hopper_tiles_matches_reference(monkeypatch, dt
     tensors, key_mask = make_inputs(b, n, s, e, dtype, mask=True, bias=None)
     kw = dict(scale=1.0 / n, window=None, causal=True, key_mask=key_mask, t5_scale=0.7, bias_scale=1.0 / n)
     grad_out = torch.randn(b, n, e, device=DEVICE)
-    out, grads = run(op.quad_attn_triton, tensors, dtype, grad_out, **kw)
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        out, grads = run(op.quad_attn_triton, tensors, dtype, grad_out, **kw)
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    dq = [cfg for kind, cfg in picked if kind == "dq"]
+    assert bool(dq) == deterministic and all((c["BM"], c["BN"]) == (64, 64) for c in dq), dq
     fwd = [cfg for kind, cfg in picked if kind == "fwd"]
     assert fwd and all((c["BE"], c["BS"], c["S_BLOCKS"], c["num_warps"]) == (512, 128, 1, 16) for c in fwd), fwd
     dv = [cfg for kind, cfg in picked if kind == "dv"]
@@ -133,6 +141,7 @@ def test_streaming_forward_in_its_hopper_tiles_matches_reference(monkeypatch, dt
         assert cfg["BE"] <= 256 and cfg["num_warps"] <= 8, (arch, dt, dropout, qk, v, lin)
     # dv: 64-row query steps on sm_90 without dropout (FLASH's linear half and a bias change only the forward)
     assert launch_config("dv", 8192, 128, 1024, dtype, False, 90, lin=True, bias=True)["BM"] == 64
+    assert launch_config("dq", 8192, 128, 1024, dtype, False, 90, bias=True)["BM"] == 32  # (spilled with a bias)
     for arch, dt, dropout in [(80, dtype, False), (None, dtype, False), (90, dtype, True), (90, torch.float32, False)]:
         assert launch_config("dv", 8192, 128, 1024, dt, dropout, arch)["BM"] == 32, (arch, dt, dropout)
 

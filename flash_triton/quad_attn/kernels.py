@@ -731,8 +731,15 @@ TILES = {
 # spilled 24-116 B in the loop).
 # dv without dropout takes 64-row query steps on sm_90, so its q kᵀ runs on wgmma too (with 32-row steps only Aᵀ dy
 # did) in half the iterations; 234 registers, 8 warps resident. With dropout it spilled 80-1,108 B in the loop, and on
-# sm_80 48-56 B with a key mask and a caller's bias: both keep 32 rows.
-TILES_SM90 = {("fwd", "half", False): (64, 32, 128, 512, 16), ("dv", "half", False): (64, 64, 128, 256, 8)}
+# sm_80 48-56 B with a key mask and a caller's bias: both keep 32 rows. The deterministic pass's dq (a query tile over
+# the keys) runs 64 x 64 on wgmma there too (hot-loop FLOP per instruction 413 -> 625), except with a caller's bias
+# (44-140 B spilled) or dropout; dk and dk-with-dq-added at 64 x 64 spilled 24-420 B (the T5 bucket sums), so they,
+# and the default backward with them, stay on 32 x 32 tiles and mma.sync.
+TILES_SM90 = {
+    ("fwd", "half", False): (64, 32, 128, 512, 16),
+    ("dv", "half", False): (64, 64, 128, 256, 8),
+    ("dq", "half", False): (64, 64, 128, 64, 8),  # the deterministic pass's dq; not with a caller's bias (see above)
+}
 
 
 def launch_config(
@@ -755,7 +762,7 @@ def launch_config(
     key = (kind, precision, dropout)
     # TILES_SM90 where its conditions hold; the forward's only at value widths past the default block (below it 16
     # warps gain nothing and spilled 8 B)
-    hopper = arch == 90 and key in TILES_SM90 and not (kind == "fwd" and (lin or bias))  # (they change the forward)
+    hopper = arch == 90 and key in TILES_SM90 and not (lin and kind == "fwd") and not (bias and kind in ("fwd", "dq"))
     hopper = hopper and qk_dim <= TILES_SM90[key][2] and (kind != "fwd" or v_dim > TILES[key][3])
     bm, bn, bs, be, warps = TILES_SM90[key] if hopper else TILES[key]
     fit = max(16, next_power_of_2(window))
@@ -1003,7 +1010,7 @@ def quad_attn_bwd(
     key_kind = "dkq" if atomic_dq else "dk"
     kinds = ("dv", key_kind) if atomic_dq else ("dv", key_kind, "dq")
     arch = device_arch(q.device)
-    cfgs = {kind: launch_config(kind, w, s, e, q.dtype, dropout_p > 0, arch) for kind in kinds}
+    cfgs = {kind: launch_config(kind, w, s, e, q.dtype, dropout_p > 0, arch, bias=bias is not None) for kind in kinds}
     dk, dv = new_output(k, k.shape), new_output(v, v.shape)
     dqa = q.new_zeros(q.shape, dtype=torch.float32) if atomic_dq else None
     dq = new_output(q, q.shape) if not atomic_dq else None
