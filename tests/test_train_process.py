@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -218,22 +219,43 @@ def test_sigkill_during_checkpoint_write(
     assert not list(out.rglob(".*"))
 
 
-#: the multi-process runs: 6 steps, evaluations and checkpoints at 3 and 6, a sample
-DIST_FLAGS = [*config_flags(MICRO, steps=6, eval_every=3, checkpoint_every=3, sample_len=8), "--device", "cpu"]
+#: the multi-process runs: 6 steps, evaluations at 3 and 6 over 5 windows in batches of 2 (so the two processes run
+#: 2 and 1 batches: --fsdp pads the second), checkpoints at 2, 4 and 6 (the newest two kept), samples at 2, 4 and 6
+DIST_FLAGS = [
+    *config_flags(
+        MICRO,
+        steps=6,
+        eval_every=3,
+        eval_windows=5,
+        eval_batch_size=2,
+        checkpoint_every=2,
+        keep_checkpoints=2,
+        sample_len=8,
+        sample_every=2,
+    ),
+    "--device",
+    "cpu",
+]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
 
 
-def torchrun(args: list[str]) -> str:
-    """Run the training program as 2 gloo processes; returns the log (the exit code must be 0)."""
-    proc = subprocess.run(
+def torchrun(args: list[str], timeout: float = 300) -> str:
+    """Run the training program as 2 gloo processes; returns the log (the exit code must be 0). On a timeout every
+    process of the launch is killed (a hung collective would otherwise keep the workers)."""
+    proc = subprocess.Popen(
         [*TORCHRUN, "-m", "flash_triton.train", *args, "--no-progress"],
         cwd=ROOT,
         env=child_env(),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=300,
     )
-    log = proc.stdout + proc.stderr
+    try:
+        log, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        log, _ = proc.communicate()
+        pytest.fail(f"torchrun timed out after {timeout} s:\n{log}")
     assert proc.returncode == 0, log
     return log
 
@@ -260,7 +282,7 @@ def test_torchrun_two_gloo_processes(
     ckpt = load(out / "checkpoint.pt")
     assert ckpt["world_size"] == 2 and ckpt["config"]["world_size"] == 2 and len(ckpt["ranks"]) == 2
     assert not torch.equal(ckpt["ranks"][0]["rng"]["torch"], ckpt["ranks"][1]["rng"]["torch"])
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000003.pt", "step_0000006.pt"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000004.pt", "step_0000006.pt"]
     # Each rank reads its own data stream: had both read rank 0's, the averaged gradients would equal one process's
     # and the parameters would be bit-identical to a single-process run.
     assert train_mod.main([*flags, "--out", str(single)]) == 0
@@ -274,8 +296,9 @@ def test_fsdp_trains_as_ddp_and_resumes_exactly_after_sigkill(
     tmp_path: Path, data_file: Path, ddp_run: tuple[Path, str]
 ) -> None:
     """--fsdp on 2 gloo processes: losses, weights and Adam state equal DistributedDataParallel's up to float
-    rounding (the checkpoint gathered to process 0 in the same format); killed (SIGKILL, every process) after its
-    step-3 checkpoint and resumed with --fsdp, it ends bit-identical to the uninterrupted --fsdp run."""
+    rounding (the checkpoint gathered to process 0 in the same format; evaluations with one batch more on one
+    process; samples decoded from a gathered copy mid-run); killed (SIGKILL, every process) after a checkpoint and
+    resumed with --fsdp, it ends bit-identical to the uninterrupted --fsdp run."""
     flags = [*DIST_FLAGS, "--data", str(data_file), "--fsdp"]
     straight, killed = tmp_path / "fsdp", tmp_path / "killed"
     log = torchrun([*flags, "--out", str(straight)])
@@ -300,28 +323,31 @@ def test_fsdp_trains_as_ddp_and_resumes_exactly_after_sigkill(
     launcher = [*TORCHRUN, "-m", "flash_triton.train"]
     proc = start([*flags, "--out", str(killed), "--no-progress"], log_path, prefix=launcher)
     try:
-        wait_for(lambda: newest_step(killed) >= 3, proc, log_path)
+        wait_for(lambda: newest_step(killed) >= 2, proc, log_path)
     finally:
         kill_tree(proc.pid)
         proc.wait(timeout=60)
-    assert newest_step(killed) == 3, "the run ended before the kill: nothing was resumed"
+    killed_at = newest_step(killed)
+    assert killed_at < 6, "the run ended before the kill: nothing was resumed"
     log = torchrun([*flags, "--out", str(killed), "--resume"])
-    assert "resumed from step 3 of 6" in log
+    assert f"resumed from step {killed_at} of 6" in log
     assert_matches_straight(killed, straight)
 
 
 @pytest.mark.parametrize("engine", ["ddp", "fsdp"])
 def test_torchrun_context_parallel_trains_as_one_process_and_resumes_on_one(
-    engine: str, tmp_path: Path, data_file: Path, one_thread: None
+    engine: str, tmp_path: Path, data_file: Path, one_thread: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Each sequence split over 2 gloo processes (--context-parallel 2, one data-parallel group; replicated by DDP,
-    or sharded over both by --fsdp): the same batches, losses and weights as one process, up to float rounding; its
-    checkpoint resumes on one process (another C), and the result still equals the uninterrupted single-process
-    run."""
+    or sharded over both by --fsdp): the same batches, losses (each step's logged loss too: the mean over the
+    processes, not process 0's slice) and weights as one process, up to float rounding; its checkpoint resumes on one
+    process (another C), and the result still equals the uninterrupted single-process run."""
     out, single = tmp_path / "cp", tmp_path / "single"
     # depth 2 and token shift: the state and the shifted token cross the processes in every layer
     flags = [
-        *config_flags(MICRO, depth=2, steps=6, eval_every=3, checkpoint_every=3, sample_len=8, shift_tokens=True),
+        *config_flags(
+            MICRO, depth=2, steps=6, eval_every=3, checkpoint_every=3, sample_len=8, shift_tokens=True, log_every=1
+        ),
         "--data",
         str(data_file),
         "--device",
@@ -337,7 +363,12 @@ def test_torchrun_context_parallel_trains_as_one_process_and_resumes_on_one(
     assert ckpt["fsdp"] == (engine == "fsdp")
     assert read_metrics(out)[0]["tokens"] == 3 * MICRO.batch_size * MICRO.seq_len  # one batch stream, not two
 
+    capsys.readouterr()
     assert train_mod.main([*flags, "--out", str(single)]) == 0
+    step_losses = re.compile(r"step (\d)/6  train loss \(this step\) ([\d.]+)")
+    logged, logged_single = dict(step_losses.findall(log)), dict(step_losses.findall(capsys.readouterr().out))
+    assert sorted(logged) == ["1", "2", "3"] and len(logged_single) == 6
+    assert all(abs(float(logged[k]) - float(logged_single[k])) <= 2e-4 for k in logged), (logged, logged_single)
     assert train_mod.main([*flags, "--out", str(out), "--resume"]) == 0  # one process, no context parallelism
     cp_metrics, one_metrics = read_metrics(out), read_metrics(single)
     assert [m["step"] for m in cp_metrics] == [m["step"] for m in one_metrics] == [3, 6]

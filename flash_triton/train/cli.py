@@ -273,7 +273,7 @@ def _prepare(args: argparse.Namespace, dist_env: DistEnv) -> _Plan | int:
     if args.fsdp and precision == "fp16":
         raise ValueError(
             "--fsdp with fp16: the grad scaler's overflow check would see only this process's gradient shards; "
-            "use --precision bf16 (or fp32)"
+            "use --precision bf16 on GPUs that have it, else fp32"
         )
     overrides = overrides_from_args(args)
     preset = args.preset or "tiny"
@@ -415,8 +415,9 @@ def _main(argv: list[str] | None) -> int:
             for flag, value in (("--stop-after", args.stop_after), ("--save-hf", args.save_hf)):
                 if value is not None:
                     raise ValueError(f"{flag} does not apply to --eval-only (it trains no steps)")
-            if args.context_parallel != 1:
-                raise ValueError("--context-parallel does not apply to --eval-only (it runs in one process)")
+            if args.context_parallel != 1 or args.fsdp:
+                flag = "--fsdp" if args.fsdp else "--context-parallel"
+                raise ValueError(f"{flag} does not apply to --eval-only (it runs in one process)")
             return _eval_only(args, dist_env)
         dist_env = dist_env.split(args.context_parallel)
         if args.fsdp and not dist_env.enabled:

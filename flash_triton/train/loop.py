@@ -123,10 +123,11 @@ class Trainer:
                 raise CheckpointError(
                     f"checkpoint at step {self.start_step} does not fit the model: {one_line(err)}"
                 ) from None
-        self.wrapper.to(device)
-        if fsdp:  # every process holds the same whole model here (seeded init or the checkpoint): shard it
+        if fsdp:  # every process holds the same whole model here (seeded init or the checkpoint): shard it, each
+            # unit moved to the device as it is sharded (never the whole model there at once)
             param_dtype = torch.bfloat16 if precision == "bf16" else None
             sharding.shard(self.model, list(self.model.layers), device, param_dtype)
+        self.wrapper.to(device)  # (under --fsdp: what is not sharded, the rotary frequencies and the buffers)
         self.optimizer = torch.optim.Adam(self.wrapper.parameters(), lr=lr_at(cfg, max(1, self.start_step + 1)))
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         # one batch stream per data-parallel rank: the processes of a context-parallel group read the same batch
@@ -334,7 +335,9 @@ class Trainer:
 
     def sampling_wrapper(self) -> AutoregressiveWrapper | None:
         """What decodes samples, on process 0 (None elsewhere): the model itself, or under --fsdp a whole copy
-        gathered from the shards (a collective of every process: decoding token by token needs no peers then)."""
+        gathered from the shards (a collective of every process: decoding token by token needs no peers then), on
+        process 0's device: the parameters once more there while a sample is decoded. Called inside
+        :meth:`write_sample`'s forked RNG (building the copy draws its initial weights)."""
         if not self.fsdp:
             return self.wrapper if self.is_main else None
         state, _ = sharding.full_state(self.model, None)
@@ -347,16 +350,19 @@ class Trainer:
     def write_sample(self, step: int) -> tuple[str, str] | None:
         """Decode and write ``sample.txt`` (process 0); under --fsdp every process calls it (see
         :meth:`sampling_wrapper`)."""
-        wrapper = self.sampling_wrapper()
-        if wrapper is None:
-            return None
         device, cfg = self.device, self.cfg
         devices = (
             [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
         )
-        with torch.random.fork_rng(devices=devices), autocast(device, self.precision), self.whole_sequences():
-            torch.manual_seed(cfg.seed)  # the same sample for the same weights, and the training RNG is untouched
-            prompt, sample = generate_sample(wrapper, self.corpus.val, cfg.sample_prompt_len, cfg.sample_len, device)
+        with torch.random.fork_rng(devices=devices):  # the training RNG is untouched (sampling; the --fsdp copy)
+            wrapper = self.sampling_wrapper()
+            if wrapper is None:
+                return None
+            with autocast(device, self.precision), self.whole_sequences():
+                torch.manual_seed(cfg.seed)  # the same sample for the same weights
+                prompt, sample = generate_sample(
+                    wrapper, self.corpus.val, cfg.sample_prompt_len, cfg.sample_len, device
+                )
         text = f"step {step}\nprompt:\n{prompt}\n{'-' * 40}\n{sample}\n"
         atomic_write(self.out / "sample.txt", lambda f: f.write(text.encode()))
         return prompt, sample
@@ -392,7 +398,12 @@ class Trainer:
         logging = step % cfg.log_every == 0 or step == cfg.steps
         if logging:
             self.check_finite(step, lr)
-            log_loss = float(self.log_sum) / self.log_count  # synchronises the device
+            log_sum = self.log_sum
+            if self.dist_env.enabled:  # the mean over every process (context parallel: not process 0's slice alone)
+                log_sum = log_sum.clone()
+                torch.distributed.all_reduce(log_sum)
+                log_sum /= self.dist_env.world_size
+            log_loss = float(log_sum) / self.log_count  # synchronises the device
         dt = time.perf_counter() - t0
         self.train_time, self.log_time = self.train_time + dt, self.log_time + dt
         self.session_steps, self.session_time = self.session_steps + 1, self.session_time + dt
