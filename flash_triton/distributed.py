@@ -160,10 +160,27 @@ class ContextParallel:
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("context parallelism needs torch.distributed initialised (init_process_group)")
         self.group = group
+        self._known: tuple[int, int, int] | None = None  # (n, group_size, offset) inside :meth:`known_offset`
 
     def offset(self, n: int, group_size: int, like: Tensor) -> int:
-        """This rank's first global position (a collective: every rank of the group calls it)."""
+        """This rank's first global position (a collective: every rank of the group calls it), or the one
+        :meth:`known_offset` holds for these sizes (no collective)."""
+        if self._known is not None and self._known[:2] == (n, group_size):
+            return self._known[2]
         return slice_offset(n, group_size, self.group, device=_collective_device(self.group, like))
+
+    @contextlib.contextmanager
+    def known_offset(self, n: int, group_size: int, offset: int) -> Iterator[None]:
+        """Inside the block the layers sharing this object take ``offset`` for slices of ``n`` tokens in groups of
+        ``group_size`` without asking the other ranks again: a FLASHTransformer checks its slices once per forward,
+        not once per layer (one all-gather and one host synchronisation per layer saved). Every rank enters it in
+        the same forward, so the collectives stay matched (a layer recomputed in the backward, outside it, asks
+        again on every rank)."""
+        saved, self._known = self._known, (n, group_size, offset)
+        try:
+            yield
+        finally:
+            self._known = saved
 
 
 def context_parallel(module: torch.nn.Module, group=None, enabled: bool = True) -> torch.nn.Module:

@@ -1,5 +1,6 @@
 """FLASHTransformer: token embedding + scaled sinusoidal position + FLASH layers + LayerNorm/Linear head."""
 
+import contextlib
 import functools
 
 import torch
@@ -184,12 +185,15 @@ class FLASHTransformer(nn.Module):
             x = self.abs_pos_emb(x) + x
         if not decoding:
             checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-            for flash in self.layers:
-                if checkpointing:
-                    run = self._gradient_checkpointing_func or functools.partial(checkpoint, use_reentrant=False)
-                    x = run(functools.partial(flash, mask=mask, cu_seqlens=cu_seqlens), x)
-                else:
-                    x = flash(x, mask=mask, cu_seqlens=cu_seqlens)
+            # context parallel: the slices were checked above; the layers take this offset without a collective
+            known = contextlib.nullcontext() if cp is None else cp.known_offset(n, self.group_size, position)
+            with known:
+                for flash in self.layers:
+                    if checkpointing:
+                        run = self._gradient_checkpointing_func or functools.partial(checkpoint, use_reentrant=False)
+                        x = run(functools.partial(flash, mask=mask, cu_seqlens=cu_seqlens), x)
+                    else:
+                        x = flash(x, mask=mask, cu_seqlens=cu_seqlens)
             return x, None
 
         layer_caches = []

@@ -85,7 +85,11 @@ def _run_case(rank, world, kind, name, n, g, backend, seed):
             before = ftd.communication_bytes()
             layer(x).sum().backward()
             sent.append(ftd.communication_bytes() - before)
-        return {"sent": sent}
+        model = ftd.context_parallel(_lm(seed))  # depth 2: its slices checked once per forward, not per layer
+        x = torch.randint(0, 30, (B, n // world))
+        before = ftd.communication_bytes()
+        model(x).sum().backward()
+        return {"sent": sent, "sent_lm": ftd.communication_bytes() - before}
     if kind == "ragged":  # rank 0 holds one token too many: every rank must refuse, none may hang
         m = hi - lo + (1 if rank == 0 else 0)
         ftd.mixed_chunk_attn(*[t[:, :m] for t in _op_inputs(n, seed)], group_size=g, backend=backend)
@@ -140,6 +144,9 @@ def test_context_parallel_equals_single_process(world, tmp_path):
             expected = 8 + state + token + world * (state + token)
             for r in ranks:
                 assert r[name]["sent"] == [expected, expected], (r[name], expected)
+                # the LM (dim 16, depth 2): one length check for the whole forward, then each layer's state and
+                # token as above
+                assert r[name]["sent_lm"] == 8 + 2 * (expected - 8), (r[name], expected)
             continue
         for r in ranks:
             assert "error" not in r[name], r[name].get("trace")
