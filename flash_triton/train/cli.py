@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fsdp",
         action="store_true",
         help="under torchrun: shard parameters, gradients and Adam state over the processes with FSDP2 (fully_shard "
-        "per FLASH layer; bf16 parameters with float32 gradient reduction under --precision bf16 on GPUs) instead of "
+        "per FLASH layer; bf16 parameters with float32 gradient reduction under --precision bf16) instead of "
         "replicating them with DistributedDataParallel; checkpoints are gathered to process 0 in the usual format",
     )
     run.add_argument(

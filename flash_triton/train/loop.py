@@ -176,7 +176,7 @@ class Trainer:
             else:
                 self.optimizer.load_state_dict(resume["optimizer"])
             self.sampler.load_state_dict(resume["sampler"])
-        except (ValueError, RuntimeError, KeyError, TypeError) as err:
+        except (ValueError, RuntimeError, KeyError, IndexError, TypeError) as err:
             raise CheckpointError(f"checkpoint at step {self.start_step} cannot be resumed: {one_line(err)}") from None
         if self.precision == "fp16" and resume.get("scaler"):
             self.scaler.load_state_dict(resume["scaler"])
