@@ -112,8 +112,10 @@ def quick():
     TRITON_INTERPRET (the interpreter's triton.jit functions cannot be compiled for a GPU)."""
     code = (
         "import dataclasses, json, sys; from flash_triton import profile as p; "
+        "import os; from concurrent.futures import ProcessPoolExecutor; "
         "jobs = p.profile_jobs(True, ['bf16'], [90, 80]); "
-        "kernels = [dataclasses.asdict(p.profile_kernel(j)) for j in jobs]; "
+        "pool = ProcessPoolExecutor(os.cpu_count() or 1); "
+        "kernels = [dataclasses.asdict(k) for k in pool.map(p.profile_kernel, jobs)]; "
         "cores = [dataclasses.asdict(p.core_model(c, d)) for c in ('quad_attn', 'mixed_chunk_attn') "
         "for d in ('bf16', 'fp32')]; "
         "json.dump({'kernels': kernels, 'cores': cores}, sys.stdout)"
