@@ -448,12 +448,8 @@ def _main(argv: list[str] | None) -> int:
             control_group = dist.new_group(backend="gloo")
         else:
             dist.init_process_group("gloo")
-        cp = dist_env.context_parallel
-        if cp > 1:  # every process creates every group, in the same order; it keeps its own
-            for first in range(0, dist_env.world_size, cp):
-                group = dist.new_group(list(range(first, first + cp)))
-                if first == dist_env.rank - dist_env.cp_rank:
-                    cp_group = group
+        if dist_env.context_parallel > 1:  # groups of consecutive ranks; every process creates all, keeps its own
+            cp_group, _ = dist.new_subgroups(group_size=dist_env.context_parallel)
     try:
         result = train(
             plan.cfg,

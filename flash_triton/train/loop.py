@@ -31,7 +31,7 @@ from ..checkpoint import (
     to_cpu,
 )
 from ..data import Corpus, WindowSampler, stream_seed, validation_windows
-from ..distributed import window_slice
+from ..distributed import context_parallel, suspended, window_slice
 from . import sharding
 from .config import CHECKPOINT_FORMAT, PROG, TrainConfig, build_model
 from .metrics import evaluate, generate_sample, plot_metrics, read_metrics
@@ -111,8 +111,6 @@ class Trainer:
         self.wrapper = AutoregressiveWrapper(self.model)
         self.cp = self.dist_env.context_parallel
         if self.cp > 1:  # each process of a context-parallel group holds one slice of every sequence
-            from ..distributed import context_parallel
-
             context_parallel(self.model, cp_group)
         self.start_step = 0
         if resume is not None:
@@ -327,11 +325,7 @@ class Trainer:
 
     def whole_sequences(self) -> contextlib.AbstractContextManager[Any]:
         """Context parallelism off (one process decoding a sample alone), else nothing."""
-        if self.cp == 1:
-            return contextlib.nullcontext()
-        from ..distributed import suspended
-
-        return suspended(self.model)
+        return suspended(self.model) if self.cp > 1 else contextlib.nullcontext()
 
     def sampling_wrapper(self) -> AutoregressiveWrapper | None:
         """What decodes samples, on process 0 (None elsewhere): the model itself, or under --fsdp a whole copy
