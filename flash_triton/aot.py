@@ -191,22 +191,29 @@ def kernel_launches(launch: Launch, window: int, every_path: bool = False) -> li
                 dict(common, KEY_TILES=False, DQ_ATOMIC=False, DT5=False, DBIAS=dbias, NB=32),
             ),
         ]
-    if short:  # the weights and score gradients stored, then dv = Aᵀ dy, dq = ds k, dk = dsᵀ q over them
+    if short:  # the weights and score gradients stored, then dv = Aᵀ dy, dq = ds k, dk = dsᵀ q over them (FLASH's
+        # dv adding the linear half's lin_k dS, keys the mask drops adding nothing)
+        products = dict(tiles, HAS_LIN=False, HAS_MASK=False)
         out += [
             ("quad_attn_dscores", "_quad_dscores_kernel", dict(common, DT5=True, DBIAS=dbias, NB=32)),
-            ("quad_attn_dv_product", "_quad_tile_product_kernel", dict(tiles, COLUMNS=True)),
-            ("quad_attn_dq_product", "_quad_tile_product_kernel", dict(tiles, COLUMNS=False)),
-            ("quad_attn_dk_product", "_quad_tile_product_kernel", dict(tiles, COLUMNS=True)),
+            (
+                "quad_attn_dv_product",
+                "_quad_tile_product_kernel",
+                dict(products, COLUMNS=True, HAS_LIN=launch.flash, HAS_MASK=launch.flash and launch.mask),
+            ),
+            ("quad_attn_dq_product", "_quad_tile_product_kernel", dict(products, COLUMNS=False)),
+            ("quad_attn_dk_product", "_quad_tile_product_kernel", dict(products, COLUMNS=True)),
         ]
-    if launch.flash:  # states again (masked), dP = lin_qᵀ dY (unmasked); dY Pᵀ (unmasked), v dSᵀ (masked) and
-        # dv += lin_k dS (masked, added to the quadratic half's dv in the epilogue)
+    if launch.flash:  # dP = lin_qᵀ dY (unmasked; the forward's states are kept); dY Pᵀ (unmasked), v dSᵀ (masked)
+        # and, for groups past SHORT_WINDOW, dv += lin_k dS (masked, added to the quadratic half's dv in the epilogue)
         varlen = dict(VARLEN=launch.packed)
         out += [
             ("group_state", "_group_state_kernel", dict(HAS_MASK=False, **varlen)),
             ("group_apply", "_group_apply_kernel", dict(HAS_MASK=False, ACCUMULATE=False, **varlen)),
             ("group_apply", "_group_apply_kernel", dict(HAS_MASK=launch.mask, ACCUMULATE=False, **varlen)),
-            ("group_apply", "_group_apply_kernel", dict(HAS_MASK=launch.mask, ACCUMULATE=True, **varlen)),
         ]
+        if every_path or not short:
+            out.append(("group_apply", "_group_apply_kernel", dict(HAS_MASK=launch.mask, ACCUMULATE=True, **varlen)))
     return out
 
 
@@ -220,18 +227,20 @@ def _tiles(
     arch: int | None = None,
     lin: bool = False,
     bias: bool = False,
+    mask: bool = False,
 ) -> list[tuple[dict, dict]]:
     """The launch configs (tiles and options) that the launchers pick for kernel ``name`` at this shape on a GPU of
     compute capability ``arch`` (None: the configs for every GPU; ``lin``: FLASH's launch; ``bias``: with a caller's
-    bias), each with the values of the kernel's feature-width arguments (which triton specialises on divisibility by
-    16)."""
+    bias; ``mask``: with a key mask), each with the values of the kernel's feature-width arguments (which triton
+    specialises on divisibility by 16)."""
     if name in ("quad_attn_weights", "quad_attn_out", "quad_attn_dscores"):
         kind = name.removeprefix("quad_attn_")
         cfg = sw.short_config(kind, w, s, e, dtype, arch, bias=bias)
         return [(cfg, {"S": s} if kind == "weights" else {"S": s, "E": e})]
     if name.endswith("_product"):  # dv over the value width, dq and dk over the query/key width
-        d = e if name == "quad_attn_dv_product" else s
-        return [(sw.short_config("product", w, d, d, dtype, arch), {"D": d})]
+        dv = name == "quad_attn_dv_product"
+        d = e if dv else s
+        return [(sw.short_config("product", w, d, d, dtype, arch, masked_lin=dv and lin and mask), {"D": d, "S": s})]
     if name.startswith("quad_attn_"):
         kind = name.removeprefix("quad_attn_")
         return [(qa.launch_config(kind, w, s, e, dtype, dropout, arch, lin, bias), {"S": s, "E": e})]
@@ -266,7 +275,7 @@ def variants(
             jit = kernel_fn(fn)
             dtype = data_dtype
             dropout = launch.dropout and name.startswith("quad")
-            tiles = _tiles(name, w, s, e, TORCH_DTYPES[dtype], dropout, arch, launch.flash, launch.bias)
+            tiles = _tiles(name, w, s, e, TORCH_DTYPES[dtype], dropout, arch, launch.flash, launch.bias, launch.mask)
             for cfg, widths in tiles:
                 cfg = dict(cfg)
                 options = {k: cfg.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in cfg}

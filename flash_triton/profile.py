@@ -326,16 +326,25 @@ def core_launches(
             Launch("state_scan", 0.0, sums, state),
         ]
 
-    out = [*scan("lin_kᵀ v, exclusive prefix / g"), *fwd]
+    out = [*scan("lin_kᵀ v, exclusive prefix / g; kept for the backward"), *fwd]
     if backward:
-        out += [
-            *bwd,
-            *scan("lin_kᵀ v recomputed, prefix"),
-            Launch("group_apply (dY Pᵀ)", gemm, n * p * e + state, n * p * s),
+        fused = g <= qa.SHORT_WINDOW  # dv's tile product adds lin_k dS (reading lin_k and the state gradients)
+        if fused:
+            bwd = [
+                Launch(x.name + ", dv += lin_k dS", x.flops + gemm, x.read + n * p * s + state, x.written)
+                if x.name.startswith("quad_attn products")
+                else x
+                for x in bwd
+            ]
+        out += [  # the gate's backward, the state gradients, then the quadratic half's passes (dv adding lin_k dS)
+            bwd[0],
             *scan("lin_qᵀ dY, adjoint of the prefix"),
+            *bwd[1:],
+            Launch("group_apply (dY Pᵀ)", gemm, n * p * e + state, n * p * s),
             Launch("group_apply (v dSᵀ)", gemm, n * p * e + state, n * p * s),
-            Launch("group_apply (dv += lin_k dS)", gemm, n * p * (s + e) + state, n * p * e),
         ]
+        if not fused:
+            out.append(Launch("group_apply (dv += lin_k dS)", gemm, n * p * (s + e) + state, n * p * e))
     return out
 
 

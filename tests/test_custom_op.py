@@ -54,7 +54,11 @@ def test_the_ops_contracts_agree_with_their_backward_ops():
     from flash_triton.quad_attn import op as qa
 
     assert qa.FWD.tensors == ("q", "k", "v", "gate", "key_mask", "t5_weight", "bias", "seed")
-    for mod, from_backward in ((qa, {"dy", "need_dt5", "need_dbias"}), (mca, {"dy", "d_final", "need_dt5"})):
-        # every backward argument comes from the forward's inputs or is supplied by the backward itself
+    # FLASH's backward also takes the state the groups read, a forward output that setup_context saves
+    for mod, from_backward in (
+        (qa, {"dy", "need_dt5", "need_dbias"}),
+        (mca, {"dy", "d_final", "need_dt5", "read_state"}),
+    ):
+        # every backward argument comes from the forward's inputs or outputs or is supplied by the backward itself
         assert set(mod.BWD.names) - set(mod.FWD.names) == from_backward
         assert set(mod.BWD.scalars) - from_backward <= set(mod.FWD.scalars)

@@ -360,11 +360,11 @@ def test_flash_layer_on_kernels_matches_upstream_and_runs_them(monkeypatch, kw, 
         _quad_out_kernel=1,
         _quad_dscores_kernel=1,
         _quad_tile_product_kernel=3,  # dv, dq, dk
-        # forward states; backward: states again, dP. Causal: each with its prefix (or adjoint) fused into one
-        # scan kernel (few groups), so neither the per-group sums nor the separate scan run
-        _group_state_kernel=0 if kw["causal"] else 3,
+        # forward states (kept for the backward, not computed again); backward: dP. Causal: each with its prefix (or
+        # adjoint) fused into one scan kernel (few groups), so neither the per-group sums nor the separate scan run
+        _group_state_kernel=0 if kw["causal"] else 2,
         _state_scan_kernel=0,
-        _group_scan_kernel=3 if kw["causal"] else 0,
+        _group_scan_kernel=2 if kw["causal"] else 0,
     )
 
 

@@ -220,12 +220,25 @@ def test_target_executed_flops_near_the_minimum(quick, core, dtype):
     assert fwd <= limit[0] and bwd <= limit[1], (core, dtype, fwd, bwd)
 
 
-@target(
-    "FLASH 1.71x, GAU 1.69x: both store the pre-gate output for the gate's gradient (written, then read: 4 KiB per "
-    "token that the floor does not count), read dy in several backward kernels, and GAU's dq goes through a float32 "
-    "accumulator; FLASH recomputes its states in the backward and stores its within-group tiles"
+@pytest.mark.parametrize(
+    "core",
+    [
+        # 1.47x: the states kept from the forward, and dv's tile product adding the linear half's lin_k dS (1.71x
+        # when the backward computed the states again and added lin_k dS to dv in a pass of its own)
+        pytest.param("mixed_chunk_attn", id="flash"),
+        pytest.param(
+            "quad_attn",
+            id="gau",
+            marks=target(
+                "GAU 1.69x: the pre-gate output stored for the gate's gradient (written, then read: 4 KiB per token "
+                "that the floor does not count), dy written by the gate's backward and read by dv and dk, which each "
+                "read q and k, and dq through a float32 accumulator (zeroed, added into, read, cast)"
+            ),
+        ),
+    ],
 )
-def test_target_core_bytes_within_1_5x_the_floor(quick):
+def test_target_core_bytes_within_1_5x_the_floor(quick, core):
+    """bf16 (the target's precision): modelled HBM bytes per token of the core at most 1.5x the floor."""
     _, cores = quick
-    for c in cores:
-        assert c["bytes_per_token"] <= 1.5 * c["floor_per_token"], (c["core"], c["dtype"])
+    (c,) = (c for c in cores if c["core"] == core and c["dtype"] == "bf16")
+    assert c["bytes_per_token"] <= 1.5 * c["floor_per_token"], (c["core"], c["bytes_per_token"], c["floor_per_token"])

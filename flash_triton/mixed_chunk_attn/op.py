@@ -4,11 +4,13 @@ signature of :func:`flash_triton.reference.mixed_chunk_attn`. Importing this mod
 
 The forward: the state each group reads, from the per-group states ``lin_kᵀ v`` (causal, uniform groups: their
 prefix by :func:`.kernels.group_scan`, one kernel where it fits; otherwise :func:`.kernels.group_state` and the
-torch algebra of :mod:`.state`), stored in the inputs' dtype (the kernels read it in that precision), then the
-quadratic kernels of
+torch algebra of :mod:`.state`), stored in the inputs' dtype (the kernels read it in that precision) and kept for
+the backward (half of v's size at s = 128, g = 256: cheaper than computing it again), then the quadratic kernels of
 :mod:`flash_triton.quad_attn` with the linear half ``lin_q @ state`` and the gate fused into their output tile (their
-``HAS_LIN`` path). The backward: the quadratic kernels' dq/dk/dv, then the linear half's gradients through the state
-products of :mod:`.kernels` and the prefix's adjoint (the scan in reverse, or :mod:`.state`).
+``HAS_LIN`` path). The backward: the state gradients first (``lin_qᵀ dY`` per group and the prefix's adjoint: the
+scan in reverse, or :mod:`.state`), then the quadratic kernels' dq/dk/dv, dv taking the linear half's ``lin_k dP``
+in the same pass (groups of at most ``SHORT_WINDOW`` tokens; longer ones add it afterwards), and the linear half's
+other gradients through the state products of :mod:`.kernels`.
 """
 
 import torch
@@ -53,14 +55,22 @@ def _read_state(
 ) -> tuple[Tensor, Tensor | None]:
     """The state each group's linear queries read (B, G, S, E) in v's dtype, and the float32 final state when
     wanted: the causal prefix of the per-group sums ``lin_kᵀ v`` by :func:`.kernels.group_scan` (uniform groups),
-    or the sums by a kernel and the torch algebra of :mod:`.state` (packed batches, non-causal)."""
+    or the sums by a kernel and the torch algebra of :mod:`.state` (packed batches, non-causal). Every group of a
+    non-causal uniform batch with ``reduce_group`` reads one state: returned as (B, 1, S, E), for the caller to
+    expand."""
     if causal and varlen is None:
         return kernels.group_scan(
             lin_k, v, group, initial_state, want_final, reverse=False, row_mask=key_mask, out_dtype=v.dtype
         )
     states = kernels.group_state(lin_k, v, group, row_mask=key_mask, windows=windows)
     read = window_state(states, n, group, causal, reduce_group, initial_state, varlen, dtype=v.dtype)
+    if read.stride(1) == 0:  # one state shared by every group (an expanded view): kept once, in a tensor of its own
+        read = read.new_empty((read.shape[0], 1, *read.shape[2:])).copy_(read[:, :1])
     return read, final_state(states, group, initial_state, varlen) if want_final else None
+
+
+def _groups(n: int, group: int, windows: Tensor | None) -> int:
+    return windows.shape[0] if windows is not None else -(-n // group)
 
 
 def _fwd(
@@ -86,12 +96,13 @@ def _fwd(
     dropout_p: float,
     output_final_state: bool,
     store_pre: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     n, g = v.shape[1], group_size
     varlen = varlen_info(windows, win_seq, cu_seqlens)
     read_state, final = _read_state(
         lin_k, v, key_mask, windows, varlen, n, g, causal, reduce_group, initial_state, output_final_state
     )
+    state = read_state.expand(-1, _groups(n, g, windows), -1, -1)
     out, o_pre = quad_kernels.quad_attn_fwd(
         quad_q,
         quad_k,
@@ -104,10 +115,11 @@ def _fwd(
         **_within_groups(group_size, causal, t5_scale, t5_max_distance, laplace, dropout_p),
         store_pre=store_pre,
         lin_q=lin_q,
-        state=read_state,
+        state=state,
         windows=windows,
     )
-    return out, or_empty(o_pre, v), or_empty(final, v, torch.float32)
+    # the read state is returned for the backward (which the autograd registration keeps; inference drops it)
+    return out, or_empty(o_pre, v), or_empty(final, v, torch.float32), read_state
 
 
 def _bwd(
@@ -117,6 +129,7 @@ def _bwd(
     lin_q: Tensor,
     lin_k: Tensor,
     v: Tensor,
+    read_state: Tensor,
     key_mask: Tensor | None,
     t5_weight: Tensor | None,
     seed: Tensor | None,
@@ -136,6 +149,18 @@ def _bwd(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     n, g = v.shape[1], group_size
     varlen = varlen_info(windows, win_seq, cu_seqlens)
+    # linear half: lin_i = lin_q_i P[g(i)], P = window_state(S), S_j = Σ_{t in j} lin_k_tᵀ v_t (P kept by the
+    # forward). The state gradients first: dP = lin_qᵀ dY per group, then the adjoint of the prefix
+    if causal and varlen is None:  # both in one reverse scan
+        d_states, d_init = kernels.group_scan(
+            lin_q, dy, g, d_final, initial_state is not None, reverse=True, out_dtype=v.dtype
+        )
+    else:
+        d_read = kernels.group_state(lin_q, dy, g, windows=windows)
+        d_states, d_init = window_state_backward(d_read, n, g, causal, reduce_group, d_final, varlen, dtype=v.dtype)
+    # dv's pass adds lin_k dS to the quadratic half's Aᵀ dy before its one rounding (short windows; longer ones
+    # add it below)
+    fused = g <= quad_kernels.SHORT_WINDOW
     dqq, dqk, dv, dt5, _ = quad_kernels.quad_attn_bwd(
         dy,
         quad_q,
@@ -149,22 +174,15 @@ def _bwd(
         need_dt5=need_dt5,
         need_dbias=False,
         windows=windows,
+        lin=(lin_k, d_states) if fused else None,
     )
-    # linear half: lin_i = lin_q_i P[g(i)], P = window_state(S), S_j = Σ_{t in j} lin_k_tᵀ v_t (states recomputed)
-    read_state, _ = _read_state(lin_k, v, key_mask, windows, varlen, n, g, causal, reduce_group, initial_state, False)
-    dlq = kernels.group_apply(dy, read_state.transpose(-1, -2), g, 1.0, out_dtype=lin_q.dtype, windows=windows)
-    if causal and varlen is None:  # dP = lin_qᵀ dY per group and the adjoint of the prefix, in one reverse scan
-        d_states, d_init = kernels.group_scan(
-            lin_q, dy, g, d_final, initial_state is not None, reverse=True, out_dtype=v.dtype
-        )
-    else:
-        d_read = kernels.group_state(lin_q, dy, g, windows=windows)
-        d_states, d_init = window_state_backward(d_read, n, g, causal, reduce_group, d_final, varlen, dtype=v.dtype)
+    state = read_state.expand(-1, _groups(n, g, windows), -1, -1)
+    dlq = kernels.group_apply(dy, state.transpose(-1, -2), g, 1.0, out_dtype=lin_q.dtype, windows=windows)
     dlk = kernels.group_apply(
         v, d_states.transpose(-1, -2), g, 1.0, row_mask=key_mask, out_dtype=lin_k.dtype, windows=windows
     )
-    # dv += lin_k dS in the kernel's epilogue (dv: the quadratic half's fresh, contiguous output)
-    dv = kernels.group_apply(lin_k, d_states, g, 1.0, row_mask=key_mask, windows=windows, accumulate=dv)
+    if not fused:  # dv += lin_k dS in group_apply's epilogue (dv: the quadratic half's fresh, contiguous output)
+        dv = kernels.group_apply(lin_k, d_states, g, 1.0, row_mask=key_mask, windows=windows, accumulate=dv)
     d_init = d_init if initial_state is not None else None
     return dqq, dqk, dlq, dlk, dv, or_empty(dt5, v, torch.float32), or_empty(d_init, v, torch.float32)
 
@@ -182,7 +200,10 @@ def _(*args, **kwargs):
     b, _, s = a["lin_q"].shape
     rows = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else b
     final = v.new_empty((rows, s, v.shape[-1]) if a["output_final_state"] else EMPTY, dtype=torch.float32)
-    return v.new_empty(v.shape), v.new_empty(v.shape if a["store_pre"] else EMPTY), final
+    windows, n, g = a["windows"], v.shape[1], a["group_size"]
+    shared = not a["causal"] and a["reduce_group"] and windows is None  # one state for every group
+    read = v.new_empty((v.shape[0], 1 if shared else _groups(n, g, windows), s, v.shape[-1]))
+    return v.new_empty(v.shape), v.new_empty(v.shape if a["store_pre"] else EMPTY), final, read
 
 
 @mixed_chunk_attn_bwd.register_fake
@@ -197,13 +218,13 @@ def _(*args, **kwargs):
 
 def _setup_context(ctx, inputs, output):
     a = FWD.bind(inputs)
-    ctx.save_for_backward(*(a[name] for name in FWD.tensors), output[1])
+    ctx.save_for_backward(*(a[name] for name in FWD.tensors), output[1], output[3])
     ctx.scalars = {name: a[name] for name in FWD.scalars if name in BWD.names}
     ctx.output_final_state = a["output_final_state"]
 
 
-def _backward(ctx, d_out, _d_pre, d_final):
-    *saved, o_pre = ctx.saved_tensors
+def _backward(ctx, d_out, _d_pre, d_final, _d_state):
+    *saved, o_pre, read_state = ctx.saved_tensors
     a = dict(zip(FWD.tensors, saved, strict=True))
     needs = FWD.needs_grad(ctx)
     # dy = d_out * gate and dgate = d_out * o_pre in one pass
@@ -211,7 +232,7 @@ def _backward(ctx, d_out, _d_pre, d_final):
     dgate = dgate if needs["gate"] else None
     d_final = d_final if ctx.output_final_state and d_final is not None and d_final.numel() else None
     dqq, dqk, dlq, dlk, dv, dt5, d_init = mixed_chunk_attn_bwd(
-        **BWD.pick(a, **ctx.scalars, dy=dy, d_final=d_final, need_dt5=needs["t5_weight"])
+        **BWD.pick(a, **ctx.scalars, dy=dy, read_state=read_state, d_final=d_final, need_dt5=needs["t5_weight"])
     )
     dt5 = dt5.to(a["t5_weight"].dtype) if needs["t5_weight"] else None
     d_init = d_init.to(a["initial_state"].dtype) if needs["initial_state"] else None
@@ -258,7 +279,7 @@ def mixed_chunk_attn_triton(
     windows = win_seq = None
     if cu_seqlens is not None:
         windows, win_seq = varlen_windows(cu_seqlens, group_size)
-    out, _, final = mixed_chunk_attn_fwd(
+    out, _, final, _ = mixed_chunk_attn_fwd(
         quad_q=quad_q,
         quad_k=quad_k,
         lin_q=lin_q,

@@ -962,12 +962,19 @@ def quad_attn_bwd(
     need_dt5: bool,
     need_dbias: bool,
     windows: Tensor | None = None,
+    lin: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
     """(dq, dk, dv, dt5, dbias) from ``dy``, the gradient of the output before the gate.
 
     dt5 is (num_buckets,) float32 summed from per-program partials (deterministic); dbias is the float32 gradient
-    of a (B, N, N) bias, for the caller to reduce to the bias's own shape.
+    of a (B, N, N) bias, for the caller to reduce to the bias's own shape. ``lin`` (windows of at most
+    ``SHORT_WINDOW`` tokens only): FLASH's (lin_k (B, N, S), gradient of the state each window reads (B, G, S, E)),
+    whose ``lin_k dP`` (keys the mask drops adding nothing) dv takes in its own pass.
     """
+    if lin is not None and window > SHORT_WINDOW:
+        raise ValueError(f"lin (the linear half in dv's pass) needs a window of at most {SHORT_WINDOW}, got {window}")
+    if lin is not None:
+        lin = tuple(last_dim_contiguous(*lin))
     dy, q, k, v, t5_weight = last_dim_contiguous(dy, q, k, v, t5_weight)
     b, n, s = q.shape
     dbias_like = torch.empty(b, n, n, device="meta") if need_dbias and bias is not None else None
@@ -1003,6 +1010,7 @@ def quad_attn_bwd(
             need_dt5=need_dt5 and t5_weight is not None,
             need_dbias=need_dbias and bias is not None,
             windows=windows,
+            lin=lin,
         )
     # dq from the key tiles' score gradients with float32 atomics (dy vᵀ and the scores once for dq and dk), unless
     # torch is asked for deterministic algorithms: then a query-tile pass recomputes them and sums in a fixed order

@@ -21,7 +21,9 @@ Backward (``dy``: the gradient before the gate):
 1. ``_quad_dscores_kernel``, per (query tile, key tile): ``dA = dy·vᵀ`` over the whole value width, the scores,
    then A and ``ds = dA · act'(s) · dropout · keep`` stored; the T5 table's per-bucket partials and the caller's
    bias gradient from ds.
-2. ``_quad_tile_product_kernel`` three times: ``dv = Aᵀ dy``, ``dq = scale · ds k``, ``dk = scale · dsᵀ q``.
+2. ``_quad_tile_product_kernel`` three times: ``dv = Aᵀ dy``, ``dq = scale · ds k``, ``dk = scale · dsᵀ q``. For
+   FLASH, dv's pass also adds the linear half's share ``lin_k dS[window]`` (``dS``: the gradient of the state the
+   window reads) before its one rounding, with the rows of masked keys zero, so dv is written once.
 
 Executed FLOPs: every tile's scores once per pass, A·v and dy·vᵀ once. Extra HBM traffic: the stored tiles, written
 once and read once per product, about ``7 · W / 2 · itemsize`` bytes per token causal (~1.8 KiB at W = 256 in bf16,
@@ -364,27 +366,41 @@ def _quad_tile_product_kernel(
     x_ptr,  # (B, N, D)
     y_ptr,  # (B, N, D) out
     win_ptr,  # (G, 2) int32 window bounds of a packed variable-length batch, or dummy
+    lin_ptr,  # (B, N, S) FLASH's lin_k (HAS_LIN), or dummy
+    st_ptr,  # (B, G, S, D) gradient of the state each window's linear queries read (HAS_LIN), or dummy
+    mask_ptr,  # (B, N) uint8 key mask of the linear half (HAS_LIN and HAS_MASK), or dummy
     N,
     W,
     G,
     D,
+    S,
     stride_mb,
     stride_mn,
     stride_xb,
     stride_xn,
     stride_yb,
     stride_yn,
+    stride_lb,
+    stride_ln,
+    stride_sb,
+    stride_sg,
+    stride_ss,
+    stride_kb,
     scale,
     COLUMNS: tl.constexpr,
     CAUSAL: tl.constexpr,
     VARLEN: tl.constexpr,
+    HAS_LIN: tl.constexpr,
+    HAS_MASK: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
     BD: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
     """Over the stored tiles of each window, one (tile, feature block) per program: ``y_i = scale Σ_j M[i, j] x_j``
-    (rows: dq = scale ds k) or, with COLUMNS, ``y_j = scale Σ_i M[i, j] x_i`` (dk = scale dsᵀ q, dv = Aᵀ dy)."""
+    (rows: dq = scale ds k) or, with COLUMNS, ``y_j = scale Σ_i M[i, j] x_i`` (dk = scale dsᵀ q, dv = Aᵀ dy).
+    HAS_LIN (FLASH's dv): the linear half's share ``lin_k_j dP[window]`` is added before the one rounding, and with
+    HAS_MASK the rows of the keys the mask drops are zero (as the linear half's gradient is there, and Aᵀ dy)."""
     i_d, i_t, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     BT: tl.constexpr = BN if COLUMNS else BM  # this program's tile
     tiles = tl.cdiv(W, BT)
@@ -423,8 +439,25 @@ def _quad_tile_product_kernel(
             m_x = (o_n < hi)[:, None] & m_d[None, :]
             b_x = tl.load(x_base + o_n[:, None] * stride_xn + o_d[None, :], mask=m_x, other=0.0)
             acc = dot(b_m, b_x, acc, DOT_PREC)
+    acc = acc * scale
+    if HAS_LIN:  # acc += lin_k[tile] dP[window] (masked keys: zero rows of lin_k), over the query/key width
+        lin_base = lin_ptr + i_b64 * stride_lb
+        st_base = st_ptr + i_b64 * stride_sb + (i_t // tiles).to(tl.int64) * stride_sg  # 64-bit: G * S * D
+        for s0 in range(0, S, BD):  # in steps of the feature block: a square BD x BD state tile
+            o_s = s0 + tl.arange(0, BD)
+            m_s = o_s < S
+            m_l = m_t[:, None] & m_s[None, :]
+            b_l = tl.load(lin_base + o_t[:, None] * stride_ln + o_s[None, :], mask=m_l, other=0.0)
+            m_p = m_s[:, None] & m_d[None, :]
+            b_p = tl.load(st_base + o_s[:, None] * stride_ss + o_d[None, :], mask=m_p, other=0.0)
+            acc = dot(b_l, b_p.to(b_l.dtype), acc, DOT_PREC)
+        if HAS_MASK:  # a key the mask drops has a zero column in the stored weights (so Aᵀ dy is exactly 0 there)
+            # and no linear share: its whole row is 0. Zeroed here, after the products (masking lin_k's rows spilled
+            # the mask on sm_80)
+            keep = tl.load(mask_ptr + i_b64 * stride_kb + o_t, mask=m_t, other=0) != 0
+            acc = tl.where(keep[:, None], acc, 0.0)
     p_y = y_ptr + i_b64 * stride_yb + o_t[:, None] * stride_yn + o_d[None, :]
-    tl.store(p_y, (acc * scale).to(y_ptr.dtype.element_ty), mask=m_t[:, None] & m_d[None, :])
+    tl.store(p_y, acc.to(y_ptr.dtype.element_ty), mask=m_t[:, None] & m_d[None, :])
 
 
 # precision -> BM x BN tiles of the stored weights and score gradients, shared by every kernel here (each reads exactly
@@ -439,14 +472,25 @@ SHORT_TILES = {
 
 
 def short_config(
-    kind: str, window: int, qk_dim: int, v_dim: int, dtype: torch.dtype, arch: int | None = None, bias: bool = False
+    kind: str,
+    window: int,
+    qk_dim: int,
+    v_dim: int,
+    dtype: torch.dtype,
+    arch: int | None = None,
+    bias: bool = False,
+    masked_lin: bool = False,
 ) -> dict:
     """Tiles and warps of the short-window kernel ``kind``: "weights", "out", "dscores", or "product" (for a
     product over the value width: ``v_dim``; over the query/key width: pass it as ``v_dim`` too), on a GPU of
     compute capability ``arch`` (a tuned entry of :mod:`flash_triton.tuning` where there is one; never BM x BN);
-    ``bias``: a caller's bias is added to the scores."""
+    ``bias``: a caller's bias is added to the scores; ``masked_lin``: FLASH's dv product with a key mask."""
     fit = max(16, next_power_of_2(window))
     cfg = _short_default(kind, fit, qk_dim, v_dim, dtype)
+    if kind == "product" and masked_lin and dtype != torch.float32 and cfg["num_warps"] == 8:
+        # ptxas held FLASH's dv (the linear half added, masked keys' rows zeroed) at 8 warps to 128 registers and
+        # spilled 24 B on sm_80 (triton 3.6); at 168 it spills nowhere (one block of 8 warps per SM; 80-91 on sm_90)
+        cfg["maxnreg"] = 168
     if kind == "dscores" and bias and dtype != torch.float32:
         # ptxas held the half-precision score gradients with a caller's bias (and its gradient, laplace) to 128
         # registers and spilled 16 B inside the loop on sm_80 (triton 3.6): every register allowed (~210, one block)
@@ -637,32 +681,67 @@ def short_window_fwd(
 
 
 def _tile_product(
-    m: Tensor, x: Tensor, like: Tensor, scale: float, columns: bool, causal: bool, window: int, windows, g: int
+    m: Tensor,
+    x: Tensor,
+    like: Tensor,
+    scale: float,
+    columns: bool,
+    causal: bool,
+    window: int,
+    windows,
+    g: int,
+    lin: tuple[Tensor, Tensor, Tensor | None] | None = None,
 ) -> Tensor:
-    """``_quad_tile_product_kernel`` over the stored tiles ``m``: (B, N, D), the gradient of ``like``."""
+    """``_quad_tile_product_kernel`` over the stored tiles ``m``: (B, N, D), the gradient of ``like``. ``lin``:
+    (lin_k (B, N, S), the state gradients (B, G, S, D), the uint8 key mask or None): FLASH's ``lin_k dP`` added
+    (columns only)."""
     b, n, d = x.shape
-    cfg = short_config("product", window, d, d, x.dtype, device_arch(x.device))
+    masked_lin = lin is not None and lin[2] is not None
+    cfg = short_config("product", window, d, d, x.dtype, device_arch(x.device), masked_lin=masked_lin)
     y = new_output(like, like.shape)
     grid = (cdiv(d, cfg["BD"]), g * cdiv(window, cfg["BN"] if columns else cfg["BM"]), b)
+    dummy = x.new_empty(0)
+    lin_k, d_state, mask = lin if lin is not None else (dummy, dummy, None)
+    s = lin_k.shape[-1] if lin is not None else 1
+    if lin is not None:
+        if not columns or d_state.shape[-2:] != (s, d) or d_state.stride(-1) != 1 or lin_k.stride(-1) != 1:
+            raise ValueError(
+                f"the linear half's dv needs column tiles, lin_k with unit last stride and a (B, G, {s}, {d}) state "
+                f"gradient with unit last stride: got lin_k {tuple(lin_k.shape)} strides {lin_k.stride()}, state "
+                f"{tuple(d_state.shape)} strides {d_state.stride()}"
+            )
+        check_row_offsets(lin_k=lin_k)
     _quad_tile_product_kernel[grid](
         m_ptr=m,
         x_ptr=x,
         y_ptr=y,
-        win_ptr=windows if windows is not None else x.new_empty(0),
+        win_ptr=windows if windows is not None else dummy,
+        lin_ptr=lin_k,
+        st_ptr=d_state,
+        mask_ptr=mask if mask is not None else dummy,
         N=n,
         W=window,
         G=g,
         D=d,
+        S=s,
         stride_mb=m.stride(0),
         stride_mn=m.stride(1),
         stride_xb=x.stride(0),
         stride_xn=x.stride(1),
         stride_yb=y.stride(0),
         stride_yn=y.stride(1),
+        stride_lb=lin_k.stride(0) if lin is not None else 0,
+        stride_ln=lin_k.stride(1) if lin is not None else 0,
+        stride_sb=d_state.stride(0) if lin is not None else 0,
+        stride_sg=d_state.stride(1) if lin is not None else 0,
+        stride_ss=d_state.stride(2) if lin is not None else 0,
+        stride_kb=mask.stride(0) if mask is not None else 0,
         scale=scale,
         COLUMNS=columns,
         CAUSAL=causal,
         VARLEN=windows is not None,
+        HAS_LIN=lin is not None,
+        HAS_MASK=mask is not None,
         DOT_PREC=dot_precision(x.dtype),
         enable_fp_fusion=FP_FUSION,
         **cfg,
@@ -693,10 +772,12 @@ def short_window_bwd(
     need_dt5: bool,
     need_dbias: bool,
     windows: Tensor | None,
+    lin: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
     """:func:`.kernels.quad_attn_bwd` for windows of at most :data:`.kernels.SHORT_WINDOW` tokens (which prepares
     its arguments and calls this): the weights and score gradients of every visited tile computed once and stored,
-    then dv = Aᵀ dy, dq = scale ds k and dk = scale dsᵀ q over the stored tiles."""
+    then dv = Aᵀ dy, dq = scale ds k and dk = scale dsᵀ q over the stored tiles. ``lin``: (lin_k, state gradients)
+    of FLASH's linear half, whose ``lin_k dP`` dv takes in the same pass (keys the mask drops adding nothing)."""
     b, n, s = q.shape
     e = v.shape[-1]
     w = window
@@ -741,7 +822,7 @@ def short_window_bwd(
         **cfg,
     )
     tiles = dict(causal=causal, window=w, windows=windows, g=g)
-    dv = _tile_product(weights, dy, v, 1.0, columns=True, **tiles)
+    dv = _tile_product(weights, dy, v, 1.0, columns=True, **tiles, lin=(*lin, mask_u8) if lin is not None else None)
     dq = _tile_product(dscores, k, q, scale, columns=False, **tiles)
     dk = _tile_product(dscores, q, k, scale, columns=True, **tiles)
     dt5 = dt5_part.sum(0)[: t5_weight.numel()] if dt5_part is not None else None
