@@ -705,7 +705,9 @@ def _dropout_keep_kernel(
 # loop (the T5 bucket sums) and dq spilled on sm_80; float32 dk/dq with one 128-wide feature block (dy vᵀ not
 # recomputed per block) spilled 184-1,100 B. "dkq" is dk that also adds each tile's share of dq into float32 with
 # atomics (dy vᵀ and the scores once for both: GAU's bf16 backward 1.79x -> 1.29x the minimal FLOPs, float32 8.4x ->
-# 4.4x); its float32 key tile is 16 rows (32 spilled on sm_80). dk / dq / dkq specialise their widths too (16-byte
+# 4.4x); its float32 key tile is 16 rows (32 spilled on sm_80), which leaves room for the whole query/key width in one
+# block without dropout up to width 128 (one dy vᵀ per key tile; with dropout, or in two 128-wide blocks, it spilled
+# 36-56 B on sm_90). dk / dq / dkq specialise their widths too (16-byte
 # operand loads) in one stage with every register allowed (see launch_config).
 TILES = {
     ("fwd", "half", False): (64, 32, 64, 256, 8),
@@ -715,9 +717,11 @@ TILES = {
     ("fwd", "fp32", False): (32, 16, 32, 128, 8),
     ("fwd", "fp32", True): (32, 16, 32, 64, 8),  # 128 spilled in the loop on sm_90 at width 200 (triton 3.9)
     **{("dk", "fp32", drop): (32, 32, 32, 32, 8) for drop in (False, True)},
-    ("dkq", "fp32", False): (32, 16, 32, 32, 8),
+    ("dkq", "fp32", False): (32, 16, 128, 32, 8),  # the query/key width in one block: dy vᵀ once per key tile
     ("dkq", "fp32", True): (32, 16, 32, 16, 8),  # 32-wide dy vᵀ steps spilled 8 B in the loop on sm_80 (triton 3.6)
-    **{("dv", "fp32", drop): (32, 32, 32, 32, 4) for drop in (False, True)},
+    # 128-wide value blocks: the scores recomputed E / 128 times (at 32: 32 times at e 1024, GAU's fp32 backward 4.35x
+    # the minimal FLOPs; with dkq's single query/key block 1.51x); with a caller's bias see launch_config
+    **{("dv", "fp32", drop): (32, 32, 32, 128, 8) for drop in (False, True)},
     ("dq", "fp32", False): (32, 16, 16, 32, 4),
     ("dq", "fp32", True): (32, 16, 16, 32, 8),  # at 4 warps it spilled inside the key loop on sm_80 (triton 3.9)
 }
@@ -777,17 +781,23 @@ def launch_config(
         warps = 4  # 3.6) at query/key width 64; 4 spill nowhere there, but do at width 128 on sm_90
     if kind == "dq" and precision == "half" and dropout and qk_dim > bs:  # two 128-wide blocks with dropout spilled
         bs = 64  # inside the loop on sm_90 (triton 3.6); 64-wide blocks spill nowhere
+    if kind == "dkq" and precision == "fp32" and qk_dim > bs:  # two 128-wide blocks spilled 56 B on sm_90 (3.9)
+        bs = 32
+    if kind == "dv" and precision == "fp32" and bias:  # 128-wide value blocks spilled 40 B with a caller's bias on
+        be, warps = min(be, 32), 4  # sm_80 and sm_90 (outside the loop; triton 3.6)
     cfg = dict(BM=min(bm, fit), BN=min(bn, fit), BS=bs, S_BLOCKS=cdiv(qk_dim, bs), BE=be, num_warps=warps, num_stages=2)
     if kind in ("dk", "dq", "dkq"):
         # ptxas, left to itself, holds some of these builds to 128 registers (two blocks per SM) and spills inside
         # the loop (sm_80, 16-wide tiles with dropout; width 64; specialised widths): allow it every register. One
         # stage: their feature widths are specialised (16-byte loads) but a second stage of buffers spills them
         cfg.update(maxnreg=255, num_stages=1)
-    # a tuned entry (flash_triton.tuning) for this GPU and shape, where there is one; lin / bias change the forward's
-    # kernel only, so only its entries are keyed by them
+    # a tuned entry (flash_triton.tuning) for this GPU and shape, where there is one; lin changes the forward's kernel
+    # only, a caller's bias the forward's, dq's and dv's tiles, so only their entries are keyed by them
     key = dict(window=fit, qk=qk_dim, v=v_dim, dropout=dropout)
     if kind == "fwd":
         key.update(lin=lin, bias=bias)
+    elif kind in ("dq", "dv"):
+        key.update(bias=bias)
     return tuning.tuned(f"quad_attn_{kind}", arch, dtype, key, cfg)
 
 
