@@ -706,9 +706,10 @@ def _dropout_keep_kernel(
 # recomputed per block) spilled 184-1,100 B. "dkq" is dk that also adds each tile's share of dq into float32 with
 # atomics (dy vᵀ and the scores once for both: GAU's bf16 backward 1.79x -> 1.29x the minimal FLOPs, float32 8.4x ->
 # 4.4x); its float32 key tile is 16 rows (32 spilled on sm_80), which leaves room for the whole query/key width in one
-# block without dropout up to width 128 (one dy vᵀ per key tile; with dropout, or in two 128-wide blocks, it spilled
-# 36-56 B on sm_90). dk / dq / dkq specialise their widths too (16-byte
-# operand loads) in one stage with every register allowed (see launch_config).
+# block without dropout up to width 128 (one dy vᵀ per key tile; in two 128-wide blocks at width 200 it spilled 36 B
+# with dropout on sm_90 under triton 3.6 and 56 B without under 3.9; with dropout at width 128 it is not yet
+# compiled, so dropout keeps 32). dk / dq / dkq specialise their widths too (16-byte operand loads) in one stage with
+# every register allowed (see launch_config).
 TILES = {
     ("fwd", "half", False): (64, 32, 64, 256, 8),
     ("fwd", "half", True): (64, 32, 32, 128, 8),
