@@ -214,25 +214,35 @@ def test_target_executed_flops_near_the_minimum(quick, core, dtype):
     assert fwd <= limit[0] and bwd <= limit[1], (core, dtype, fwd, bwd)
 
 
+_GAU_BYTES = (
+    "the pre-gate output stored for the gate's gradient (written, then read: 4 KiB per token in bf16 that the floor "
+    "does not count), dy written by the gate's backward and read by dv and dk, which each read q and k, and dq "
+    "through a float32 accumulator (zeroed, added into, read, cast)"
+)
+
+
 @pytest.mark.parametrize(
-    "core",
+    "core, dtype",
     [
         # 1.47x: the states kept from the forward, and dv's tile product adding the linear half's lin_k dS (1.71x
         # when the backward computed the states again and added lin_k dS to dv in a pass of its own)
-        pytest.param("mixed_chunk_attn", id="flash"),
+        pytest.param("mixed_chunk_attn", "bf16", id="flash-bf16"),
         pytest.param(
-            "quad_attn",
-            id="gau",
+            "mixed_chunk_attn",
+            "fp32",
+            id="flash-fp32",
             marks=target(
-                "GAU 1.69x: the pre-gate output stored for the gate's gradient (written, then read: 4 KiB per token "
-                "that the floor does not count), dy written by the gate's backward and read by dv and dk, which each "
-                "read q and k, and dq through a float32 accumulator (zeroed, added into, read, cast)"
+                "FLASH float32 1.82x: the floor's states are float32 in every dtype, so it grows less than the "
+                "kernels' traffic, which doubles from bf16 with the element size (the target is stated for bf16)"
             ),
         ),
+        pytest.param("quad_attn", "bf16", id="gau-bf16", marks=target(f"GAU 1.69x: {_GAU_BYTES}")),
+        pytest.param("quad_attn", "fp32", id="gau-fp32", marks=target(f"GAU float32 1.64x: {_GAU_BYTES}")),
     ],
 )
-def test_target_core_bytes_within_1_5x_the_floor(quick, core):
-    """bf16 (the target's precision): modelled HBM bytes per token of the core at most 1.5x the floor."""
+def test_target_core_bytes_within_1_5x_the_floor(quick, core, dtype):
+    """Modelled HBM bytes per token of the core at most 1.5x the floor (the issue states the target for bf16; the
+    float32 cases stay tracked)."""
     _, cores = quick
-    (c,) = (c for c in cores if c["core"] == core and c["dtype"] == "bf16")
-    assert c["bytes_per_token"] <= 1.5 * c["floor_per_token"], (c["core"], c["bytes_per_token"], c["floor_per_token"])
+    (c,) = (c for c in cores if c["core"] == core and c["dtype"] == dtype)
+    assert c["bytes_per_token"] <= 1.5 * c["floor_per_token"], (core, dtype, c["bytes_per_token"], c["floor_per_token"])
