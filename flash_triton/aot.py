@@ -54,6 +54,7 @@ POINTER_TYPES = {
     "bias_ptr": "*fp32",
     "dt5_ptr": "*fp32",
     "dbias_ptr": "*fp32",
+    "dqa_ptr": "*fp32",  # dq accumulated with float32 atomics
     "win_ptr": "*i32",
 }
 # per-kernel exceptions
@@ -281,6 +282,10 @@ def variants(
                 options = {k: cfg.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in cfg}
                 options["enable_fp_fusion"] = FP_FUSION
                 constexprs = dict(flags, **cfg)
+                if "BM_NEAR" in cfg:  # the key tiles' transposed kernel (sm_90), as quad_attn_bwd picks it
+                    fn = "_quad_attn_bwd_dk_kernel"
+                    jit = kernel_fn(fn)
+                    del constexprs["KEY_TILES"]
                 if "DOT_PREC" in jit.arg_names:
                     constexprs["DOT_PREC"] = dot_precision(TORCH_DTYPES[dtype])
                 divisible = tuple(sorted(k for k, v in widths.items() if v % 16 == 0 and specialised(jit, k)))

@@ -159,6 +159,9 @@ class Launch:
     written: float
 
 
+T5_MAX_DISTANCE = 128  # the layers' default (embeddings.T5RelativePositionBias)
+
+
 def quad_tiles(kind: str, w: int, s: int, e: int, dtype: torch.dtype) -> dict:
     return qa.launch_config(kind, w, s, e, dtype, False, arch=90)  # the model's GPU: an H100
 
@@ -248,8 +251,14 @@ def quad_backward(
             elif kind in ("dk", "dkq"):
                 products = bs if kind == "dk" else 2 * bs  # dsᵀ q (and ds k)
                 for k0 in range(ws, we, bn):
-                    steps = _cdiv(we - (k0 if causal else ws), bm)
-                    total += c["S_BLOCKS"] * steps * 2.0 * bm * bn * (e_pad + s_pad + products)
+                    lo = k0 if causal else ws
+                    if "BM_NEAR" in c:  # the transposed kernel: queries within T5_MAX_DISTANCE in BM_NEAR steps
+                        near, far = max(lo, k0 - T5_MAX_DISTANCE), min(we, k0 + bn + T5_MAX_DISTANCE)
+                        rows = (_cdiv(near - lo, bm) + _cdiv(we - far, bm)) * bm
+                        rows += _cdiv(far - near, c["BM_NEAR"]) * c["BM_NEAR"]
+                    else:
+                        rows = _cdiv(we - lo, bm) * bm
+                    total += c["S_BLOCKS"] * rows * 2.0 * bn * (e_pad + s_pad + products)
             else:
                 for q0 in range(ws, we, bm):
                     hi = min(we, q0 + bm) if causal else we

@@ -146,6 +146,56 @@ def test_streaming_forward_in_its_hopper_tiles_matches_reference(monkeypatch, dt
         assert launch_config("dv", 8192, 128, 1024, dt, dropout, arch)["BM"] == 32, (arch, dt, dropout)
 
 
+@pytest.mark.parametrize(
+    "causal, laplace, bias, dropout, deterministic",
+    [
+        pytest.param(True, False, None, False, False, id="causal"),
+        pytest.param(False, True, "bnn", True, True, id="laplace-bias-dropout-deterministic"),
+    ],
+)
+def test_transposed_key_tiles_match_reference(monkeypatch, causal, laplace, bias, dropout, deterministic):
+    """The key-tile backward over transposed (key, query) tiles, ``_quad_attn_bwd_dk_kernel`` (sm_90's dk and dk with
+    dq added: 128 key rows; queries within max_distance of the key tile in 16-row steps that sum the score gradients
+    per T5 bucket, the others in 32-row steps that add the tile's sum to the one bucket of its clamped relative
+    position), forced in float32 (exact products) with every flag it takes, including those sm_90 does not pick it
+    for (dropout, a caller's bias): n 200, max_distance 20, so that key tiles see queries before, within and after
+    their near band, non-causal ones on both sides; masked keys. Output and every gradient against the reference
+    (dropout through the kernels' own keep-mask)."""
+    monkeypatch.setattr(qa, "SHORT_WINDOW", 0)
+    picked, launch_config = [], qa.launch_config
+
+    def transposed(kind, *args, **kwargs):
+        cfg = launch_config(kind, *args, **kwargs)
+        if kind in qa.TRANSPOSED_KEY_TILES:
+            cfg = dict(cfg, BM=32, BN=128, BE=16, BM_NEAR=16)
+        picked.append(kind)
+        return cfg
+
+    monkeypatch.setattr(qa, "launch_config", transposed)
+    counters = count_launches(monkeypatch, qa, "_quad_attn_bwd_dk_kernel", "_quad_attn_bwd_dqk_kernel")
+    b, n, s, e, p = 2, 200, 24, 24, 0.25
+    tensors, key_mask = make_inputs(b, n, s, e, torch.float32, mask=True, bias=bias)
+    # scores of order one (scale s^-1/2), so that the far buckets' pairs have score gradients to sum
+    kw = dict(scale=s**-0.5, window=None, causal=causal, key_mask=key_mask, t5_scale=0.7, t5_max_distance=20)
+    kw.update(bias_scale=0.5, laplace=laplace, dropout_p=p if dropout else 0.0)
+    seed = torch.tensor([1234], dtype=torch.int64, device=DEVICE)
+    grad_out = torch.randn(b, n, e, device=DEVICE)
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        out, grads = run(op.quad_attn_triton, tensors, torch.float32, grad_out, dropout_seed=seed, **kw)
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    assert counters["_quad_attn_bwd_dk_kernel"].launches == 1, picked
+    assert counters["_quad_attn_bwd_dqk_kernel"].launches == (1 if deterministic else 0)  # dq over query tiles
+    keep = qa.dropout_keep_mask(seed, b, n, n, p) if dropout else None
+    out_ref, grads_ref = run(ref.quad_attn, tensors, torch.float32, grad_out, dropout_mask=keep, **kw)
+    assert_close_scaled(out, out_ref, 1e-5, "output")
+    assert grads.keys() == grads_ref.keys() and {"q", "k", "t5_weight"} <= grads.keys()
+    for name in grads:
+        assert_close_scaled(grads[name], grads_ref[name], 1e-5, f"grad of {name}")
+
+
 def _through_views(fn, tensors: dict, grad_out, make_view, **kw):
     """``fn`` on ``make_view`` of every tensor input (mask included), and the gradients of the leaves behind them."""
     leaves = {k: t.detach().clone().requires_grad_(t.is_floating_point()) for k, t in tensors.items()}

@@ -375,7 +375,13 @@ def _dscores(
 def t5_bucket_sums(acc_t5, ds, o_m, o_n, lut_ptr, max_dist, NB: tl.constexpr):
     """``acc_t5`` (NB,) plus the sums of the (BM, BN) score gradients ``ds`` over each T5 bucket of the tile."""
     rel = tl.minimum(tl.maximum(o_n[None, :] - o_m[:, None], -max_dist), max_dist) + max_dist
-    bucket = tl.load(lut_ptr + rel)
+    return bucket_sums(acc_t5, ds, tl.load(lut_ptr + rel), NB)
+
+
+@triton.jit
+def bucket_sums(acc_t5, ds, bucket, NB: tl.constexpr):
+    """``acc_t5`` (NB,) plus the sums of the score gradients ``ds`` (a tile, either orientation) over each T5 bucket
+    (``bucket``, the same shape)."""
     o_nb = tl.arange(0, NB)
     # a tile spans few buckets except near the diagonal: loop over its own range only
     for nb in range(tl.min(tl.min(bucket, axis=1), axis=0), tl.max(tl.max(bucket, axis=1), axis=0) + 1):
@@ -663,6 +669,341 @@ def _quad_attn_bwd_dqk_kernel(
             tl.store(dt5_ptr + pid * NB + o_nb, acc_t5 * t5_scale)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# the key-tile backward, transposed: keys are the rows of every tile, so each product of a key tile has the key tile
+# as its M dimension (wgmma takes M in 64-row warpgroup steps) and the query step, however short, as N or K
+
+
+@triton.jit
+def _scores_t(
+    q_base,
+    k_base,
+    stride_qn,
+    stride_kn,
+    o_m,  # (BM,) query positions
+    o_n,  # (BN,) key positions
+    m_m,
+    m_n,
+    S,
+    scale,
+    t5_ptr,
+    max_dist,
+    bias_base,
+    stride_bm,
+    stride_bn,
+    bias_scale,
+    HAS_T5: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BS: tl.constexpr,
+    S_BLOCKS: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """(BN, BM) float32 scores, transposed: sᵀ[j, i] = s[i, j] (before the activation), as k qᵀ."""
+    acc = tl.zeros((BN, BM), dtype=tl.float32)
+    for i_s in tl.static_range(S_BLOCKS):
+        o_s = i_s * BS + tl.arange(0, BS)
+        m_s = o_s < S
+        b_k = tl.load(k_base + o_n[:, None] * stride_kn + o_s[None, :], mask=m_n[:, None] & m_s[None, :], other=0.0)
+        b_q = tl.load(q_base + o_m[:, None] * stride_qn + o_s[None, :], mask=m_m[:, None] & m_s[None, :], other=0.0)
+        acc = dot(b_k, tl.trans(b_q), acc, DOT_PREC)
+    s = acc * scale
+    if HAS_T5:
+        rel = tl.minimum(tl.maximum(o_n[:, None] - o_m[None, :], -max_dist), max_dist) + max_dist
+        s += tl.load(t5_ptr + rel)
+    if HAS_BIAS:
+        p_bias = bias_base + o_m[None, :] * stride_bm + o_n[:, None] * stride_bn
+        s += tl.load(p_bias, mask=m_n[:, None] & m_m[None, :], other=0.0).to(tl.float32) * bias_scale
+    return s
+
+
+@triton.jit
+def _keep_t(o_m, o_n, m_m, m_n, mask_base, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr):
+    """(BN, BM) bool: :func:`_keep` transposed."""
+    keep = m_n[:, None] & m_m[None, :]
+    if CAUSAL:
+        keep = keep & (o_n[:, None] <= o_m[None, :])
+    if HAS_MASK:
+        km = tl.load(mask_base + o_n, mask=m_n, other=0)
+        keep = keep & (km != 0)[:, None]
+    return keep
+
+
+@triton.jit
+def _dropout_scale_t(seed, row0, o_m, o_n, win_start, p, BM: tl.constexpr, BN: tl.constexpr):
+    """(BN, BM) float32: :func:`_dropout_scale` transposed (the same Philox draw for each (row, column))."""
+    c0 = tl.broadcast_to((o_n - win_start)[:, None], (BN, BM)).to(tl.uint32)
+    c1 = tl.broadcast_to((row0 + o_m)[None, :], (BN, BM)).to(tl.uint32)
+    zero = tl.zeros((BN, BM), dtype=tl.uint32)
+    r, _, _, _ = tl.philox(seed, c0, c1, zero, zero)
+    u = tl.uint_to_uniform_float(r)
+    return tl.where(u >= p, 1.0 / (1.0 - p), 0.0)
+
+
+@triton.jit
+def _dk_step(
+    acc,  # (BN, BS) float32 dk of the key tile so far
+    acc_t5,  # (NB,) float32 per-bucket sums of the score gradients so far (SUMS == 2)
+    t5_far,  # float32 sum of the score gradients so far (SUMS == 1: tiles past max_dist, one bucket)
+    b_kt,  # (BS, BN) kᵀ of the key tile (DQ_ATOMIC)
+    m0,  # first query of this step
+    hi,  # end of the query range this step belongs to
+    first,  # this program has the first feature block: it adds the T5 sums and stores the bias gradient
+    q_base,
+    k_base,
+    v_base,
+    dy_base,
+    dqa_base,
+    dbias_base,
+    mask_base,
+    t5_ptr,
+    lut_ptr,
+    bias_base,
+    o_n,
+    m_n,
+    o_f,
+    m_f,
+    win_start,
+    row0,
+    seed,
+    N,
+    S,
+    E,
+    stride_qn,
+    stride_kn,
+    stride_vn,
+    stride_dyn,
+    stride_bm,
+    stride_bn,
+    scale,
+    max_dist,
+    bias_scale,
+    dropout_p,
+    DQ_ATOMIC: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    LAPLACE: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_T5: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    DBIAS: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    SUMS: tl.constexpr,  # T5 gradient: 0 none, 1 the tile's sum into t5_far, 2 per bucket into acc_t5
+    NB: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BS: tl.constexpr,
+    S_BLOCKS: tl.constexpr,
+    BE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """One query step of :func:`_quad_attn_bwd_dk_kernel` over the transposed (key, query) tile."""
+    o_m = m0 + tl.arange(0, BM)
+    m_m = o_m < hi
+    # dAᵀ = v dyᵀ first, so that the scores are not live across this loop (register pressure)
+    da = tl.zeros((BN, BM), dtype=tl.float32)
+    for e0 in range(0, E, BE):
+        o_e = e0 + tl.arange(0, BE)
+        m_e = o_e < E
+        b_v = tl.load(v_base + o_n[:, None] * stride_vn + o_e[None, :], mask=m_n[:, None] & m_e[None, :], other=0.0)
+        b_dy = tl.load(dy_base + o_m[:, None] * stride_dyn + o_e[None, :], mask=m_m[:, None] & m_e[None, :], other=0.0)
+        da = dot(b_v, tl.trans(b_dy), da, DOT_PREC)
+    s = _scores_t(
+        q_base,
+        k_base,
+        stride_qn,
+        stride_kn,
+        o_m,
+        o_n,
+        m_m,
+        m_n,
+        S,
+        scale,
+        t5_ptr,
+        max_dist,
+        bias_base,
+        stride_bm,
+        stride_bn,
+        bias_scale,
+        HAS_T5,
+        HAS_BIAS,
+        BM,
+        BN,
+        BS,
+        S_BLOCKS,
+        DOT_PREC,
+    )
+    ds = da * _act_grad(s, LAPLACE)
+    if DROPOUT:
+        ds = ds * _dropout_scale_t(seed, row0, o_m, o_n, win_start, dropout_p, BM, BN)
+    ds = tl.where(_keep_t(o_m, o_n, m_m, m_n, mask_base, CAUSAL, HAS_MASK), ds, 0.0)
+    b_q = tl.load(q_base + o_m[:, None] * stride_qn + o_f[None, :], mask=m_m[:, None] & m_f[None, :], other=0.0)
+    acc = dot(ds.to(b_q.dtype), b_q, acc, DOT_PREC)
+    if DQ_ATOMIC:  # dqᵀ = kᵀ dsᵀ: the feature block as M
+        dqt = dot(b_kt, ds.to(b_kt.dtype), tl.zeros((BS, BM), dtype=tl.float32), DOT_PREC)
+        p_dqa = dqa_base + o_m[None, :] * S + o_f[:, None]
+        tl.atomic_add(p_dqa, dqt * scale, mask=m_f[:, None] & m_m[None, :], sem="relaxed")
+    if SUMS == 2:
+        if first:
+            rel = tl.minimum(tl.maximum(o_n[:, None] - o_m[None, :], -max_dist), max_dist) + max_dist
+            acc_t5 = bucket_sums(acc_t5, ds, tl.load(lut_ptr + rel), NB)
+    if SUMS == 1:
+        t5_far += tl.sum(tl.sum(ds, axis=1), axis=0)
+    if DBIAS:
+        if first:
+            p_db = dbias_base + o_m[None, :] * N + o_n[:, None]
+            tl.store(p_db, ds * bias_scale, mask=m_n[:, None] & m_m[None, :])
+    return acc, acc_t5, t5_far
+
+
+@triton.jit(do_not_specialize=_NOSPEC)
+def _quad_attn_bwd_dk_kernel(
+    q_ptr,  # (B, N, S)
+    k_ptr,  # (B, N, S)
+    v_ptr,  # (B, N, E)
+    dy_ptr,  # (B, N, E)
+    dk_ptr,  # (B, N, S)
+    dqa_ptr,  # (B, N, S) float32 zeros that dq is added into atomically (DQ_ATOMIC), or dummy
+    dt5_ptr,  # (num programs, NB) float32 partial sums of the T5 table gradient, or dummy
+    dbias_ptr,  # (B, N, N) float32 score gradient times bias_scale, or dummy
+    mask_ptr,
+    t5_ptr,  # (2 * max_dist + 1,) float32 T5 term per relative position (t5_relative) or dummy
+    lut_ptr,  # (2 * max_dist + 1,) int32 buckets of the T5 gradient (DT5)
+    bias_ptr,
+    seed_ptr,
+    win_ptr,
+    N,
+    W,
+    G,
+    S,
+    E,
+    stride_qb,
+    stride_qn,
+    stride_kb,
+    stride_kn,
+    stride_vb,
+    stride_vn,
+    stride_dyb,
+    stride_dyn,
+    stride_dkb,
+    stride_dkn,
+    stride_mb,
+    stride_bb,
+    stride_bm,
+    stride_bn,
+    scale,
+    t5_scale,
+    max_dist,
+    bias_scale,
+    dropout_p,
+    DQ_ATOMIC: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    LAPLACE: tl.constexpr,
+    VARLEN: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_T5: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    DT5: tl.constexpr,
+    DBIAS: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    NB: tl.constexpr,
+    BM: tl.constexpr,
+    BM_NEAR: tl.constexpr,
+    BN: tl.constexpr,
+    BS: tl.constexpr,
+    S_BLOCKS: tl.constexpr,
+    BE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """dk[j] = scale Σ_i ds[i, j] q_i, one (key tile, feature block) per program, over transposed (key, query)
+    tiles: dsᵀ = (v dyᵀ) ⊙ act'(k qᵀ ...), dk += dsᵀ q, every product with the key tile as its M dimension (wgmma on
+    sm_90 takes M in 64-row steps; the query step is N or K). With DQ_ATOMIC, each tile's share of dq, (kᵀ dsᵀ)ᵀ, is
+    added into the float32 ``dqa`` with atomics: dy vᵀ and the scores computed once for dq and dk. DBIAS: the score
+    gradients (times bias_scale) of every tile stored. DT5: the program's sums of the score gradients per T5 bucket.
+    Queries more than max_dist from every key of the tile see one bucket (the clamped relative position), so there
+    the tile's sum is all it takes; only the queries within max_dist of the tile, in BM_NEAR-row steps, sum per
+    bucket (which, in every step, spilled registers outside the loop on sm_90)."""
+    i_t, i_s, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    tiles = tl.cdiv(W, BN)
+    win_start, win_end = window_bounds(i_t // tiles, W, N, win_ptr, VARLEN)
+    k_start = win_start + (i_t % tiles) * BN
+    o_n = k_start + tl.arange(0, BN)
+    m_n = o_n < win_end
+    o_f = i_s * BS + tl.arange(0, BS)
+    m_f = o_f < S
+    first = i_s == 0
+    i_b64 = i_b.to(tl.int64)
+    q_base = q_ptr + i_b64 * stride_qb
+    k_base = k_ptr + i_b64 * stride_kb
+    v_base = v_ptr + i_b64 * stride_vb
+    dy_base = dy_ptr + i_b64 * stride_dyb
+    dqa_base = dqa_ptr + i_b64 * N * S
+    dbias_base = dbias_ptr + i_b64 * N * N
+    bias_base = bias_ptr + i_b64 * stride_bb
+    mask_base = mask_ptr + i_b64 * stride_mb
+    row0 = i_b * G * W
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(seed_ptr)
+    lo = win_start
+    if CAUSAL:
+        lo = k_start
+    acc = tl.zeros((BN, BS), dtype=tl.float32)
+    acc_t5 = tl.zeros((NB,), dtype=tl.float32)
+    b_kt = tl.zeros((BS, BN), dtype=k_ptr.dtype.element_ty)
+    if DQ_ATOMIC:  # this key tile's kᵀ, for its share of dq: loaded once
+        b_kt = tl.load(k_base + o_n[None, :] * stride_kn + o_f[:, None], mask=m_n[None, :] & m_f[:, None], other=0.0)
+    if DT5:
+        # queries before `near` are more than max_dist before every key of the tile (relative position clamped to
+        # +max_dist), those from `far` on more than max_dist after (clamped to -max_dist)
+        near = tl.maximum(lo, k_start - max_dist)
+        far = tl.minimum(win_end, k_start + BN + max_dist)
+        t5_before = 0.0
+        for m0 in range(lo, near, BM):
+            acc, acc_t5, t5_before = _dk_step(
+                acc, acc_t5, t5_before, b_kt, m0, near, first, q_base, k_base, v_base, dy_base, dqa_base,
+                dbias_base, mask_base, t5_ptr, lut_ptr, bias_base, o_n, m_n, o_f, m_f, win_start, row0, seed, N, S, E,
+                stride_qn, stride_kn, stride_vn, stride_dyn, stride_bm, stride_bn, scale, max_dist, bias_scale,
+                dropout_p, DQ_ATOMIC, CAUSAL, LAPLACE, HAS_MASK, HAS_T5, HAS_BIAS, DBIAS, DROPOUT, 1, NB, BM, BN, BS,
+                S_BLOCKS, BE, DOT_PREC,
+            )  # fmt: skip
+        unused = 0.0
+        for m0 in range(near, far, BM_NEAR):
+            acc, acc_t5, unused = _dk_step(
+                acc, acc_t5, unused, b_kt, m0, far, first, q_base, k_base, v_base, dy_base, dqa_base,
+                dbias_base, mask_base, t5_ptr, lut_ptr, bias_base, o_n, m_n, o_f, m_f, win_start, row0, seed, N, S, E,
+                stride_qn, stride_kn, stride_vn, stride_dyn, stride_bm, stride_bn, scale, max_dist, bias_scale,
+                dropout_p, DQ_ATOMIC, CAUSAL, LAPLACE, HAS_MASK, HAS_T5, HAS_BIAS, DBIAS, DROPOUT, 2, NB, BM_NEAR, BN,
+                BS, S_BLOCKS, BE * BM // BM_NEAR, DOT_PREC,
+            )  # fmt: skip
+        t5_after = 0.0
+        for m0 in range(far, win_end, BM):
+            acc, acc_t5, t5_after = _dk_step(
+                acc, acc_t5, t5_after, b_kt, m0, win_end, first, q_base, k_base, v_base, dy_base, dqa_base,
+                dbias_base, mask_base, t5_ptr, lut_ptr, bias_base, o_n, m_n, o_f, m_f, win_start, row0, seed, N, S, E,
+                stride_qn, stride_kn, stride_vn, stride_dyn, stride_bm, stride_bn, scale, max_dist, bias_scale,
+                dropout_p, DQ_ATOMIC, CAUSAL, LAPLACE, HAS_MASK, HAS_T5, HAS_BIAS, DBIAS, DROPOUT, 1, NB, BM, BN, BS,
+                S_BLOCKS, BE, DOT_PREC,
+            )  # fmt: skip
+        if first:
+            o_nb = tl.arange(0, NB)
+            acc_t5 += tl.where(o_nb == tl.load(lut_ptr + 2 * max_dist), t5_before, 0.0)
+            acc_t5 += tl.where(o_nb == tl.load(lut_ptr), t5_after, 0.0)
+            pid = i_b * tl.num_programs(0) + i_t
+            tl.store(dt5_ptr + pid * NB + o_nb, acc_t5 * t5_scale)
+    else:
+        for m0 in range(lo, win_end, BM):
+            acc, acc_t5, _ = _dk_step(
+                acc, acc_t5, 0.0, b_kt, m0, win_end, first, q_base, k_base, v_base, dy_base, dqa_base, dbias_base,
+                mask_base, t5_ptr, lut_ptr, bias_base, o_n, m_n, o_f, m_f, win_start, row0, seed, N, S, E, stride_qn,
+                stride_kn, stride_vn, stride_dyn, stride_bm, stride_bn, scale, max_dist, bias_scale, dropout_p,
+                DQ_ATOMIC, CAUSAL, LAPLACE, HAS_MASK, HAS_T5, HAS_BIAS, DBIAS, DROPOUT, 0, NB, BM, BN, BS, S_BLOCKS, BE,
+                DOT_PREC,
+            )  # fmt: skip
+    p_dk = dk_ptr + i_b64 * stride_dkb + o_n[:, None] * stride_dkn + o_f[None, :]
+    tl.store(p_dk, (acc * scale).to(dk_ptr.dtype.element_ty), mask=m_n[:, None] & m_f[None, :])
+
+
 @triton.jit(do_not_specialize=_NOSPEC)
 def _dropout_keep_kernel(
     seed_ptr,  # (1,) int64
@@ -744,7 +1085,19 @@ TILES_SM90 = {
     ("fwd", "half", False): (64, 32, 128, 512, 16),
     ("dv", "half", False): (64, 64, 128, 256, 8),
     ("dq", "half", False): (64, 64, 128, 64, 8),  # the deterministic pass's dq; not with a caller's bias (see above)
+    # dk (and dk with dq added) over transposed tiles (_quad_attn_bwd_dk_kernel): 128 key rows, 32-row query steps
+    ("dk", "half", False): (32, 128, 128, 32, 8),
+    ("dkq", "half", False): (32, 128, 128, 16, 8),  # 32-wide dy vᵀ steps spilled 8 B with a key mask (non-causal)
 }
+# dk and dkq on sm_90 run the transposed kernel: there every product of a key tile has the 128 key rows as its M
+# dimension, so all of them run on wgmma in 32-row query steps (on the 32 x 32 tiles of the other kernel they ran
+# on mma.sync: 64 x 64 spilled 24-420 B). Queries within max_dist of the key tile go in 16-row steps (BM_NEAR), the
+# only ones that sum the score gradients per T5 bucket; per bucket in every 32-row step spilled 56-60 B outside the
+# loop. Hot loop at the benchmark shape (triton 3.6): 676 instructions for 32 wgmma, 630 FLOP per instruction (the
+# 32 x 32 mma.sync kernel: 530 for 36 mma.sync, 278). Not with dropout (150-370 B spilled) or a caller's bias
+# (72-124 B): those, and sm_80 (mma.sync keeps the operands in registers: 16-124 B spilled at 32 x 32), keep
+# _quad_attn_bwd_dqk_kernel.
+TRANSPOSED_KEY_TILES = ("dk", "dkq")
 
 
 def launch_config(
@@ -762,12 +1115,14 @@ def launch_config(
     ("fwd", "dv", "dk", "dq"; "dkq": dk with dq added in atomically) for a window, query/key width, value width,
     dtype and dropout on/off, on a GPU of compute capability ``arch`` (:func:`..common.jit.device_arch`; None: the
     configs that compile for every supported GPU); ``lin``: the forward adds FLASH's linear half; ``bias``: a caller's
-    bias is added to the scores."""
+    bias is added to the scores. A dk / dkq config with ``BM_NEAR`` is for the transposed key-tile kernel
+    (``_quad_attn_bwd_dk_kernel``), one without for ``_quad_attn_bwd_dqk_kernel``."""
     precision = "fp32" if dtype == torch.float32 else "half"
     key = (kind, precision, dropout)
     # TILES_SM90 where its conditions hold; the forward's only at value widths past the default block (below it 16
     # warps gain nothing and spilled 8 B)
-    hopper = arch == 90 and key in TILES_SM90 and not (lin and kind == "fwd") and not (bias and kind in ("fwd", "dq"))
+    hopper = arch == 90 and key in TILES_SM90 and not (lin and kind == "fwd")
+    hopper = hopper and not (bias and kind in ("fwd", "dq", *TRANSPOSED_KEY_TILES))
     hopper = hopper and qk_dim <= TILES_SM90[key][2] and (kind != "fwd" or v_dim > TILES[key][3])
     bm, bn, bs, be, warps = TILES_SM90[key] if hopper else TILES[key]
     fit = max(16, next_power_of_2(window))
@@ -792,6 +1147,8 @@ def launch_config(
         # the loop (sm_80, 16-wide tiles with dropout; width 64; specialised widths): allow it every register. One
         # stage: their feature widths are specialised (16-byte loads) but a second stage of buffers spills them
         cfg.update(maxnreg=255, num_stages=1)
+    if hopper and kind in TRANSPOSED_KEY_TILES:  # the transposed kernel: its steps near the key tile
+        cfg["BM_NEAR"] = min(16, fit)
     # a tuned entry (flash_triton.tuning) for this GPU and shape, where there is one; lin changes the forward's kernel
     # only, a caller's bias the forward's, dq's and dv's tiles, so only their entries are keyed by them
     key = dict(window=fit, qk=qk_dim, v=v_dim, dropout=dropout)
@@ -1097,7 +1454,11 @@ def quad_attn_bwd(
         passes.append(("dq", False, g * cdiv(w, cfgs["dq"]["BM"]), dq))
     for kind, key, tiles, dx in passes:
         cfg = cfgs[kind]
-        _quad_attn_bwd_dqk_kernel[(tiles, cfg["S_BLOCKS"], b)](
+        if "BM_NEAR" in cfg:  # the key tiles over transposed tiles (sm_90: every product on wgmma)
+            kernel, flags = _quad_attn_bwd_dk_kernel, {}
+        else:
+            kernel, flags = _quad_attn_bwd_dqk_kernel, dict(KEY_TILES=key)
+        kernel[(tiles, cfg["S_BLOCKS"], b)](
             q,
             k,
             v,
@@ -1123,7 +1484,7 @@ def quad_attn_bwd(
             dx.stride(0),
             dx.stride(1),
             *tail,
-            KEY_TILES=key,
+            **flags,
             DQ_ATOMIC=atomic_dq,
             DT5=need_dt5 and key,
             DBIAS=need_dbias and key == atomic_dq,
