@@ -148,6 +148,8 @@ def test_the_check_compiles_only_the_specialisation_the_launcher_makes(tmp_path)
         assert not aot.specialised(fn, "N") and not aot.specialised(fn, "W")
         dqk = aot.kernel_fn("_quad_attn_bwd_dqk_kernel")
         assert aot.specialised(dqk, "S") and aot.specialised(dqk, "E") and not aot.specialised(dqk, "N")
+        dk = aot.kernel_fn("_quad_attn_bwd_dk_kernel")
+        assert aot.specialised(dk, "S") and aot.specialised(dk, "E") and not aot.specialised(dk, "N")
         out = aot.kernel_fn("_quad_out_kernel")
         assert aot.specialised(out, "S") and aot.specialised(out, "E") and not aot.specialised(out, "N")
         for name, fn_name, _, constexprs, _, divisible in aot.variants(

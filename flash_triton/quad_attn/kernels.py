@@ -1079,8 +1079,8 @@ TILES = {
 # did) in half the iterations; 234 registers, 8 warps resident. With dropout it spilled 80-1,108 B in the loop, and on
 # sm_80 48-56 B with a key mask and a caller's bias: both keep 32 rows. The deterministic pass's dq (a query tile over
 # the keys) runs 64 x 64 on wgmma there too (hot-loop FLOP per instruction 413 -> 625), except with a caller's bias
-# (44-140 B spilled) or dropout; dk and dk-with-dq-added at 64 x 64 spilled 24-420 B (the T5 bucket sums), so they,
-# and the default backward with them, stay on 32 x 32 tiles and mma.sync.
+# (44-140 B spilled) or dropout. dk and dk-with-dq-added at 64 x 64 spilled 24-420 B (the T5 bucket sums); they take
+# the transposed kernel below instead.
 TILES_SM90 = {
     ("fwd", "half", False): (64, 32, 128, 512, 16),
     ("dv", "half", False): (64, 64, 128, 256, 8),
@@ -1096,7 +1096,9 @@ TILES_SM90 = {
 # loop. Hot loop at the benchmark shape (triton 3.6): 676 instructions for 32 wgmma, 630 FLOP per instruction (the
 # 32 x 32 mma.sync kernel: 530 for 36 mma.sync, 278). Not with dropout (150-370 B spilled) or a caller's bias
 # (72-124 B): those, and sm_80 (mma.sync keeps the operands in registers: 16-124 B spilled at 32 x 32), keep
-# _quad_attn_bwd_dqk_kernel.
+# _quad_attn_bwd_dqk_kernel. The cost: a step's dy tile is 32 x 16 (dkq; 32 x 32 for dk), two (four) elements a
+# thread, so dy loads 4 (8) bytes at a time where v loads 16 (wider dy vᵀ steps spilled); the near steps take E steps
+# as much wider as they are shorter, so their dy tiles are no smaller (16 x 16 loaded one element a thread).
 TRANSPOSED_KEY_TILES = ("dk", "dkq")
 
 
