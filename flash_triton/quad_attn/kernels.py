@@ -1047,10 +1047,9 @@ def _dropout_keep_kernel(
 # recomputed per block) spilled 184-1,100 B. "dkq" is dk that also adds each tile's share of dq into float32 with
 # atomics (dy vᵀ and the scores once for both: GAU's bf16 backward 1.79x -> 1.29x the minimal FLOPs, float32 8.4x ->
 # 4.4x); its float32 key tile is 16 rows (32 spilled on sm_80), which leaves room for the whole query/key width in one
-# block without dropout up to width 128 (one dy vᵀ per key tile; in two 128-wide blocks at width 200 it spilled 36 B
-# with dropout on sm_90 under triton 3.6 and 56 B without under 3.9; with dropout at width 128 it is not yet
-# compiled, so dropout keeps 32). dk / dq / dkq specialise their widths too (16-byte operand loads) in one stage with
-# every register allowed (see launch_config).
+# block up to width 128 (one dy vᵀ per key tile; in two 128-wide blocks at width 200 it spilled 36 B with dropout on
+# sm_90 under triton 3.6 and 56 B without under 3.9, so past 128 it takes 32-wide blocks). dk / dq / dkq specialise
+# their widths too (16-byte operand loads) in one stage with every register allowed (see launch_config).
 TILES = {
     ("fwd", "half", False): (64, 32, 64, 256, 8),
     ("fwd", "half", True): (64, 32, 32, 128, 8),
@@ -1061,7 +1060,9 @@ TILES = {
     # 16-row query steps: 32 spilled 28 B, once inside the loop, on sm_90 under triton 3.9 with a key mask (causal)
     **{("dk", "fp32", drop): (16, 32, 32, 32, 8) for drop in (False, True)},
     ("dkq", "fp32", False): (32, 16, 128, 32, 8),  # the query/key width in one block: dy vᵀ once per key tile
-    ("dkq", "fp32", True): (32, 16, 32, 16, 8),  # 32-wide dy vᵀ steps spilled 8 B in the loop on sm_80 (triton 3.6)
+    # one query/key block with dropout too (up to width 128; compiled on both stacks without a spill), 16-wide dy vᵀ
+    # steps: 32-wide ones spilled 8 B in the loop on sm_80 (triton 3.6)
+    ("dkq", "fp32", True): (32, 16, 128, 16, 8),
     # 128-wide value blocks: the scores recomputed E / 128 times (at 32: 32 times at e 1024, GAU's fp32 backward 4.35x
     # the minimal FLOPs; with dkq's single query/key block 1.51x); with a caller's bias see launch_config
     **{("dv", "fp32", drop): (32, 32, 32, 128, 8) for drop in (False, True)},
