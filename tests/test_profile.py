@@ -170,7 +170,8 @@ def test_quick_profile_compiles_every_kernel_without_spills_on_tensor_cores(quic
     assert all(k["sass"]["mma_kind"] == "wgmma" for k in products)
     assert all("BN128" in k["config"] and "BM_NEAR16" in k["config"] for k in bf90 if k["kernel"] in streaming_bwd[:2])
     # feature widths specialised in every kernel: no bf16 element is loaded alone (2-byte loads), in or out of
-    # cp.async; what else is narrower than 16 bytes is the T5 gathers, the window table and the key mask
+    # cp.async; what else is narrower than 16 bytes is the T5 gathers, the window table, the key mask and, in the
+    # transposed dk / dkq, the 32-row dy tiles of their short dy vᵀ steps (two or four elements a thread)
     for k in _bf16(kernels):
         assert "2" not in k["sass"]["loads"] and "2" not in k["sass"]["cp_async"], k
         assert k["kernel"] not in streaming_bwd or "16" in k["sass"]["loads"], k  # dk / dq: operands 16 bytes

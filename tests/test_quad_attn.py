@@ -121,6 +121,9 @@ def test_streaming_forward_in_its_hopper_tiles_matches_reference(monkeypatch, dt
     assert fwd and all((c["BE"], c["BS"], c["S_BLOCKS"], c["num_warps"]) == (512, 128, 1, 16) for c in fwd), fwd
     dv = [cfg for kind, cfg in picked if kind == "dv"]
     assert dv and all(c["BM"] == 64 for c in dv), dv  # (n 40: 64 rows, the second step partial)
+    # dk (dq added atomically, or the deterministic pass's dk): the transposed kernel, 64 key rows at n 40
+    key_tiles = [cfg for kind, cfg in picked if kind in qa.TRANSPOSED_KEY_TILES]
+    assert key_tiles and all(c["BN"] == 64 and c["BM_NEAR"] == 16 for c in key_tiles), key_tiles
     out_ref, grads_ref = run(ref.quad_attn, tensors, dtype, grad_out, **kw)
     out64, grads64 = run(ref.quad_attn, tensors, torch.float64, grad_out, **kw)
     close_to_reference(out, out_ref, out64, dtype, "output")
@@ -144,6 +147,15 @@ def test_streaming_forward_in_its_hopper_tiles_matches_reference(monkeypatch, dt
     assert launch_config("dq", 8192, 128, 1024, dtype, False, 90, bias=True)["BM"] == 32  # (spilled with a bias)
     for arch, dt, dropout in [(80, dtype, False), (None, dtype, False), (90, dtype, True), (90, torch.float32, False)]:
         assert launch_config("dv", 8192, 128, 1024, dt, dropout, arch)["BM"] == 32, (arch, dt, dropout)
+    # the transposed key tiles: sm_90, half precision, without dropout or a caller's bias, query/key width <= 128
+    for kind in qa.TRANSPOSED_KEY_TILES:
+        assert launch_config(kind, 8192, 128, 1024, dtype, False, 90)["BN"] == 128
+        others = [(80, dtype, False, False, 128), (None, dtype, False, False, 128), (90, dtype, True, False, 128)]
+        others += [(90, dtype, False, True, 128), (90, torch.float32, False, False, 128)]
+        others += [(90, dtype, False, False, 200)]
+        for arch, dt, dropout, bias, qk in others:
+            cfg = launch_config(kind, 8192, qk, 1024, dt, dropout, arch, bias=bias)
+            assert "BM_NEAR" not in cfg and cfg["BN"] <= 32, (kind, arch, dt, dropout, bias, qk)
 
 
 @pytest.mark.parametrize(
