@@ -1095,8 +1095,8 @@ TILES_SM90 = {
 # dimension, so all of them run on wgmma in 32-row query steps (on the 32 x 32 tiles of the other kernel they ran
 # on mma.sync: 64 x 64 spilled 24-420 B). Queries within max_dist of the key tile go in 16-row steps (BM_NEAR), the
 # only ones that sum the score gradients per T5 bucket; per bucket in every 32-row step spilled 56-60 B outside the
-# loop. Hot loop at the benchmark shape (triton 3.6): 676 instructions for 32 wgmma, 630 FLOP per instruction (the
-# 32 x 32 mma.sync kernel: 530 for 36 mma.sync, 278). Not with dropout (150-370 B spilled) or a caller's bias
+# loop. Hot loop of dkq at the benchmark shape (triton 3.6): 659 instructions for 19 wgmma, 622 FLOP per instruction
+# (the 32 x 32 mma.sync kernel: 530 for 36 mma.sync, 278). Not with dropout (150-370 B spilled) or a caller's bias
 # (72-124 B): those, and sm_80 (mma.sync keeps the operands in registers: 16-124 B spilled at 32 x 32), keep
 # _quad_attn_bwd_dqk_kernel. The cost: a step's dy tile is 32 x 16 (dkq; 32 x 32 for dk), two (four) elements a
 # thread, so dy loads 4 (8) bytes at a time where v loads 16 (wider dy vᵀ steps spilled); the near steps take E steps
