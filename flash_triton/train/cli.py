@@ -468,9 +468,9 @@ def _main(argv: list[str] | None) -> int:
             cp_group=cp_group,
             fsdp=args.fsdp,
         )
-        if dist_env.enabled and result.status == "done":  # every rank (all finish the same steps) past its last
+        if dist_env.enabled:  # every rank (all finish, or stop, at the same step: stop_signal) past its last
             # collective before any tears its connections down: a gloo rank that left first aborted its peer's exit
-            # once, on a loaded machine
+            # on a loaded machine, after a finished run once and after --stop-after once (FSDP with context parallelism)
             dist.barrier(group=control_group)
     except (CheckpointError, BackendUnavailableError) as err:  # raised before anything is written
         return _error(str(err), dist_env)
