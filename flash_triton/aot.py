@@ -282,17 +282,17 @@ def variants(
                 options = {k: cfg.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in cfg}
                 options["enable_fp_fusion"] = FP_FUSION
                 constexprs = dict(flags, **cfg)
-                if "BM_NEAR" in cfg:  # the key tiles' transposed kernel (sm_90), as quad_attn_bwd picks it
-                    fn = "_quad_attn_bwd_dk_kernel"
-                    jit = kernel_fn(fn)
-                    del constexprs["KEY_TILES"]
-                if "DOT_PREC" in jit.arg_names:
+                kernel = jit
+                if fn == "_quad_attn_bwd_dqk_kernel":  # dk / dkq / dq: the kernel quad_attn_bwd picks for the config
+                    kernel, picked = qa.streaming_dqk_kernel(cfg, constexprs.pop("KEY_TILES"))
+                    constexprs.update(picked)
+                if "DOT_PREC" in kernel.arg_names:
                     constexprs["DOT_PREC"] = dot_precision(TORCH_DTYPES[dtype])
-                divisible = tuple(sorted(k for k, v in widths.items() if v % 16 == 0 and specialised(jit, k)))
+                divisible = tuple(sorted(k for k, v in widths.items() if v % 16 == 0 and specialised(kernel, k)))
                 key = (name, dtype, tuple(sorted(constexprs.items())), tuple(sorted(options.items())), divisible)
                 if key not in seen:
                     seen.add(key)
-                    out.append((name, fn, dtype, constexprs, options, divisible))
+                    out.append((name, kernel.__name__, dtype, constexprs, options, divisible))
     return out
 
 

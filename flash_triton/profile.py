@@ -20,6 +20,7 @@ measurement. Must run without ``TRITON_INTERPRET=1``.
 """
 
 import argparse
+import inspect
 import math
 import os
 import re
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import aot
+from .embeddings import T5RelativePositionBias
 from .mixed_chunk_attn import kernels as mca
 from .quad_attn import kernels as qa
 from .quad_attn import short_window as sw
@@ -159,7 +161,8 @@ class Launch:
     written: float
 
 
-T5_MAX_DISTANCE = 128  # the layers' default (embeddings.T5RelativePositionBias)
+# the layers' default T5 max_distance (where the transposed dk kernel's per-bucket band ends)
+T5_MAX_DISTANCE = inspect.signature(T5RelativePositionBias).parameters["max_distance"].default
 
 
 def quad_tiles(kind: str, w: int, s: int, e: int, dtype: torch.dtype) -> dict:

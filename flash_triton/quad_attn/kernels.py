@@ -1163,6 +1163,15 @@ def launch_config(
     return tuning.tuned(f"quad_attn_{kind}", arch, dtype, key, cfg)
 
 
+def streaming_dqk_kernel(cfg: dict, key_tiles: bool) -> tuple:
+    """The streaming backward's kernel for a dk / dkq / dq ``cfg`` of :func:`launch_config`, and the flag it adds:
+    the transposed key-tile kernel where the config has ``BM_NEAR`` (sm_90's dk and dkq), else
+    ``_quad_attn_bwd_dqk_kernel`` with ``KEY_TILES``. The launcher and the GPU-compile check both pick through it."""
+    if "BM_NEAR" in cfg:
+        return _quad_attn_bwd_dk_kernel, {}
+    return _quad_attn_bwd_dqk_kernel, dict(KEY_TILES=key_tiles)
+
+
 def t5_relative(t5_weight: Tensor, lut: Tensor, t5_scale: float) -> Tensor:
     """(2 max_distance + 1,) float32 ``t5_scale * t5_weight[bucket(r)]`` of each clamped relative position r: the
     scores' T5 term, which the kernels read with one gather (j - i), the bucket and the scale folded in."""
@@ -1458,10 +1467,7 @@ def quad_attn_bwd(
         passes.append(("dq", False, g * cdiv(w, cfgs["dq"]["BM"]), dq))
     for kind, key, tiles, dx in passes:
         cfg = cfgs[kind]
-        if "BM_NEAR" in cfg:  # the key tiles over transposed tiles (sm_90: every product on wgmma)
-            kernel, flags = _quad_attn_bwd_dk_kernel, {}
-        else:
-            kernel, flags = _quad_attn_bwd_dqk_kernel, dict(KEY_TILES=key)
+        kernel, flags = streaming_dqk_kernel(cfg, key)
         kernel[(tiles, cfg["S_BLOCKS"], b)](
             q,
             k,
