@@ -22,6 +22,7 @@ cannot be compiled).
 """
 
 import argparse
+import inspect
 import itertools
 import os
 import re
@@ -288,6 +289,7 @@ def variants(
                     constexprs.update(picked)
                 if "DOT_PREC" in kernel.arg_names:
                     constexprs["DOT_PREC"] = dot_precision(TORCH_DTYPES[dtype])
+                constexprs = {**constexpr_defaults(kernel), **constexprs}
                 divisible = tuple(sorted(k for k, v in widths.items() if v % 16 == 0 and specialised(kernel, k)))
                 key = (name, dtype, tuple(sorted(constexprs.items())), tuple(sorted(options.items())), divisible)
                 if key not in seen:
@@ -418,6 +420,13 @@ class Result:
         return not self.error and fits and self.tensor_cores_ok
 
 
+def constexpr_defaults(fn) -> dict:
+    """The kernel's constexpr parameters that have a default value, at it: what a launch that leaves them out gets
+    (triton's launcher applies the defaults; ``ASTSource`` does not, so the check passes them)."""
+    params = inspect.signature(fn.fn).parameters.values()  # JITFunction and the interpreter's wrapper alike
+    return {p.name: p.default for p in params if p.default is not p.empty and "constexpr" in str(p.annotation)}
+
+
 def signature(fn, dtype: str, constexprs: dict) -> dict:
     sig = {}
     pointer_types = {**POINTER_TYPES, **KERNEL_POINTER_TYPES.get(fn.__name__, {})}
@@ -461,6 +470,7 @@ def compile_kernel(
     ``sass`` (or when it spills), disassemble the cubin with ``nvdisasm -c``. Raises on a compile or ptxas
     failure."""
     fn = kernel_fn(fn_name)
+    constexprs = {**constexpr_defaults(fn), **constexprs}
     attrs = alignment_attrs(fn, constexprs, divisible) if aligned else None
     src = ASTSource(fn=fn, signature=signature(fn, dtype, constexprs), constexprs=constexprs, attrs=attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(options))

@@ -8,7 +8,9 @@ Per kernel, in the launch configuration its launcher picks on that architecture 
 causal training launch of each layer, bf16 only): registers, spill bytes, shared memory, resident blocks and warps
 per SM, the MMA kind (wgmma / mma.sync / none) and count, global loads by width (16-byte vectors vs narrower),
 cp.async and TMA loads, and the hot loop (the loop of the SASS holding the most MMA work; nested loops counted
-once): its instructions and the MMA FLOPs per warp instruction.
+once; of equal ones the shortest, which for the streaming kernels is a loop over the tiles outside the T5 band: at
+n 8192 and the default max_distance 128 they are all but a few of each program's tiles): its instructions and the
+MMA FLOPs per warp instruction.
 
 Per core (n 8192, batch 1, the default flags), from the launch grids and loop bounds of the launchers: executed
 MMA FLOPs over the minimum of :mod:`benchmarks.formulas` (the same convention: useful products only, causal

@@ -208,6 +208,48 @@ def test_transposed_key_tiles_match_reference(monkeypatch, causal, laplace, bias
         assert_close_scaled(grads[name], grads_ref[name], 1e-5, f"grad of {name}")
 
 
+@pytest.mark.parametrize(
+    "causal, deterministic, band",
+    [(False, False, True), (True, True, True), (False, True, False)],
+    ids=["noncausal", "causal-deterministic", "noncausal-deterministic-unsplit"],
+)
+def test_t5_outside_the_near_band_is_one_term_per_side(monkeypatch, causal, deterministic, band):
+    """The streaming kernels (forward, dv, dk with dq added, or dk and dq in two passes) split their loops at the
+    T5 band (``t5_band``): tiles at least max_distance before or after every position of the program's tile add
+    the table's end as one scalar and (key tiles) sum the score gradients into that end's bucket; only the band
+    gathers per score. n 150, max_distance 20, so that most programs see tiles before, within and after their band
+    (non-causal on both sides; one sided causal); masked keys; output and every gradient, the T5 weights' included,
+    against the reference. Swapping the two ends, or summing a side into the other's bucket, fails it. The split is
+    forced on (``T5_BAND``: launch_config leaves it off in float32, for sm_90's 16-warp forward and for dk with dq
+    added under dropout), or off: the one loop that gathers everywhere."""
+    fwd90 = qa.launch_config("fwd", 8192, 128, 1024, torch.bfloat16, False, 90)
+    assert fwd90["num_warps"] == 16 and fwd90["T5_BAND"] is False
+    assert "T5_BAND" not in qa.launch_config("fwd", 8192, 128, 1024, torch.bfloat16, False, 80)
+    assert qa.launch_config("dkq", 8192, 128, 1024, torch.bfloat16, True, 80)["T5_BAND"] is False
+    assert qa.launch_config("dv", 8192, 128, 1024, torch.float32, False, 80)["T5_BAND"] is False
+    monkeypatch.setattr(qa, "SHORT_WINDOW", 0)
+    launch_config = qa.launch_config
+    monkeypatch.setattr(qa, "launch_config", lambda *a, **k: dict(launch_config(*a, **k), T5_BAND=band))
+    counters = count_launches(monkeypatch, qa, "_quad_attn_fwd_kernel", "_quad_attn_bwd_dqk_kernel")
+    b, n, s, e = 2, 150, 24, 24
+    tensors, key_mask = make_inputs(b, n, s, e, torch.float32, mask=True, bias=None)
+    kw = dict(scale=s**-0.5, window=None, causal=causal, key_mask=key_mask, t5_scale=0.7, t5_max_distance=20)
+    grad_out = torch.randn(b, n, e, device=DEVICE)
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        out, grads = run(op.quad_attn_triton, tensors, torch.float32, grad_out, **kw)
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    assert counters["_quad_attn_fwd_kernel"].launches == 1
+    assert counters["_quad_attn_bwd_dqk_kernel"].launches == (2 if deterministic else 1)
+    out_ref, grads_ref = run(ref.quad_attn, tensors, torch.float32, grad_out, **kw)
+    assert_close_scaled(out, out_ref, 1e-5, "output")
+    assert grads.keys() == grads_ref.keys() and {"q", "k", "v", "gate", "t5_weight"} <= grads.keys()
+    for name in grads:
+        assert_close_scaled(grads[name], grads_ref[name], 1e-5, f"grad of {name}")
+
+
 def _through_views(fn, tensors: dict, grad_out, make_view, **kw):
     """``fn`` on ``make_view`` of every tensor input (mask included), and the gradients of the leaves behind them."""
     leaves = {k: t.detach().clone().requires_grad_(t.is_floating_point()) for k, t in tensors.items()}

@@ -86,11 +86,12 @@ def _scores(
     scale,
     t5_ptr,  # (2 * max_dist + 1,) float32 t5_scale * T5[bucket(r)] of each clamped relative position r
     max_dist,
+    t5_far,  # float32 T5 term of every score of the tile (T5 == 2)
     bias_base,  # caller's bias of this batch row, addressed (i, j) through its strides
     stride_bm,
     stride_bn,
     bias_scale,
-    HAS_T5: tl.constexpr,
+    T5: tl.constexpr,  # the T5 term: 0 (or False) none, 1 (or True) gathered per score from t5_ptr, 2 t5_far
     HAS_BIAS: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
@@ -107,9 +108,11 @@ def _scores(
         b_kt = tl.load(k_base + o_s[:, None] + o_n[None, :] * stride_kn, mask=m_s[:, None] & m_n[None, :], other=0.0)
         acc = dot(b_q, b_kt, acc, DOT_PREC)
     s = acc * scale
-    if HAS_T5:
+    if T5 == 1:
         rel = tl.minimum(tl.maximum(o_n[None, :] - o_m[:, None], -max_dist), max_dist) + max_dist
         s += tl.load(t5_ptr + rel)  # one gather: the bucket and the scale are folded into the table (t5_relative)
+    if T5 == 2:
+        s += t5_far
     if HAS_BIAS:
         p_bias = bias_base + o_m[:, None] * stride_bm + o_n[None, :] * stride_bn
         s += tl.load(p_bias, mask=m_m[:, None] & m_n[None, :], other=0.0).to(tl.float32) * bias_scale
@@ -145,6 +148,29 @@ def _dropout_scale(seed, row0, o_m, o_n, win_start, p, BM: tl.constexpr, BN: tl.
     r, _, _, _ = tl.philox(seed, c0, c1, zero, zero)
     u = tl.uint_to_uniform_float(r)
     return tl.where(u >= p, 1.0 / (1.0 - p), 0.0)
+
+
+@triton.jit
+def t5_band(seg: tl.constexpr, HAS_T5: tl.constexpr, t0, BT: tl.constexpr, lo, hi, BO: tl.constexpr, max_dist):
+    """[start, end) of segment ``seg`` of a program's loop over the BO-wide tiles starting at lo, lo + BO, ... below
+    hi, the program's own tile being [t0, t0 + BT) on the other axis (queries or keys alike: only |j - i| matters).
+    Segment 0: the tiles each of whose positions is at least max_dist before every position of the program's tile;
+    1: the near band; 2: the tiles at least max_dist after. Outside the band every relative position clamps to one
+    end of the T5 table, so the T5 term of a tile there is one scalar (and its gradient one sum), not a gather per
+    score. Without T5 the whole range is segment 1. The bounds stay on the loop's own tile grid."""
+    start = lo
+    end = hi
+    if HAS_T5:
+        near = tl.minimum(lo + tl.maximum(t0 - max_dist + 1 - lo, 0) // BO * BO, hi)
+        far = tl.maximum(tl.minimum(lo + tl.cdiv(tl.maximum(t0 + BT - 1 + max_dist - lo, 0), BO) * BO, hi), near)
+        if seg == 0:
+            end = near
+        if seg == 1:
+            start = near
+            end = far
+        if seg == 2:
+            start = far
+    return start, end
 
 
 @triton.jit(do_not_specialize=_NOSPEC)
@@ -209,6 +235,7 @@ def _quad_attn_fwd_kernel(
     S_BLOCKS: tl.constexpr,
     BE: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    T5_BAND: tl.constexpr = True,  # split the loop at the T5 band (t5_band); launch_config says where not
 ):
     i_mt, i_e, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     tiles = tl.cdiv(W, BM)
@@ -231,43 +258,51 @@ def _quad_attn_fwd_kernel(
     if CAUSAL:
         hi = tl.minimum(win_end, q_start + BM)
     acc = tl.zeros((BM, BE), dtype=tl.float32)
-    for k0 in range(win_start, hi, BN):
-        o_n = k0 + tl.arange(0, BN)
-        m_n = o_n < hi
-        s = _scores(
-            q_base,
-            k_base,
-            stride_qn,
-            stride_kn,
-            o_m,
-            o_n,
-            m_m,
-            m_n,
-            S,
-            scale,
-            t5_ptr,
-            max_dist,
-            bias_base,
-            stride_bm,
-            stride_bn,
-            bias_scale,
-            False,  # the T5 term below
-            HAS_BIAS,
-            BM,
-            BN,
-            BS,
-            S_BLOCKS,
-            DOT_PREC,
-        )
-        if HAS_T5:  # the bucket, then its weight: two dependent gathers (see the t5_ptr argument)
-            rel = tl.minimum(tl.maximum(o_n[None, :] - o_m[:, None], -max_dist), max_dist) + max_dist
-            s += tl.load(t5_ptr + tl.load(lut_ptr + rel)).to(tl.float32) * t5_scale
-        a = _act(s, LAPLACE)
-        if DROPOUT:
-            a = a * _dropout_scale(seed, i_b * G * W, o_m, o_n, win_start, dropout_p, BM, BN)
-        a = tl.where(_keep(o_m, o_n, m_m, m_n, mask_base, CAUSAL, HAS_MASK), a, 0.0)
-        b_v = tl.load(v_base + o_n[:, None] * stride_vn + o_e[None, :], mask=m_n[:, None] & m_e[None, :], other=0.0)
-        acc = dot(a.to(b_v.dtype), b_v, acc, DOT_PREC)
+    # key tiles before the band, in it, after it (t5_band); causal, none after
+    BAND: tl.constexpr = HAS_T5 and T5_BAND
+    for seg in tl.static_range(0 if BAND else 1, (2 if CAUSAL else 3) if BAND else 2):
+        k_lo, k_hi = t5_band(seg, BAND, q_start, BM, win_start, hi, BN, max_dist)
+        t5_far = 0.0  # outside the band, the table's end: keys before the queries index 0, after 2 max_dist
+        if BAND and seg != 1:
+            t5_far = tl.load(t5_ptr + tl.load(lut_ptr + (0 if seg == 0 else 2 * max_dist))).to(tl.float32) * t5_scale
+        for k0 in range(k_lo, k_hi, BN):
+            o_n = k0 + tl.arange(0, BN)
+            m_n = o_n < hi
+            s = _scores(
+                q_base,
+                k_base,
+                stride_qn,
+                stride_kn,
+                o_m,
+                o_n,
+                m_m,
+                m_n,
+                S,
+                scale,
+                t5_ptr,
+                max_dist,
+                t5_far,
+                bias_base,
+                stride_bm,
+                stride_bn,
+                bias_scale,
+                0 if seg == 1 else 2,  # the near band's T5 term below
+                HAS_BIAS,
+                BM,
+                BN,
+                BS,
+                S_BLOCKS,
+                DOT_PREC,
+            )
+            if HAS_T5 and seg == 1:  # the bucket, then its weight: two dependent gathers (see the t5_ptr argument)
+                rel = tl.minimum(tl.maximum(o_n[None, :] - o_m[:, None], -max_dist), max_dist) + max_dist
+                s += tl.load(t5_ptr + tl.load(lut_ptr + rel)).to(tl.float32) * t5_scale
+            a = _act(s, LAPLACE)
+            if DROPOUT:
+                a = a * _dropout_scale(seed, i_b * G * W, o_m, o_n, win_start, dropout_p, BM, BN)
+            a = tl.where(_keep(o_m, o_n, m_m, m_n, mask_base, CAUSAL, HAS_MASK), a, 0.0)
+            b_v = tl.load(v_base + o_n[:, None] * stride_vn + o_e[None, :], mask=m_n[:, None] & m_e[None, :], other=0.0)
+            acc = dot(a.to(b_v.dtype), b_v, acc, DOT_PREC)
     if HAS_LIN:
         # FLASH's linear half in the same output tile: acc += lin_q P[window] (the window's state)
         lq_base = lq_ptr + i_b64 * stride_lqb
@@ -313,6 +348,7 @@ def _dscores(
     scale,
     t5_ptr,
     max_dist,
+    t5_far,
     bias_base,
     stride_bm,
     stride_bn,
@@ -321,7 +357,7 @@ def _dscores(
     CAUSAL: tl.constexpr,
     LAPLACE: tl.constexpr,
     HAS_MASK: tl.constexpr,
-    HAS_T5: tl.constexpr,
+    T5: tl.constexpr,  # the scores' T5 term, as in _scores
     HAS_BIAS: tl.constexpr,
     DROPOUT: tl.constexpr,
     BM: tl.constexpr,
@@ -353,11 +389,12 @@ def _dscores(
         scale,
         t5_ptr,
         max_dist,
+        t5_far,
         bias_base,
         stride_bm,
         stride_bn,
         bias_scale,
-        HAS_T5,
+        T5,
         HAS_BIAS,
         BM,
         BN,
@@ -437,6 +474,7 @@ def _quad_attn_bwd_dv_kernel(
     S_BLOCKS: tl.constexpr,
     BE: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    T5_BAND: tl.constexpr = True,  # split the loop at the T5 band (t5_band); launch_config says where not
 ):
     """dv[j] = Σ_i A[i, j] dy[i], one (key tile, value block) per program."""
     i_nt, i_e, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -460,40 +498,50 @@ def _quad_attn_bwd_dv_kernel(
     if CAUSAL:
         lo = k_start
     acc = tl.zeros((BN, BE), dtype=tl.float32)
-    for m0 in range(lo, win_end, BM):
-        o_m = m0 + tl.arange(0, BM)
-        m_m = o_m < win_end
-        s = _scores(
-            q_base,
-            k_base,
-            stride_qn,
-            stride_kn,
-            o_m,
-            o_n,
-            m_m,
-            m_n,
-            S,
-            scale,
-            t5_ptr,
-            max_dist,
-            bias_base,
-            stride_bm,
-            stride_bn,
-            bias_scale,
-            HAS_T5,
-            HAS_BIAS,
-            BM,
-            BN,
-            BS,
-            S_BLOCKS,
-            DOT_PREC,
-        )
-        a = _act(s, LAPLACE)
-        if DROPOUT:
-            a = a * _dropout_scale(seed, i_b * G * W, o_m, o_n, win_start, dropout_p, BM, BN)
-        a = tl.where(_keep(o_m, o_n, m_m, m_n, mask_base, CAUSAL, HAS_MASK), a, 0.0)
-        b_dy = tl.load(dy_base + o_m[:, None] * stride_dyn + o_e[None, :], mask=m_m[:, None] & m_e[None, :], other=0.0)
-        acc = dot(tl.trans(a).to(b_dy.dtype), b_dy, acc, DOT_PREC)
+    # query tiles before the band, in it, after it (t5_band); causal, none before
+    BAND: tl.constexpr = HAS_T5 and T5_BAND
+    for seg in tl.static_range((1 if CAUSAL else 0) if BAND else 1, 3 if BAND else 2):
+        m_lo, m_hi = t5_band(seg, BAND, k_start, BN, lo, win_end, BM, max_dist)
+        t5_far = 0.0  # outside the band, the table's end: queries before the keys index 2 max_dist, after 0
+        if BAND and seg != 1:
+            t5_far = tl.load(t5_ptr + (2 * max_dist if seg == 0 else 0))
+        for m0 in range(m_lo, m_hi, BM):
+            o_m = m0 + tl.arange(0, BM)
+            m_m = o_m < win_end
+            s = _scores(
+                q_base,
+                k_base,
+                stride_qn,
+                stride_kn,
+                o_m,
+                o_n,
+                m_m,
+                m_n,
+                S,
+                scale,
+                t5_ptr,
+                max_dist,
+                t5_far,
+                bias_base,
+                stride_bm,
+                stride_bn,
+                bias_scale,
+                HAS_T5 if seg == 1 else 2,
+                HAS_BIAS,
+                BM,
+                BN,
+                BS,
+                S_BLOCKS,
+                DOT_PREC,
+            )
+            a = _act(s, LAPLACE)
+            if DROPOUT:
+                a = a * _dropout_scale(seed, i_b * G * W, o_m, o_n, win_start, dropout_p, BM, BN)
+            a = tl.where(_keep(o_m, o_n, m_m, m_n, mask_base, CAUSAL, HAS_MASK), a, 0.0)
+            b_dy = tl.load(
+                dy_base + o_m[:, None] * stride_dyn + o_e[None, :], mask=m_m[:, None] & m_e[None, :], other=0.0
+            )
+            acc = dot(tl.trans(a).to(b_dy.dtype), b_dy, acc, DOT_PREC)
     p_dv = dv_ptr + i_b64 * stride_dvb + o_n[:, None] * stride_dvn + o_e[None, :]
     tl.store(p_dv, acc.to(dv_ptr.dtype.element_ty), mask=m_n[:, None] & m_e[None, :])
 
@@ -556,6 +604,7 @@ def _quad_attn_bwd_dqk_kernel(
     S_BLOCKS: tl.constexpr,
     BE: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    T5_BAND: tl.constexpr = True,  # split the loop at the T5 band (t5_band); launch_config says where not
 ):
     """dq[i] = scale Σ_j ds[i, j] k_j per query tile (KEY_TILES=False), or dk[j] = scale Σ_i ds[i, j] q_i per key
     tile (KEY_TILES=True; also the T5 partials). One feature block each. With DQ_ATOMIC (key tiles), each tile's
@@ -597,74 +646,100 @@ def _quad_attn_bwd_dqk_kernel(
     acc = tl.zeros((BT, BS), dtype=tl.float32)
     if DQ_ATOMIC:  # this key tile's k, for its share of dq: loaded once
         b_kt = tl.load(k_base + o_t[:, None] * stride_kn + o_f[None, :], mask=m_t[:, None] & m_f[None, :], other=0.0)
-    for x0 in range(lo, hi, BO):
-        o_x = x0 + tl.arange(0, BO)
-        m_x = o_x < hi
-        if KEY_TILES:
-            o_m, m_m, o_n, m_n = o_x, m_x, o_t, m_t
-        else:
-            o_m, m_m, o_n, m_n = o_t, m_t, o_x, m_x
-        ds = _dscores(
-            q_base,
-            k_base,
-            v_base,
-            dy_base,
-            mask_base,
-            stride_qn,
-            stride_kn,
-            stride_vn,
-            stride_dyn,
-            o_m,
-            o_n,
-            m_m,
-            m_n,
-            win_start,
-            i_b * G * W,
-            seed,
-            S,
-            E,
-            scale,
-            t5_ptr,
-            max_dist,
-            bias_base,
-            stride_bm,
-            stride_bn,
-            bias_scale,
-            dropout_p,
-            CAUSAL,
-            LAPLACE,
-            HAS_MASK,
-            HAS_T5,
-            HAS_BIAS,
-            DROPOUT,
-            BM,
-            BN,
-            BS,
-            S_BLOCKS,
-            BE,
-            DOT_PREC,
-        )
-        if KEY_TILES:
-            b_q = tl.load(q_base + o_m[:, None] * stride_qn + o_f[None, :], mask=m_m[:, None] & m_f[None, :], other=0.0)
-            acc = dot(tl.trans(ds).to(b_q.dtype), b_q, acc, DOT_PREC)
-            if DQ_ATOMIC:
-                dq_part = dot(ds.to(b_kt.dtype), b_kt, tl.zeros((BO, BS), dtype=tl.float32), DOT_PREC)
-                p_dqa = dqa_ptr + i_b64 * N * S + o_m[:, None] * S + o_f[None, :]
-                tl.atomic_add(p_dqa, dq_part * scale, mask=m_m[:, None] & m_f[None, :], sem="relaxed")
-            if DT5:
+    sum_before, sum_after = 0.0, 0.0  # DT5: the score gradients outside the band, each side summed into one bucket
+    # the tiles before the band, in it, after it (t5_band); causal, none before a key tile or after a query tile
+    BAND: tl.constexpr = HAS_T5 and T5_BAND
+    SEG_START: tl.constexpr = (1 if CAUSAL and KEY_TILES else 0) if BAND else 1
+    SEG_END: tl.constexpr = (2 if CAUSAL and not KEY_TILES else 3) if BAND else 2
+    for seg in tl.static_range(SEG_START, SEG_END):
+        x_lo, x_hi = t5_band(seg, BAND, t_start, BT, lo, hi, BO, max_dist)
+        # outside the band, the table's end: a key tile's queries before it are at relative position +max_dist or
+        # more (index 2 max_dist), a query tile's keys before it at -max_dist or less (index 0)
+        t5_far = 0.0
+        if BAND and seg != 1:
+            t5_far = tl.load(
+                t5_ptr + ((2 * max_dist if KEY_TILES else 0) if seg == 0 else (0 if KEY_TILES else 2 * max_dist))
+            )
+        for x0 in range(x_lo, x_hi, BO):
+            o_x = x0 + tl.arange(0, BO)
+            m_x = o_x < hi
+            if KEY_TILES:
+                o_m, m_m, o_n, m_n = o_x, m_x, o_t, m_t
+            else:
+                o_m, m_m, o_n, m_n = o_t, m_t, o_x, m_x
+            ds = _dscores(
+                q_base,
+                k_base,
+                v_base,
+                dy_base,
+                mask_base,
+                stride_qn,
+                stride_kn,
+                stride_vn,
+                stride_dyn,
+                o_m,
+                o_n,
+                m_m,
+                m_n,
+                win_start,
+                i_b * G * W,
+                seed,
+                S,
+                E,
+                scale,
+                t5_ptr,
+                max_dist,
+                t5_far,
+                bias_base,
+                stride_bm,
+                stride_bn,
+                bias_scale,
+                dropout_p,
+                CAUSAL,
+                LAPLACE,
+                HAS_MASK,
+                HAS_T5 if seg == 1 else 2,
+                HAS_BIAS,
+                DROPOUT,
+                BM,
+                BN,
+                BS,
+                S_BLOCKS,
+                BE,
+                DOT_PREC,
+            )
+            if KEY_TILES:
+                b_q = tl.load(
+                    q_base + o_m[:, None] * stride_qn + o_f[None, :], mask=m_m[:, None] & m_f[None, :], other=0.0
+                )
+                acc = dot(tl.trans(ds).to(b_q.dtype), b_q, acc, DOT_PREC)
+                if DQ_ATOMIC:
+                    dq_part = dot(ds.to(b_kt.dtype), b_kt, tl.zeros((BO, BS), dtype=tl.float32), DOT_PREC)
+                    p_dqa = dqa_ptr + i_b64 * N * S + o_m[:, None] * S + o_f[None, :]
+                    tl.atomic_add(p_dqa, dq_part * scale, mask=m_m[:, None] & m_f[None, :], sem="relaxed")
+                if DT5:
+                    if i_s == 0:
+                        if seg == 1:
+                            acc_t5 = t5_bucket_sums(acc_t5, ds, o_m, o_n, lut_ptr, max_dist, NB)
+                        if seg == 0:
+                            sum_before += tl.sum(tl.sum(ds, axis=1), axis=0)
+                        if seg == 2:
+                            sum_after += tl.sum(tl.sum(ds, axis=1), axis=0)
+            else:
+                b_k = tl.load(
+                    k_base + o_n[:, None] * stride_kn + o_f[None, :], mask=m_n[:, None] & m_f[None, :], other=0.0
+                )
+                acc = dot(ds.to(b_k.dtype), b_k, acc, DOT_PREC)
+            if DBIAS:
                 if i_s == 0:
-                    acc_t5 = t5_bucket_sums(acc_t5, ds, o_m, o_n, lut_ptr, max_dist, NB)
-        else:
-            b_k = tl.load(k_base + o_n[:, None] * stride_kn + o_f[None, :], mask=m_n[:, None] & m_f[None, :], other=0.0)
-            acc = dot(ds.to(b_k.dtype), b_k, acc, DOT_PREC)
-        if DBIAS:
-            if i_s == 0:
-                p_db = dbias_ptr + i_b64 * N * N + o_m[:, None] * N + o_n[None, :]
-                tl.store(p_db, ds * bias_scale, mask=m_m[:, None] & m_n[None, :])
+                    p_db = dbias_ptr + i_b64 * N * N + o_m[:, None] * N + o_n[None, :]
+                    tl.store(p_db, ds * bias_scale, mask=m_m[:, None] & m_n[None, :])
     p_dx = dx_ptr + i_b64 * stride_dxb + o_t[:, None] * stride_dxn + o_f[None, :]
     tl.store(p_dx, (acc * scale).to(dx_ptr.dtype.element_ty), mask=m_t[:, None] & m_f[None, :])
     if DT5:
         if i_s == 0:
+            acc_t5 += tl.where(o_nb == tl.load(lut_ptr + 2 * max_dist), sum_before, 0.0)
+            acc_t5 += tl.where(o_nb == tl.load(lut_ptr), sum_after, 0.0)
             pid = i_b * tl.num_programs(0) + i_t
             tl.store(dt5_ptr + pid * NB + o_nb, acc_t5 * t5_scale)
 
@@ -688,11 +763,12 @@ def _scores_t(
     scale,
     t5_ptr,
     max_dist,
+    t5_far,
     bias_base,
     stride_bm,
     stride_bn,
     bias_scale,
-    HAS_T5: tl.constexpr,
+    T5: tl.constexpr,  # as in _scores
     HAS_BIAS: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
@@ -709,9 +785,11 @@ def _scores_t(
         b_q = tl.load(q_base + o_m[:, None] * stride_qn + o_s[None, :], mask=m_m[:, None] & m_s[None, :], other=0.0)
         acc = dot(b_k, tl.trans(b_q), acc, DOT_PREC)
     s = acc * scale
-    if HAS_T5:
+    if T5 == 1:
         rel = tl.minimum(tl.maximum(o_n[:, None] - o_m[None, :], -max_dist), max_dist) + max_dist
         s += tl.load(t5_ptr + rel)
+    if T5 == 2:
+        s += t5_far
     if HAS_BIAS:
         p_bias = bias_base + o_m[None, :] * stride_bm + o_n[:, None] * stride_bn
         s += tl.load(p_bias, mask=m_n[:, None] & m_m[None, :], other=0.0).to(tl.float32) * bias_scale
@@ -745,7 +823,8 @@ def _dropout_scale_t(seed, row0, o_m, o_n, win_start, p, BM: tl.constexpr, BN: t
 def _dk_step(
     acc,  # (BN, BS) float32 dk of the key tile so far
     acc_t5,  # (NB,) float32 per-bucket sums of the score gradients so far (SUMS == 2)
-    t5_far,  # float32 sum of the score gradients so far (SUMS == 1: tiles past max_dist, one bucket)
+    far_sum,  # float32 sum of the score gradients so far (SUMS == 1: queries past max_dist, one bucket)
+    t5_far,  # float32 T5 term of every score of the step (SUMS == 1)
     b_kt,  # (BS, BN) kᵀ of the key tile (DQ_ATOMIC)
     m0,  # first query of this step
     hi,  # end of the query range this step belongs to
@@ -788,7 +867,7 @@ def _dk_step(
     HAS_BIAS: tl.constexpr,
     DBIAS: tl.constexpr,
     DROPOUT: tl.constexpr,
-    SUMS: tl.constexpr,  # T5 gradient: 0 none, 1 the tile's sum into t5_far, 2 per bucket into acc_t5
+    SUMS: tl.constexpr,  # T5 gradient: 0 none, 1 the tile's sum into far_sum (T5 term t5_far), 2 per bucket
     NB: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
@@ -821,11 +900,12 @@ def _dk_step(
         scale,
         t5_ptr,
         max_dist,
+        t5_far,
         bias_base,
         stride_bm,
         stride_bn,
         bias_scale,
-        HAS_T5,
+        2 if SUMS == 1 else HAS_T5,
         HAS_BIAS,
         BM,
         BN,
@@ -848,12 +928,12 @@ def _dk_step(
             rel = tl.minimum(tl.maximum(o_n[:, None] - o_m[None, :], -max_dist), max_dist) + max_dist
             acc_t5 = bucket_sums(acc_t5, ds, tl.load(lut_ptr + rel), NB)
     if SUMS == 1:
-        t5_far += tl.sum(tl.sum(ds, axis=1), axis=0)
+        far_sum += tl.sum(tl.sum(ds, axis=1), axis=0)
     if DBIAS:
         if first:
             p_db = dbias_base + o_m[None, :] * N + o_n[:, None]
             tl.store(p_db, ds * bias_scale, mask=m_n[:, None] & m_m[None, :])
-    return acc, acc_t5, t5_far
+    return acc, acc_t5, far_sum
 
 
 @triton.jit(do_not_specialize=_NOSPEC)
@@ -958,10 +1038,12 @@ def _quad_attn_bwd_dk_kernel(
         # +max_dist), those from `far` on more than max_dist after (clamped to -max_dist)
         near = tl.maximum(lo, k_start - max_dist)
         far = tl.minimum(win_end, k_start + BN + max_dist)
-        t5_before = 0.0
+        # outside the band, one T5 term (the table's ends) and one gradient sum (one bucket) per side
+        t5_before, t5_after = tl.load(t5_ptr + 2 * max_dist), tl.load(t5_ptr)
+        sum_before = 0.0
         for m0 in range(lo, near, BM):
-            acc, acc_t5, t5_before = _dk_step(
-                acc, acc_t5, t5_before, b_kt, m0, near, first, q_base, k_base, v_base, dy_base, dqa_base,
+            acc, acc_t5, sum_before = _dk_step(
+                acc, acc_t5, sum_before, t5_before, b_kt, m0, near, first, q_base, k_base, v_base, dy_base, dqa_base,
                 dbias_base, mask_base, t5_ptr, lut_ptr, bias_base, o_n, m_n, o_f, m_f, win_start, row0, seed, N, S, E,
                 stride_qn, stride_kn, stride_vn, stride_dyn, stride_bm, stride_bn, scale, max_dist, bias_scale,
                 dropout_p, DQ_ATOMIC, CAUSAL, LAPLACE, HAS_MASK, HAS_T5, HAS_BIAS, DBIAS, DROPOUT, 1, NB, BM, BN, BS,
@@ -970,16 +1052,16 @@ def _quad_attn_bwd_dk_kernel(
         unused = 0.0
         for m0 in range(near, far, BM_NEAR):
             acc, acc_t5, unused = _dk_step(
-                acc, acc_t5, unused, b_kt, m0, far, first, q_base, k_base, v_base, dy_base, dqa_base,
+                acc, acc_t5, unused, 0.0, b_kt, m0, far, first, q_base, k_base, v_base, dy_base, dqa_base,
                 dbias_base, mask_base, t5_ptr, lut_ptr, bias_base, o_n, m_n, o_f, m_f, win_start, row0, seed, N, S, E,
                 stride_qn, stride_kn, stride_vn, stride_dyn, stride_bm, stride_bn, scale, max_dist, bias_scale,
                 dropout_p, DQ_ATOMIC, CAUSAL, LAPLACE, HAS_MASK, HAS_T5, HAS_BIAS, DBIAS, DROPOUT, 2, NB, BM_NEAR, BN,
                 BS, S_BLOCKS, BE * BM // BM_NEAR, DOT_PREC,
             )  # fmt: skip
-        t5_after = 0.0
+        sum_after = 0.0
         for m0 in range(far, win_end, BM):
-            acc, acc_t5, t5_after = _dk_step(
-                acc, acc_t5, t5_after, b_kt, m0, win_end, first, q_base, k_base, v_base, dy_base, dqa_base,
+            acc, acc_t5, sum_after = _dk_step(
+                acc, acc_t5, sum_after, t5_after, b_kt, m0, win_end, first, q_base, k_base, v_base, dy_base, dqa_base,
                 dbias_base, mask_base, t5_ptr, lut_ptr, bias_base, o_n, m_n, o_f, m_f, win_start, row0, seed, N, S, E,
                 stride_qn, stride_kn, stride_vn, stride_dyn, stride_bm, stride_bn, scale, max_dist, bias_scale,
                 dropout_p, DQ_ATOMIC, CAUSAL, LAPLACE, HAS_MASK, HAS_T5, HAS_BIAS, DBIAS, DROPOUT, 1, NB, BM, BN, BS,
@@ -987,14 +1069,14 @@ def _quad_attn_bwd_dk_kernel(
             )  # fmt: skip
         if first:
             o_nb = tl.arange(0, NB)
-            acc_t5 += tl.where(o_nb == tl.load(lut_ptr + 2 * max_dist), t5_before, 0.0)
-            acc_t5 += tl.where(o_nb == tl.load(lut_ptr), t5_after, 0.0)
+            acc_t5 += tl.where(o_nb == tl.load(lut_ptr + 2 * max_dist), sum_before, 0.0)
+            acc_t5 += tl.where(o_nb == tl.load(lut_ptr), sum_after, 0.0)
             pid = i_b * tl.num_programs(0) + i_t
             tl.store(dt5_ptr + pid * NB + o_nb, acc_t5 * t5_scale)
     else:
         for m0 in range(lo, win_end, BM):
             acc, acc_t5, _ = _dk_step(
-                acc, acc_t5, 0.0, b_kt, m0, win_end, first, q_base, k_base, v_base, dy_base, dqa_base, dbias_base,
+                acc, acc_t5, 0.0, 0.0, b_kt, m0, win_end, first, q_base, k_base, v_base, dy_base, dqa_base, dbias_base,
                 mask_base, t5_ptr, lut_ptr, bias_base, o_n, m_n, o_f, m_f, win_start, row0, seed, N, S, E, stride_qn,
                 stride_kn, stride_vn, stride_dyn, stride_bm, stride_bn, scale, max_dist, bias_scale, dropout_p,
                 DQ_ATOMIC, CAUSAL, LAPLACE, HAS_MASK, HAS_T5, HAS_BIAS, DBIAS, DROPOUT, 0, NB, BM, BN, BS, S_BLOCKS, BE,
@@ -1153,6 +1235,11 @@ def launch_config(
         cfg.update(maxnreg=255, num_stages=1)
     if hopper and kind in TRANSPOSED_KEY_TILES:  # the transposed kernel: its steps near the key tile
         cfg["BM_NEAR"] = min(16, fit)
+    if precision == "fp32" or (kind == "fwd" and hopper) or (kind == "dkq" and dropout):
+        # one loop, the T5 term gathered for every tile. Split at the T5 band, these spilled: float32 forward and dv
+        # 36 B on sm_80 (triton 3.6; their FMA products cost ~S multiply-adds a score, the gather next to nothing),
+        # the 16-warp sm_90 forward 56-100 B and dk with dq added under dropout 8-16 B on sm_80 (triton 3.9)
+        cfg["T5_BAND"] = False
     # a tuned entry (flash_triton.tuning) for this GPU and shape, where there is one; lin changes the forward's kernel
     # only, a caller's bias the forward's, dq's and dv's tiles, so only their entries are keyed by them
     key = dict(window=fit, qk=qk_dim, v=v_dim, dropout=dropout)
