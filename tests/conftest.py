@@ -52,3 +52,61 @@ def kernel_path(request, monkeypatch):
     if request.param == "streaming":
         monkeypatch.setattr(pytest.importorskip("flash_triton.quad_attn.kernels"), "SHORT_WINDOW", 0)
     return request.param
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# subprocess checks started early (tests/_early.py): marked tests run last, their commands start when collection ends
+
+_EARLY = pytest.StashKey()
+
+
+def _early_builder(item):
+    marker = item.get_closest_marker("early_subprocess")
+    return marker.args[0] if marker else None
+
+
+def _will_run(item) -> bool:
+    """Not skipped by a skip / skipif mark (a GPU machine must not start the GPU script's no-GPU plumbing check)."""
+    try:
+        from _pytest.skipping import evaluate_skip_marks
+    except ImportError:  # pytest moved it: start nothing early; the tests then run their commands themselves
+        return False
+    return evaluate_skip_marks(item) is None
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection: only the tests that will run
+def pytest_collection_modifyitems(config, items):
+    items[:] = [i for i in items if _early_builder(i) is None] + [i for i in items if _early_builder(i) is not None]
+
+
+def pytest_collection_finish(session):
+    from tests._early import EarlyRunner
+
+    builders = list(dict.fromkeys(_early_builder(i) for i in session.items if _early_builder(i) and _will_run(i)))
+    if builders and not session.config.option.collectonly:
+        alone = all(_early_builder(i) is not None for i in session.items)
+        runner = EarlyRunner(builders, jobs=(os.cpu_count() or 1) if alone else 1)
+        session.config.stash[_EARLY] = runner
+        runner.start()
+
+
+def pytest_sessionfinish(session):
+    runner = session.config.stash.get(_EARLY, None)
+    if runner is not None:
+        runner.stop()
+
+
+@pytest.fixture(scope="session")
+def early_subprocess(request, tmp_path_factory):
+    """``early_subprocess(builder)``: the ``Finished`` outcome of a builder's command (tests/_early.py), started
+    when collection ended, or now, in the foreground, when it was not."""
+    from tests._early import run_now
+
+    runner = request.config.stash.get(_EARLY, None)
+
+    def get(builder):
+        if runner is not None and runner.has(builder):
+            return runner.result(builder)
+        return run_now(builder, tmp_path_factory.mktemp("early"))
+
+    return get

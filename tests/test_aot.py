@@ -10,6 +10,8 @@ import textwrap
 
 import pytest
 
+from tests._early import Command
+
 triton = pytest.importorskip("triton")
 
 
@@ -19,15 +21,15 @@ def _env(tmp_path) -> dict:
     return env
 
 
+def _quick_check(workdir, jobs) -> Command:
+    argv = [sys.executable, "-m", "flash_triton.aot", "--quick", "--jobs", str(jobs)]
+    return Command(argv, _env(workdir), timeout=1200)
+
+
 @pytest.mark.slow
-def test_kernels_compile_for_sm80_and_sm90_without_spills(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "flash_triton.aot", "--quick"],
-        capture_output=True,
-        text=True,
-        env=_env(tmp_path),
-        timeout=1200,
-    )
+@pytest.mark.early_subprocess.with_args(_quick_check)
+def test_kernels_compile_for_sm80_and_sm90_without_spills(early_subprocess):
+    proc = early_subprocess(_quick_check)
     report = proc.stdout + proc.stderr
     assert proc.returncode == 0, report[-4000:]
     assert " 0 failed" in report
@@ -40,7 +42,7 @@ def test_kernels_compile_for_sm80_and_sm90_without_spills(tmp_path):
     # bf16 stays on bf16 tensor cores when compiled for a GPU (the interpreter's upcast is not compiled in)
     assert "sm_90 bf16: mma+wgmma" in report or "sm_90 bf16: wgmma" in report, report[-2000:]
     assert "sm_80 bf16: mma" in report
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(proc.workdir) == []  # the check's TMPDIR
 
 
 def test_a_failing_ptxas_is_reported_and_leaves_no_file(tmp_path):

@@ -22,6 +22,7 @@ from benchmarks.common import PROVIDERS, Context, Skip, cpu_bench, cpu_step_memo
 from benchmarks.run import main, sweep_shapes
 from benchmarks.subjects import SUBJECTS, load
 from flash_triton import reference as ref
+from tests._early import Command
 
 REPO = Path(__file__).resolve().parents[1]
 PROVENANCE = {"device", "device_kind", "torch", "triton", "flash_triton", "flash_pytorch", "commit", "date"}
@@ -40,15 +41,23 @@ def _run_suite(out: Path, *args: str) -> subprocess.CompletedProcess:
     return res
 
 
+def _tiny_suite(workdir, jobs) -> Command:
+    """One tiny ``--quick --device cpu`` run of every subject, as a user would type it (``--threads 1``)."""
+    return Command([sys.executable, "-m", "benchmarks.run", *TINY, "--out", str(workdir)], None, REPO, 600)
+
+
+# every test of the tiny run waits for the one child process, started when collection ends (tests/_early.py)
+tiny_suite = pytest.mark.early_subprocess.with_args(_tiny_suite)
+
+
 @pytest.fixture(scope="module")
-def cpu_suite(tmp_path_factory):
-    """One tiny ``--quick --device cpu`` run of every subject, as a user would type it."""
-    out = tmp_path_factory.mktemp("bench")
-    res = _run_suite(out, *TINY)
-    data = json.loads((out / "results.json").read_text())
-    return out, res.stdout, data
+def cpu_suite(early_subprocess):
+    res = early_subprocess(_tiny_suite)
+    assert res.returncode == 0, f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res.workdir, res.stdout, json.loads((res.workdir / "results.json").read_text())
 
 
+@tiny_suite
 @pytest.mark.slow
 def test_cpu_run_writes_rows_with_provenance(cpu_suite):
     _out, _stdout, data = cpu_suite
@@ -100,6 +109,7 @@ def test_cpu_run_writes_rows_with_provenance(cpu_suite):
             assert r["flops"] == formulas.decode_flops(512, 128, 1024, 256, 256, 1)
 
 
+@tiny_suite
 @pytest.mark.slow
 def test_cpu_run_ratios_are_consistent(cpu_suite):
     rows = cpu_suite[2]["rows"]
@@ -119,6 +129,7 @@ def test_cpu_run_ratios_are_consistent(cpu_suite):
     assert pairs >= 2 * len(by_group)
 
 
+@tiny_suite
 @pytest.mark.slow
 def test_cpu_run_writes_markdown_and_prints_the_summary_last(cpu_suite):
     out, stdout, data = cpu_suite
@@ -137,6 +148,7 @@ def test_cpu_run_writes_markdown_and_prints_the_summary_last(cpu_suite):
     assert stdout.rstrip().endswith(summary.rstrip())
 
 
+@tiny_suite
 @pytest.mark.slow
 def test_cpu_run_plots_open(cpu_suite):
     image = pytest.importorskip("matplotlib.image", reason="matplotlib is not installed")
@@ -620,18 +632,21 @@ def test_render_puts_two_runs_side_by_side(cpu_suite, tmp_path):
     assert main(["--render", str(tmp_path / "a.json"), str(tmp_path / "c.json"), "--out", str(out)]) == 2
 
 
+def _gpu_check_here(workdir, jobs) -> Command:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(OUT=str(workdir / "out"), TOTAL_S="150", KERNEL_TESTS_MIN="100000", PYTHON=sys.executable)
+    return Command(["bash", "benchmarks/gpu_check.sh"], env, REPO, 300)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the script's plumbing on a machine without a GPU")
-def test_gpu_check_script_runs_every_step_and_reports_each(tmp_path):
+@pytest.mark.early_subprocess.with_args(_gpu_check_here)
+def test_gpu_check_script_runs_every_step_and_reports_each(early_subprocess):
     """benchmarks/gpu_check.sh here (no GPU; about 25 s): every step runs with arguments its program accepts (each
     stops at the missing GPU, not at its command line), and the summary lists each step's result (the last step,
     the kernel tests, held back by KERNEL_TESTS_MIN)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(OUT=str(tmp_path / "out"), TOTAL_S="150", KERNEL_TESTS_MIN="100000", PYTHON=sys.executable)
-    res = subprocess.run(
-        ["bash", "benchmarks/gpu_check.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
+    res = early_subprocess(_gpu_check_here)
     assert res.returncode == 1, res.stdout + res.stderr
-    out = tmp_path / "out"
+    out = res.workdir / "out"
     summary = (out / "summary.md").read_text()
     for step in (
         "CUDA visible to torch | FAILED",

@@ -7,12 +7,13 @@ its marker goes."""
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests._early import Command
 
 triton = pytest.importorskip("triton")
 profile = pytest.importorskip("flash_triton.profile")
@@ -106,15 +107,14 @@ def test_core_model_at_the_benchmark_shape():
     assert m.fwd_ratio >= 1 and m.bwd_ratio >= 1 and m.bytes_ratio >= 1
 
 
-@pytest.fixture(scope="module")
-def quick():
+def _quick_profile(workdir, jobs) -> Command:
     """The quick profile's kernels (sm_90 and sm_80, bf16) and core models, computed in a child process without
     TRITON_INTERPRET (the interpreter's triton.jit functions cannot be compiled for a GPU)."""
     code = (
         "import dataclasses, json, sys; from flash_triton import profile as p; "
-        "import os; from concurrent.futures import ProcessPoolExecutor; "
+        "from concurrent.futures import ProcessPoolExecutor; "
         "jobs = p.profile_jobs(True, ['bf16'], [90, 80]); "
-        "pool = ProcessPoolExecutor(os.cpu_count() or 1); "
+        f"pool = ProcessPoolExecutor({jobs}); "
         "kernels = [dataclasses.asdict(k) for k in pool.map(p.profile_kernel, jobs)]; "
         "cores = [dataclasses.asdict(p.core_model(c, d)) for c in ('quad_attn', 'mixed_chunk_attn') "
         "for d in ('bf16', 'fp32')]; "
@@ -122,7 +122,16 @@ def quick():
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    return Command([sys.executable, "-c", code], env, ROOT, 900)
+
+
+# every test of the quick profile waits for the one child process, started when collection ends (tests/_early.py)
+quick_profile = pytest.mark.early_subprocess.with_args(_quick_profile)
+
+
+@pytest.fixture(scope="module")
+def quick(early_subprocess):
+    out = early_subprocess(_quick_profile)
     assert out.returncode == 0, out.stderr[-3000:]
     data = json.loads(out.stdout)
     return data["kernels"], data["cores"]
@@ -137,6 +146,7 @@ def _bf16(kernels, arch=None):
     return [k for k in kernels if k["dtype"] == "bf16" and (arch is None or k["arch"] == arch)]
 
 
+@quick_profile
 def test_quick_profile_compiles_every_kernel_without_spills_on_tensor_cores(quick):
     kernels, _ = quick
     names = {(k["layer"], k["kernel"]) for k in kernels}
@@ -177,6 +187,7 @@ def test_quick_profile_compiles_every_kernel_without_spills_on_tensor_cores(quic
         assert k["kernel"] not in streaming_bwd or "16" in k["sass"]["loads"], k  # dk / dq: operands 16 bytes
 
 
+@quick_profile
 @target(
     "the T5 term (one gather per score from the per-relative-position table) is a 4-byte load in every kernel "
     "that computes scores"
@@ -188,6 +199,7 @@ def test_target_bf16_loads_are_16_byte_vectors(quick):
         assert widths <= {"16"}, (k["kernel"], widths)
 
 
+@quick_profile
 @pytest.mark.parametrize(
     "core, dtype",
     [
@@ -215,6 +227,7 @@ _GAU_BYTES = (
 )
 
 
+@quick_profile
 @pytest.mark.parametrize(
     "core, dtype",
     [
