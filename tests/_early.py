@@ -8,7 +8,7 @@ decorated test) names a command builder ``cmd(workdir, jobs) -> Command``. ``con
 to the end of the run and starts their commands, one after another, in a background thread as soon as collection
 ends; the test asks the ``early_subprocess`` fixture for its command's result and waits for it. Nothing about the
 check changes: the same command, the same assertions, only an earlier start. Run alone, a check gets every core;
-beside other tests, one core (``jobs``)."""
+beside other tests, every core but one (``jobs``: one on a 2-core machine)."""
 
 from __future__ import annotations
 

@@ -84,8 +84,9 @@ def pytest_collection_finish(session):
 
     builders = list(dict.fromkeys(_early_builder(i) for i in session.items if _early_builder(i) and _will_run(i)))
     if builders and not session.config.option.collectonly:
+        cores = os.cpu_count() or 1
         alone = all(_early_builder(i) is not None for i in session.items)
-        runner = EarlyRunner(builders, jobs=(os.cpu_count() or 1) if alone else 1)
+        runner = EarlyRunner(builders, jobs=cores if alone else max(1, cores - 1))  # one core left to the tests
         session.config.stash[_EARLY] = runner
         runner.start()
 
