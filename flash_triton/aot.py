@@ -245,7 +245,7 @@ def _tiles(
         return [(sw.short_config("product", w, d, d, dtype, arch, masked_lin=dv and lin and mask), {"D": d, "S": s})]
     if name.startswith("quad_attn_"):
         kind = name.removeprefix("quad_attn_")
-        return [(qa.launch_config(kind, w, s, e, dtype, dropout, arch, lin, bias), {"S": s, "E": e})]
+        return [(qa.launch_config(kind, w, s, e, dtype, dropout, arch, lin, bias, mask), {"S": s, "E": e})]
     if name == "state_scan":  # per batch row, s * e state elements
         return [(dict(mca.SCAN_CONFIG), {"F": s * e})]
     if name == "gate_backward":  # (B, N, e) element-wise

@@ -9,8 +9,8 @@ causal training launch of each layer, bf16 only): registers, spill bytes, shared
 per SM, the MMA kind (wgmma / mma.sync / none) and count, global loads by width (16-byte vectors vs narrower),
 cp.async and TMA loads, and the hot loop (the loop of the SASS holding the most MMA work; nested loops counted
 once; of equal ones the shortest, which for the streaming kernels is a loop over the tiles outside the T5 band: at
-n 8192 and the default max_distance 128 they are all but a few of each program's tiles): its instructions and the
-MMA FLOPs per warp instruction.
+n 8192 and the default max_distance 128 they are all but a few of each program's tiles): its instructions, the
+MMA FLOPs per warp instruction and its global loads and cp.async copies by width.
 
 Per core (n 8192, batch 1, the default flags), from the launch grids and loop bounds of the launchers: executed
 MMA FLOPs over the minimum of :mod:`benchmarks.formulas` (the same convention: useful products only, causal
@@ -53,7 +53,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # SASS
 
 
-_LOAD = re.compile(r"\b(LDGSTS|LDG)((?:\.[A-Z0-9_]+)*)")
+_LOAD = re.compile(r"\b(LDGSTS|LDG)(?![A-Z])((?:\.[A-Z0-9_]+)*)")  # not LDGDEPBAR (a cp.async group's barrier)
 _HGMMA = re.compile(r"\bHGMMA\.(\d+)x(\d+)x(\d+)")
 _HMMA = re.compile(r"\bHMMA\.(16)(8)(16|8|4)\b")
 _FFMA = re.compile(r"\bFFMA\b")
@@ -102,6 +102,7 @@ class SassStats:
     loop_instructions: int = 0  # the hot loop
     loop_mma: int = 0
     loop_flop_per_instruction: float = 0.0
+    loop_loads: dict = field(default_factory=dict)  # the hot loop's LDG and LDGSTS: bytes per thread -> count
 
 
 def sass_stats(sass: str) -> SassStats:
@@ -124,12 +125,16 @@ def sass_stats(sass: str) -> SassStats:
     for first, last in loops:
         body = [t for a, t in instructions if first <= a <= last]
         flops = sum(mma_flops(t, tensor_cores) for t in body)
-        mmas = sum(bool(_HGMMA.search(t) or _HMMA.search(t)) for t in body)
-        if flops and (best is None or flops > best[0] or (flops == best[0] and len(body) < best[1])):
-            best = (flops, len(body), mmas)
+        if flops and (best is None or flops > best[0] or (flops == best[0] and len(body) < len(best[1]))):
+            best = (flops, body)
     if best is not None:
-        st.loop_flop_per_instruction = best[0] / best[1]
-        st.loop_instructions, st.loop_mma = best[1], best[2]
+        flops, body = best
+        st.loop_flop_per_instruction = flops / len(body)
+        st.loop_instructions = len(body)
+        st.loop_mma = sum(bool(_HGMMA.search(t) or _HMMA.search(t)) for t in body)
+        for m in filter(None, map(_LOAD.search, body)):
+            width = load_width(m.group(2))
+            st.loop_loads[width] = st.loop_loads.get(width, 0) + 1
     return st
 
 
@@ -483,8 +488,9 @@ def _loads(d: dict) -> str:
 def kernel_table(results: list[KernelProfile]) -> str:
     lines = [
         "| layer | kernel | arch | dtype | config | warps | regs | spill B | smem KiB | blocks/SM | warps/SM | MMA | "
-        "MMA instr | LDG by width | cp.async | TMA | hot loop instr | MMA in loop | FLOP / warp instr |",
-        "|" + " --- |" * 19,
+        "MMA instr | LDG by width | cp.async | TMA | hot loop instr | MMA in loop | FLOP / warp instr | "
+        "hot loop LDG + cp.async |",
+        "|" + " --- |" * 20,
     ]
     for r in sorted(results, key=lambda r: (r.layer, r.kernel, r.dtype, -r.arch, r.config)):
         if r.error:
@@ -495,7 +501,7 @@ def kernel_table(results: list[KernelProfile]) -> str:
             f"| {r.layer} | {r.kernel} | sm_{r.arch} | {r.dtype} | {r.config} | {r.warps} | {r.registers} | "
             f"{r.spill_bytes} | {r.shared / 1024:.0f} | {r.blocks} | {r.resident_warps} | {st.mma_kind} | "
             f"{st.mma_count} | {_loads(st.loads)} | {_loads(st.cp_async)} | {st.tma} | {st.loop_instructions} | "
-            f"{st.loop_mma} | {st.loop_flop_per_instruction:.0f} |"
+            f"{st.loop_mma} | {st.loop_flop_per_instruction:.0f} | {_loads(st.loop_loads)} |"
         )
     return "\n".join(lines)
 

@@ -209,24 +209,31 @@ def test_transposed_key_tiles_match_reference(monkeypatch, causal, laplace, bias
 
 
 @pytest.mark.parametrize(
-    "causal, deterministic, band",
-    [(False, False, True), (True, True, True), (False, True, False)],
-    ids=["noncausal", "causal-deterministic", "noncausal-deterministic-unsplit"],
+    "causal, deterministic, band, p",
+    [(False, False, True, 0.0), (True, True, True, 0.0), (False, True, False, 0.0), (True, False, True, 0.2)],
+    ids=["noncausal", "causal-deterministic", "noncausal-deterministic-unsplit", "causal-dropout"],
 )
-def test_t5_outside_the_near_band_is_one_term_per_side(monkeypatch, causal, deterministic, band):
+def test_t5_outside_the_near_band_is_one_term_per_side(monkeypatch, causal, deterministic, band, p):
     """The streaming kernels (forward, dv, dk with dq added, or dk and dq in two passes) split their loops at the
     T5 band (``t5_band``): tiles at least max_distance before or after every position of the program's tile add
     the table's end as one scalar and (key tiles) sum the score gradients into that end's bucket; only the band
     gathers per score. n 150, max_distance 20, so that most programs see tiles before, within and after their band
     (non-causal on both sides; one sided causal); masked keys; output and every gradient, the T5 weights' included,
     against the reference. Swapping the two ends, or summing a side into the other's bucket, fails it. The split is
-    forced on (``T5_BAND``: launch_config leaves it off in float32, for sm_90's 16-warp forward and for dk with dq
-    added under dropout), or off: the one loop that gathers everywhere."""
-    fwd90 = qa.launch_config("fwd", 8192, 128, 1024, torch.bfloat16, False, 90)
+    forced on (``T5_BAND``: launch_config leaves it off where the split spilled: float32, sm_90's 16-warp forward,
+    the forward with dropout off sm_90, dk with dq added under dropout, sm_90's dv with a caller's bias or a key
+    mask; forced on here with dropout too), or off: the one loop that gathers everywhere."""
+    bf16 = (8192, 128, 1024, torch.bfloat16)
+    fwd90 = qa.launch_config("fwd", *bf16, False, 90)
     assert fwd90["num_warps"] == 16 and fwd90["T5_BAND"] is False
-    assert "T5_BAND" not in qa.launch_config("fwd", 8192, 128, 1024, torch.bfloat16, False, 80)
-    assert qa.launch_config("dkq", 8192, 128, 1024, torch.bfloat16, True, 80)["T5_BAND"] is False
+    assert "T5_BAND" not in qa.launch_config("fwd", *bf16, False, 80)
+    assert qa.launch_config("fwd", *bf16, True, 80)["T5_BAND"] is False
+    assert qa.launch_config("dkq", *bf16, True, 80)["T5_BAND"] is False
     assert qa.launch_config("dv", 8192, 128, 1024, torch.float32, False, 80)["T5_BAND"] is False
+    assert "T5_BAND" not in qa.launch_config("dv", *bf16, False, 90)
+    assert qa.launch_config("dv", *bf16, False, 90, bias=True)["T5_BAND"] is False
+    assert qa.launch_config("dv", *bf16, False, 90, mask=True)["T5_BAND"] is False
+    assert "T5_BAND" not in qa.launch_config("dv", *bf16, False, 80, bias=True, mask=True)
     monkeypatch.setattr(qa, "SHORT_WINDOW", 0)
     launch_config = qa.launch_config
     monkeypatch.setattr(qa, "launch_config", lambda *a, **k: dict(launch_config(*a, **k), T5_BAND=band))
@@ -234,16 +241,19 @@ def test_t5_outside_the_near_band_is_one_term_per_side(monkeypatch, causal, dete
     b, n, s, e = 2, 150, 24, 24
     tensors, key_mask = make_inputs(b, n, s, e, torch.float32, mask=True, bias=None)
     kw = dict(scale=s**-0.5, window=None, causal=causal, key_mask=key_mask, t5_scale=0.7, t5_max_distance=20)
+    kw.update(dropout_p=p)
+    seed = torch.tensor([7], dtype=torch.int64, device=DEVICE)
     grad_out = torch.randn(b, n, e, device=DEVICE)
     before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(deterministic)
     try:
-        out, grads = run(op.quad_attn_triton, tensors, torch.float32, grad_out, **kw)
+        out, grads = run(op.quad_attn_triton, tensors, torch.float32, grad_out, dropout_seed=seed, **kw)
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
     assert counters["_quad_attn_fwd_kernel"].launches == 1
     assert counters["_quad_attn_bwd_dqk_kernel"].launches == (2 if deterministic else 1)
-    out_ref, grads_ref = run(ref.quad_attn, tensors, torch.float32, grad_out, **kw)
+    keep = qa.dropout_keep_mask(seed, b, n, n, p) if p else None
+    out_ref, grads_ref = run(ref.quad_attn, tensors, torch.float32, grad_out, dropout_mask=keep, **kw)
     assert_close_scaled(out, out_ref, 1e-5, "output")
     assert grads.keys() == grads_ref.keys() and {"q", "k", "v", "gate", "t5_weight"} <= grads.keys()
     for name in grads:

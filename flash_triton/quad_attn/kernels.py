@@ -1196,13 +1196,15 @@ def launch_config(
     arch: int | None = None,
     lin: bool = False,
     bias: bool = False,
+    mask: bool = False,
 ) -> dict:
     """Tile sizes (powers of two, >= 16 for tl.dot, no larger than needed) and warps of kernel ``kind``
     ("fwd", "dv", "dk", "dq"; "dkq": dk with dq added in atomically) for a window, query/key width, value width,
     dtype and dropout on/off, on a GPU of compute capability ``arch`` (:func:`..common.jit.device_arch`; None: the
     configs that compile for every supported GPU); ``lin``: the forward adds FLASH's linear half; ``bias``: a caller's
-    bias is added to the scores. A dk / dkq config with ``BM_NEAR`` is for the transposed key-tile kernel
-    (``_quad_attn_bwd_dk_kernel``), one without for ``_quad_attn_bwd_dqk_kernel``."""
+    bias is added to the scores; ``mask``: a key mask (it decides ``T5_BAND`` only). A dk / dkq config with
+    ``BM_NEAR`` is for the transposed key-tile kernel (``_quad_attn_bwd_dk_kernel``), one without for
+    ``_quad_attn_bwd_dqk_kernel``."""
     precision = "fp32" if dtype == torch.float32 else "half"
     key = (kind, precision, dropout)
     # TILES_SM90 where its conditions hold; the forward's only at value widths past the default block (below it 16
@@ -1235,10 +1237,18 @@ def launch_config(
         cfg.update(maxnreg=255, num_stages=1)
     if hopper and kind in TRANSPOSED_KEY_TILES:  # the transposed kernel: its steps near the key tile
         cfg["BM_NEAR"] = min(16, fit)
-    if precision == "fp32" or (kind == "fwd" and hopper) or (kind == "dkq" and dropout):
-        # one loop, the T5 term gathered for every tile. Split at the T5 band, these spilled: float32 forward and dv
-        # 36 B on sm_80 (triton 3.6; their FMA products cost ~S multiply-adds a score, the gather next to nothing),
-        # the 16-warp sm_90 forward 56-100 B and dk with dq added under dropout 8-16 B on sm_80 (triton 3.9)
+    band_spills = (
+        precision == "fp32"
+        or (kind == "fwd" and (hopper or (dropout and arch != 90)))
+        or (kind == "dkq" and dropout)
+        or (kind == "dv" and hopper and (bias or mask))
+    )
+    if band_spills:
+        # one loop, the T5 term gathered for every tile. Split at the T5 band, these spilled outside the loops, past
+        # the check's 32 B: float32 forward and dv 36 B on sm_80 (triton 3.6; their FMA products cost ~S
+        # multiply-adds a score, the gather next to nothing), the 16-warp sm_90 forward 56-100 B (3.9), the forward
+        # with dropout on sm_80 52-56 B (3.6; two 32-wide query/key blocks), dk with dq added under dropout 8-16 B on
+        # sm_80 (3.9), and sm_90's 64 x 64 dv with a caller's bias or a key mask 36-296 B at 255 registers (3.6)
         cfg["T5_BAND"] = False
     # a tuned entry (flash_triton.tuning) for this GPU and shape, where there is one; lin changes the forward's kernel
     # only, a caller's bias the forward's, dq's and dv's tiles, so only their entries are keyed by them
@@ -1486,7 +1496,11 @@ def quad_attn_bwd(
     key_kind = "dkq" if atomic_dq else "dk"
     kinds = ("dv", key_kind) if atomic_dq else ("dv", key_kind, "dq")
     arch = device_arch(q.device)
-    cfgs = {kind: launch_config(kind, w, s, e, q.dtype, dropout_p > 0, arch, bias=bias is not None) for kind in kinds}
+    masked = mask_u8 is not None
+    cfgs = {
+        kind: launch_config(kind, w, s, e, q.dtype, dropout_p > 0, arch, bias=bias is not None, mask=masked)
+        for kind in kinds
+    }
     dk, dv = new_output(k, k.shape), new_output(v, v.shape)
     dqa = q.new_zeros(q.shape, dtype=torch.float32) if atomic_dq else None
     dq = new_output(q, q.shape) if not atomic_dq else None
