@@ -4,9 +4,11 @@ Most of the suite is one pytest process running the CPU interpreter: one core bu
 checks are child processes that compile for the GPU or run a whole program (the quick GPU-compile check, the
 static profile, the benchmark suite, the GPU script's plumbing). A test marked
 ``@pytest.mark.early_subprocess.with_args(cmd)`` (``with_args``: a lone function argument would be taken for the
-decorated test) names a command builder ``cmd(workdir, jobs) -> Command``. ``conftest.py`` moves the marked tests
-to the end of the run and starts their commands, one after another, in a background thread as soon as collection
-ends; the test asks the ``early_subprocess`` fixture for its command's result and waits for it. Nothing about the
+decorated test) names a command builder ``cmd(workdir, jobs) -> Command``; so does a module's ``EARLY_FIXTURES``
+(fixture name -> builder) for every test that uses one of those fixtures (a test that waited for such a fixture in
+its place would hold the others back until the command ended). ``conftest.py`` moves those tests to the end of the
+run and starts their commands, one after another, in a background thread as soon as collection ends; the test (or
+its fixture) asks the ``early_subprocess`` fixture for its command's result and waits for it. Nothing about the
 check changes: the same command, the same assertions, only an earlier start. Run alone, a check gets every core;
 beside other tests, every core but one (``jobs``: one on a 2-core machine)."""
 
@@ -42,6 +44,16 @@ class Finished:
 
 
 Builder = Callable[[Path, int], Command]
+
+
+def builder_of(item) -> Builder | None:
+    """The builder a collected test waits for: its ``early_subprocess`` mark's, else that of the first fixture it
+    uses that its module lists in ``EARLY_FIXTURES``; None for the others."""
+    marker = item.get_closest_marker("early_subprocess")
+    if marker is not None:
+        return marker.args[0]
+    fixtures = getattr(getattr(item, "module", None), "EARLY_FIXTURES", {})
+    return next((b for name, b in fixtures.items() if name in getattr(item, "fixturenames", ())), None)
 
 
 class EarlyRunner:

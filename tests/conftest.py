@@ -61,8 +61,9 @@ _EARLY = pytest.StashKey()
 
 
 def _early_builder(item):
-    marker = item.get_closest_marker("early_subprocess")
-    return marker.args[0] if marker else None
+    from tests._early import builder_of
+
+    return builder_of(item)
 
 
 def _will_run(item) -> bool:

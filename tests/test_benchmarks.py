@@ -46,8 +46,8 @@ def _tiny_suite(workdir, jobs) -> Command:
     return Command([sys.executable, "-m", "benchmarks.run", *TINY, "--out", str(workdir)], None, REPO, 600)
 
 
-# every test of the tiny run waits for the one child process, started when collection ends (tests/_early.py)
-tiny_suite = pytest.mark.early_subprocess.with_args(_tiny_suite)
+# every test that uses cpu_suite waits for the one child process, started when collection ends (tests/_early.py)
+EARLY_FIXTURES = {"cpu_suite": _tiny_suite}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,6 @@ def cpu_suite(early_subprocess):
     return res.workdir, res.stdout, json.loads((res.workdir / "results.json").read_text())
 
 
-@tiny_suite
 @pytest.mark.slow
 def test_cpu_run_writes_rows_with_provenance(cpu_suite):
     _out, _stdout, data = cpu_suite
@@ -109,7 +108,6 @@ def test_cpu_run_writes_rows_with_provenance(cpu_suite):
             assert r["flops"] == formulas.decode_flops(512, 128, 1024, 256, 256, 1)
 
 
-@tiny_suite
 @pytest.mark.slow
 def test_cpu_run_ratios_are_consistent(cpu_suite):
     rows = cpu_suite[2]["rows"]
@@ -129,7 +127,6 @@ def test_cpu_run_ratios_are_consistent(cpu_suite):
     assert pairs >= 2 * len(by_group)
 
 
-@tiny_suite
 @pytest.mark.slow
 def test_cpu_run_writes_markdown_and_prints_the_summary_last(cpu_suite):
     out, stdout, data = cpu_suite
@@ -148,7 +145,6 @@ def test_cpu_run_writes_markdown_and_prints_the_summary_last(cpu_suite):
     assert stdout.rstrip().endswith(summary.rstrip())
 
 
-@tiny_suite
 @pytest.mark.slow
 def test_cpu_run_plots_open(cpu_suite):
     image = pytest.importorskip("matplotlib.image", reason="matplotlib is not installed")

@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 
-from tests._early import Command, EarlyRunner, run_now
+from tests._early import Command, EarlyRunner, builder_of, run_now
 
 
 def _printer(text: str, sleep: float = 0.0, timeout: float = 60):
@@ -76,8 +76,13 @@ def test_the_foreground_fallback_gives_every_core(tmp_path):
     assert got.returncode is None and "killed after 0.5 s" in got.stderr
 
 
-def test_marked_tests_run_after_the_others(request):
-    """conftest.py moves every ``early_subprocess`` test of the session behind the unmarked ones (in a run of the
-    whole suite: the four marked checks behind the rest)."""
-    marks = [item.get_closest_marker("early_subprocess") is not None for item in request.session.items]
-    assert marks == sorted(marks)
+def test_the_waiting_tests_run_after_the_others(request):
+    """conftest.py moves every test that waits for an early command (marked, or using a fixture of its module's
+    ``EARLY_FIXTURES``) behind the others of the session: in a run of the whole suite, every test of the four
+    checks (the benchmark suite's render tests, which use its fixture, included) behind the rest."""
+    waits = [builder_of(item) is not None for item in request.session.items]
+    assert waits == sorted(waits)
+    if len(request.session.items) > 700:  # the whole suite
+        tail = [item.name for item, w in zip(request.session.items, waits, strict=True) if w]
+        assert "test_render_puts_two_runs_side_by_side" in tail and "test_quick_profile_compiles" in " ".join(tail)
+        assert "test_kernels_compile_for_sm80_and_sm90_without_spills" in tail

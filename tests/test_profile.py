@@ -128,8 +128,8 @@ def _quick_profile(workdir, jobs) -> Command:
     return Command([sys.executable, "-c", code], env, ROOT, 900)
 
 
-# every test of the quick profile waits for the one child process, started when collection ends (tests/_early.py)
-quick_profile = pytest.mark.early_subprocess.with_args(_quick_profile)
+# every test that uses quick waits for the one child process, started when collection ends (tests/_early.py)
+EARLY_FIXTURES = {"quick": _quick_profile}
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,6 @@ def _bf16(kernels, arch=None):
     return [k for k in kernels if k["dtype"] == "bf16" and (arch is None or k["arch"] == arch)]
 
 
-@quick_profile
 def test_quick_profile_compiles_every_kernel_without_spills_on_tensor_cores(quick):
     kernels, _ = quick
     names = {(k["layer"], k["kernel"]) for k in kernels}
@@ -195,7 +194,6 @@ def test_quick_profile_compiles_every_kernel_without_spills_on_tensor_cores(quic
     }, narrow
 
 
-@quick_profile
 @target(
     "sm_90: GAU's 16-warp forward gathers the T5 term in its one loop (4-byte loads and cp.async; split at the T5 "
     "band, it spilled), and the transposed dk / dk-with-dq kernels load dy in 32 x 32 / 32 x 16 steps (8 / 4 bytes a "
@@ -209,7 +207,6 @@ def test_target_bf16_hot_loop_loads_are_16_byte_vectors(quick):
     assert [n for n in narrow if set(n[3]) - {"16"}] == []
 
 
-@quick_profile
 @pytest.mark.parametrize(
     "core, dtype",
     [
@@ -237,7 +234,6 @@ _GAU_BYTES = (
 )
 
 
-@quick_profile
 @pytest.mark.parametrize(
     "core, dtype",
     [
