@@ -66,7 +66,7 @@ class EarlyRunner:
         self._results: dict[Builder, Finished] = {}
         # the commands are built here, in the main thread before any test runs: a test that changes os.environ
         # for a while (monkeypatch) cannot leak into a child started later
-        self._commands: dict[Builder, Command] = {}
+        self._commands: dict[Builder, tuple[Command, Path]] = {}
         for i, builder in enumerate(self._builders):
             workdir = self._root / str(i) / "work"
             workdir.mkdir(parents=True)
@@ -75,7 +75,8 @@ class EarlyRunner:
             except Exception as exc:  # a builder that fails is the test's failure, reported there
                 self._finish(builder, Finished(None, "", f"{type(exc).__name__}: {exc}", workdir))
                 continue
-            self._commands[builder] = dataclasses.replace(cmd, env=dict(os.environ) if cmd.env is None else cmd.env)
+            env = dict(os.environ) if cmd.env is None else cmd.env
+            self._commands[builder] = (dataclasses.replace(cmd, env=env), workdir)
         self._proc: subprocess.Popen | None = None
         self._stopped = False
         self._lock = threading.Lock()
@@ -106,8 +107,7 @@ class EarlyRunner:
         self._done[builder].set()
 
     def _run_all(self) -> None:
-        for builder, cmd in self._commands.items():
-            workdir = self._root / str(self._builders.index(builder)) / "work"
+        for builder, (cmd, workdir) in self._commands.items():
             try:
                 result = self._run_one(cmd, workdir)
             except Exception as exc:  # e.g. a command that does not exist: the test's failure, reported there

@@ -184,6 +184,18 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(enabled)`` inside the block (the kernels' deterministic backward pass, or
+    the atomic one); the previous setting, warn-only included, restored after."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(enabled)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
 def config_flags(cfg: train_mod.TrainConfig = MICRO, **changes: Any) -> list[str]:
     """Command-line flags that set every field of ``cfg`` (with ``changes`` applied): no preset needed."""
     cfg = dataclasses.replace(cfg, **changes)

@@ -17,6 +17,7 @@ from tests._helpers import (
     assert_close_scaled,
     close_to_reference,
     count_launches,
+    deterministic_algorithms,
     layer_in_dtypes,
     output_and_grads,
     scramble,
@@ -109,12 +110,8 @@ def test_streaming_forward_in_its_hopper_tiles_matches_reference(monkeypatch, dt
     tensors, key_mask = make_inputs(b, n, s, e, dtype, mask=True, bias=None)
     kw = dict(scale=1.0 / n, window=None, causal=True, key_mask=key_mask, t5_scale=0.7, bias_scale=1.0 / n)
     grad_out = torch.randn(b, n, e, device=DEVICE)
-    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(deterministic)
-    try:
+    with deterministic_algorithms(deterministic):
         out, grads = run(op.quad_attn_triton, tensors, dtype, grad_out, **kw)
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
     dq = [cfg for kind, cfg in picked if kind == "dq"]
     assert bool(dq) == deterministic and all((c["BM"], c["BN"]) == (64, 64) for c in dq), dq
     fwd = [cfg for kind, cfg in picked if kind == "fwd"]
@@ -192,12 +189,8 @@ def test_transposed_key_tiles_match_reference(monkeypatch, causal, laplace, bias
     kw.update(bias_scale=0.5, laplace=laplace, dropout_p=p if dropout else 0.0)
     seed = torch.tensor([1234], dtype=torch.int64, device=DEVICE)
     grad_out = torch.randn(b, n, e, device=DEVICE)
-    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(deterministic)
-    try:
+    with deterministic_algorithms(deterministic):
         out, grads = run(op.quad_attn_triton, tensors, torch.float32, grad_out, dropout_seed=seed, **kw)
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
     assert counters["_quad_attn_bwd_dk_kernel"].launches == 1, picked
     assert counters["_quad_attn_bwd_dqk_kernel"].launches == (1 if deterministic else 0)  # dq over query tiles
     keep = qa.dropout_keep_mask(seed, b, n, n, p) if dropout else None
@@ -244,12 +237,8 @@ def test_t5_outside_the_near_band_is_one_term_per_side(monkeypatch, causal, dete
     kw.update(dropout_p=p)
     seed = torch.tensor([7], dtype=torch.int64, device=DEVICE)
     grad_out = torch.randn(b, n, e, device=DEVICE)
-    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(deterministic)
-    try:
+    with deterministic_algorithms(deterministic):
         out, grads = run(op.quad_attn_triton, tensors, torch.float32, grad_out, dropout_seed=seed, **kw)
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
     assert counters["_quad_attn_fwd_kernel"].launches == 1
     assert counters["_quad_attn_bwd_dqk_kernel"].launches == (2 if deterministic else 1)
     keep = qa.dropout_keep_mask(seed, b, n, n, p) if p else None
@@ -309,13 +298,9 @@ def test_streaming_backward_deterministic_pass_matches_the_atomic_one(monkeypatc
     counters = count_launches(monkeypatch, qa, "_quad_attn_bwd_dqk_kernel")
     _, atomic = run(op.quad_attn_triton, tensors, dtype, grad_out, **kw)
     assert counters["_quad_attn_bwd_dqk_kernel"].launches == 1  # dk, with dq added in
-    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic_algorithms(True):
         _, fixed = run(op.quad_attn_triton, tensors, dtype, grad_out, **kw)
         _, again = run(op.quad_attn_triton, tensors, dtype, grad_out, **kw)
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
     assert counters["_quad_attn_bwd_dqk_kernel"].launches == 1 + 2 * 2  # then dk and dq, twice
     _, grads_ref = run(ref.quad_attn, tensors, dtype, grad_out, **kw)
     _, grads64 = run(ref.quad_attn, tensors, torch.float64, grad_out, **kw)
