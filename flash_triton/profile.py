@@ -10,7 +10,12 @@ per SM, the MMA kind (wgmma / mma.sync / none) and count, global loads by width 
 cp.async and TMA loads, and the hot loop (the loop of the SASS holding the most MMA work; nested loops counted
 once; of equal ones the shortest, which for the streaming kernels is a loop over the tiles outside the T5 band: at
 n 8192 and the default max_distance 128 they are all but a few of each program's tiles): its instructions, the
-MMA FLOPs per warp instruction and its global loads and cp.async copies by width.
+MMA FLOPs per warp instruction and its global loads and cp.async copies by width; and the hot loop's inner loop
+(its innermost loop with MMA work, e.g. the streaming backward's loop over the value width; the hot loop itself
+where it has none), which runs many times per hot-loop iteration: its instructions and MMA, its synchronous global
+loads (LDG: the iteration waits out their latency, which at one block of 8 warps per SM nothing else hides) against
+its asynchronous copies (cp.async or TMA, issued a stage ahead by triton's software pipeline), and its waits for
+every wgmma in flight (none overlaps the next iteration's work).
 
 Per core (n 8192, batch 1, the default flags), from the launch grids and loop bounds of the launchers: executed
 MMA FLOPs over the minimum of :mod:`benchmarks.formulas` (the same convention: useful products only, causal
@@ -58,6 +63,7 @@ _HGMMA = re.compile(r"\bHGMMA\.(\d+)x(\d+)x(\d+)")
 _HMMA = re.compile(r"\bHMMA\.(16)(8)(16|8|4)\b")
 _FFMA = re.compile(r"\bFFMA\b")
 _TMA = re.compile(r"\b(UTMALDG|UBLKCP)\b")
+_MMA_WAIT_ALL = re.compile(r"\bWARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x0\b")
 
 
 def load_width(modifiers: str) -> int:
@@ -103,6 +109,12 @@ class SassStats:
     loop_mma: int = 0
     loop_flop_per_instruction: float = 0.0
     loop_loads: dict = field(default_factory=dict)  # the hot loop's LDG and LDGSTS: bytes per thread -> count
+    # the inner loop: the innermost loop with MMA work inside the hot loop (the hot loop itself when it has none)
+    inner_instructions: int = 0
+    inner_mma: int = 0
+    inner_sync_loads: dict = field(default_factory=dict)  # LDG by width: the iteration waits out their latency
+    inner_async_loads: int = 0  # cp.async (LDGSTS) and TMA copies: issued ahead by the software pipeline
+    inner_mma_waits: int = 0  # waits for every wgmma in flight (WARPGROUP.DEPBAR.LE gsb0, 0x0): none overlaps
 
 
 def sass_stats(sass: str) -> SassStats:
@@ -121,20 +133,37 @@ def sass_stats(sass: str) -> SassStats:
             width = load_width(m.group(2))
             into[width] = into.get(width, 0) + 1
         st.tma += bool(_TMA.search(text))
-    best = None
-    for first, last in loops:
-        body = [t for a, t in instructions if first <= a <= last]
-        flops = sum(mma_flops(t, tensor_cores) for t in body)
-        if flops and (best is None or flops > best[0] or (flops == best[0] and len(body) < len(best[1]))):
-            best = (flops, body)
+
+    def hottest(candidates):  # (first, last, body) of the most MMA work; of equal ones the shortest
+        best = None
+        for first, last in candidates:
+            body = [t for a, t in instructions if first <= a <= last]
+            flops = sum(mma_flops(t, tensor_cores) for t in body)
+            if flops and (best is None or flops > best[0] or (flops == best[0] and len(body) < len(best[3]))):
+                best = (flops, first, last, body)
+        return best
+
+    best = hottest(loops)
     if best is not None:
-        flops, body = best
+        flops, first, last, body = best
         st.loop_flop_per_instruction = flops / len(body)
         st.loop_instructions = len(body)
         st.loop_mma = sum(bool(_HGMMA.search(t) or _HMMA.search(t)) for t in body)
         for m in filter(None, map(_LOAD.search, body)):
             width = load_width(m.group(2))
             st.loop_loads[width] = st.loop_loads.get(width, 0) + 1
+        inside = [(a, b) for a, b in loops if first <= a and b <= last]
+        innermost = [(a, b) for a, b in inside if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in inside)]
+        _, _, _, body = hottest(innermost) or best
+        loads = [m for m in map(_LOAD.search, body) if m]
+        st.inner_instructions = len(body)
+        st.inner_mma = sum(bool(_HGMMA.search(t) or _HMMA.search(t)) for t in body)
+        for m in loads:
+            if m.group(1) == "LDG":
+                width = load_width(m.group(2))
+                st.inner_sync_loads[width] = st.inner_sync_loads.get(width, 0) + 1
+        st.inner_async_loads = sum(m.group(1) == "LDGSTS" for m in loads) + sum(bool(_TMA.search(t)) for t in body)
+        st.inner_mma_waits = sum(bool(_MMA_WAIT_ALL.search(t)) for t in body)
     return st
 
 
@@ -433,6 +462,7 @@ class KernelProfile:
     warps: int
     registers: int = -1
     spill_bytes: int = -1
+    spills_in_loops: int = 0  # spill instructions (STL / LDL) inside a loop, where it spills
     shared: int = -1
     blocks: int = 0
     resident_warps: int = 0
@@ -474,6 +504,7 @@ def profile_kernel(job: tuple) -> KernelProfile:
     try:
         binary = aot.compile_kernel(fn_name, dtype, constexprs, arch, options, sass=True, divisible=divisible)
         res.registers, res.spill_bytes, res.shared = binary.registers, binary.spill_bytes, binary.shared
+        res.spills_in_loops = aot.spills_in_loops(binary.sass) if binary.spill_bytes else 0
         res.blocks, res.resident_warps = occupancy(arch, binary.registers, binary.shared, res.warps)
         res.sass = sass_stats(binary.sass)
     except Exception as exc:  # reported per kernel
@@ -485,12 +516,17 @@ def _loads(d: dict) -> str:
     return " ".join(f"{w}B:{d[w]}" for w in sorted(d, reverse=True)) or "-"
 
 
+def _spill(r: KernelProfile) -> str:
+    return f"{r.spill_bytes} ({r.spills_in_loops} in loops)" if r.spill_bytes else "0"
+
+
 def kernel_table(results: list[KernelProfile]) -> str:
     lines = [
         "| layer | kernel | arch | dtype | config | warps | regs | spill B | smem KiB | blocks/SM | warps/SM | MMA | "
         "MMA instr | LDG by width | cp.async | TMA | hot loop instr | MMA in loop | FLOP / warp instr | "
-        "hot loop LDG + cp.async |",
-        "|" + " --- |" * 20,
+        "hot loop LDG + cp.async | inner loop instr | MMA in inner loop | inner loop LDG / cp.async + TMA | "
+        "inner loop waits for every wgmma |",
+        "|" + " --- |" * 24,
     ]
     for r in sorted(results, key=lambda r: (r.layer, r.kernel, r.dtype, -r.arch, r.config)):
         if r.error:
@@ -499,9 +535,11 @@ def kernel_table(results: list[KernelProfile]) -> str:
         st = r.sass
         lines.append(
             f"| {r.layer} | {r.kernel} | sm_{r.arch} | {r.dtype} | {r.config} | {r.warps} | {r.registers} | "
-            f"{r.spill_bytes} | {r.shared / 1024:.0f} | {r.blocks} | {r.resident_warps} | {st.mma_kind} | "
+            f"{_spill(r)} | {r.shared / 1024:.0f} | {r.blocks} | {r.resident_warps} | {st.mma_kind} | "
             f"{st.mma_count} | {_loads(st.loads)} | {_loads(st.cp_async)} | {st.tma} | {st.loop_instructions} | "
-            f"{st.loop_mma} | {st.loop_flop_per_instruction:.0f} | {_loads(st.loop_loads)} |"
+            f"{st.loop_mma} | {st.loop_flop_per_instruction:.0f} | {_loads(st.loop_loads)} | "
+            f"{st.inner_instructions} | {st.inner_mma} | {_loads(st.inner_sync_loads)} / {st.inner_async_loads} | "
+            f"{st.inner_mma_waits} |"
         )
     return "\n".join(lines)
 

@@ -215,7 +215,7 @@ def test_t5_outside_the_near_band_is_one_term_per_side(monkeypatch, causal, dete
     against the reference. Swapping the two ends, or summing a side into the other's bucket, fails it. The split is
     forced on (``T5_BAND``: launch_config leaves it off where the split spilled: float32, sm_90's 16-warp forward,
     the forward with dropout off sm_90, dk with dq added under dropout, sm_90's dv with a caller's bias or a key
-    mask; forced on here with dropout too), or off: the one loop that gathers everywhere."""
+    mask, sm_90's two-stage dq; forced on here with dropout too), or off: the one loop that gathers everywhere."""
     bf16 = (8192, 128, 1024, torch.bfloat16)
     fwd90 = qa.launch_config("fwd", *bf16, False, 90)
     assert fwd90["num_warps"] == 16 and fwd90["T5_BAND"] is False
@@ -227,6 +227,8 @@ def test_t5_outside_the_near_band_is_one_term_per_side(monkeypatch, causal, dete
     assert qa.launch_config("dv", *bf16, False, 90, bias=True)["T5_BAND"] is False
     assert qa.launch_config("dv", *bf16, False, 90, mask=True)["T5_BAND"] is False
     assert "T5_BAND" not in qa.launch_config("dv", *bf16, False, 80, bias=True, mask=True)
+    assert qa.launch_config("dq", *bf16, False, 90)["T5_BAND"] is False
+    assert "T5_BAND" not in qa.launch_config("dq", *bf16, False, 80)
     monkeypatch.setattr(qa, "SHORT_WINDOW", 0)
     launch_config = qa.launch_config
     monkeypatch.setattr(qa, "launch_config", lambda *a, **k: dict(launch_config(*a, **k), T5_BAND=band))

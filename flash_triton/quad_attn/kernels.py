@@ -1181,8 +1181,10 @@ TILES_SM90 = {
 # (the 32 x 32 mma.sync kernel: 530 for 36 mma.sync, 278). Not with dropout (150-370 B spilled) or a caller's bias
 # (72-124 B): those, and sm_80 (mma.sync keeps the operands in registers: 16-124 B spilled at 32 x 32), keep
 # _quad_attn_bwd_dqk_kernel. The cost: a step's dy tile is 32 x 16 (dkq; 32 x 32 for dk), two (four) elements a
-# thread, so dy loads 4 (8) bytes at a time where v loads 16 (wider dy vᵀ steps spilled); the near steps take E steps
-# as much wider as they are shorter, so their dy tiles are no smaller (16 x 16 loaded one element a thread).
+# thread, so dy is copied 4 (8) bytes at a time where v is copied 16 (wider dy vᵀ steps spilled); the near steps take
+# E steps as much wider as they are shorter, so their dy tiles are no smaller (16 x 16 loaded one element a thread).
+# In two stages (launch_config), dkq on sm_90 spills 24 B outside every loop (three row offsets stored once and
+# reloaded after the loops; 0 in one stage, which waited out the global latency every dy vᵀ step).
 TRANSPOSED_KEY_TILES = ("dk", "dkq")
 
 
@@ -1232,9 +1234,14 @@ def launch_config(
     cfg = dict(BM=min(bm, fit), BN=min(bn, fit), BS=bs, S_BLOCKS=cdiv(qk_dim, bs), BE=be, num_warps=warps, num_stages=2)
     if kind in ("dk", "dq", "dkq"):
         # ptxas, left to itself, holds some of these builds to 128 registers (two blocks per SM) and spills inside
-        # the loop (sm_80, 16-wide tiles with dropout; width 64; specialised widths): allow it every register. One
-        # stage: their feature widths are specialised (16-byte loads) but a second stage of buffers spills them
-        cfg.update(maxnreg=255, num_stages=1)
+        # the loop (sm_80, 16-wide tiles with dropout; width 64; specialised widths): allow it every register. Two
+        # stages in half precision: the loop over the value width then copies each step's v and dy tiles with
+        # cp.async a step ahead; in one stage it loaded them with LDG, stored them to shared memory and waited out the
+        # global latency every step, which one block of 8 warps per SM does not hide. One stage in float32 (its
+        # two-stage builds were not compiled) and for dk with dq added over two query/key blocks (two stages spilled
+        # inside the loop on sm_80, triton 3.9)
+        pipelined = precision == "half" and not (kind == "dkq" and qk_dim > bs)
+        cfg.update(maxnreg=255, num_stages=2 if pipelined else 1)
     if hopper and kind in TRANSPOSED_KEY_TILES:  # the transposed kernel: its steps near the key tile
         cfg["BM_NEAR"] = min(16, fit)
     band_spills = (
@@ -1242,13 +1249,15 @@ def launch_config(
         or (kind == "fwd" and (hopper or (dropout and arch != 90)))
         or (kind == "dkq" and dropout)
         or (kind == "dv" and hopper and (bias or mask))
+        or (kind == "dq" and hopper)
     )
     if band_spills:
         # one loop, the T5 term gathered for every tile. Split at the T5 band, these spilled outside the loops, past
         # the check's 32 B: float32 forward and dv 36 B on sm_80 (triton 3.6; their FMA products cost ~S
         # multiply-adds a score, the gather next to nothing), the 16-warp sm_90 forward 56-100 B (3.9), the forward
         # with dropout on sm_80 52-56 B (3.6; two 32-wide query/key blocks), dk with dq added under dropout 8-16 B on
-        # sm_80 (3.9), and sm_90's 64 x 64 dv with a caller's bias or a key mask 36-296 B at 255 registers (3.6)
+        # sm_80 (3.9), sm_90's 64 x 64 dv with a caller's bias or a key mask 36-296 B at 255 registers (3.6), and
+        # sm_90's 64 x 64 dq in two stages 44 B (3.6, not causal)
         cfg["T5_BAND"] = False
     # a tuned entry (flash_triton.tuning) for this GPU and shape, where there is one; lin changes the forward's kernel
     # only, a caller's bias the forward's, dq's and dv's tiles, so only their entries are keyed by them

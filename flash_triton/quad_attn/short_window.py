@@ -468,7 +468,7 @@ def _quad_tile_product_kernel(
 # in the default FLASH training launch), product (BD, warps). Not yet tuned on a GPU; spill-free on sm_80 and sm_90
 # (python -m flash_triton.aot).
 SHORT_TILES = {
-    "half": dict(BM=64, BN=64, weights=(128, 8), out=(64, 128, 8), dscores=(128, 64, 8, 1), product=(128, 8)),
+    "half": dict(BM=64, BN=64, weights=(128, 8), out=(64, 128, 8), dscores=(128, 64, 8, 2), product=(128, 8)),
     "fp32": dict(BM=32, BN=32, weights=(32, 4), out=(32, 32, 4), dscores=(32, 32, 4, 2), product=(32, 4)),
 }
 
