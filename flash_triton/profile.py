@@ -134,7 +134,7 @@ def sass_stats(sass: str) -> SassStats:
             into[width] = into.get(width, 0) + 1
         st.tma += bool(_TMA.search(text))
 
-    def hottest(candidates):  # (first, last, body) of the most MMA work; of equal ones the shortest
+    def hottest(candidates):  # (flops, first, last, body) of the most MMA work; of equal ones the shortest
         best = None
         for first, last in candidates:
             body = [t for a, t in instructions if first <= a <= last]
