@@ -117,6 +117,19 @@ class SassStats:
     inner_mma_waits: int = 0  # waits for every wgmma in flight (WARPGROUP.DEPBAR.LE gsb0, 0x0): none overlaps
 
 
+def _by_width(loads) -> dict:
+    """Bytes per thread -> count of ``_LOAD`` matches."""
+    out = {}
+    for m in loads:
+        width = load_width(m.group(2))
+        out[width] = out.get(width, 0) + 1
+    return out
+
+
+def _mma_instructions(body: list[str]) -> int:
+    return sum(bool(_HGMMA.search(t) or _HMMA.search(t)) for t in body)
+
+
 def sass_stats(sass: str) -> SassStats:
     """What the SASS of one kernel shows (see the module docstring)."""
     instructions, loops = aot.parse_sass(sass)
@@ -126,13 +139,10 @@ def sass_stats(sass: str) -> SassStats:
     st.mma_count = hgmma + hmma
     st.mma_kind = "+".join(k for k, c in (("wgmma", hgmma), ("mma.sync", hmma)) if c) or "none"
     tensor_cores = st.mma_count > 0
-    for _, text in instructions:
-        m = _LOAD.search(text)
-        if m:
-            into = st.cp_async if m.group(1) == "LDGSTS" else st.loads
-            width = load_width(m.group(2))
-            into[width] = into.get(width, 0) + 1
-        st.tma += bool(_TMA.search(text))
+    loads = [m for m in (_LOAD.search(t) for _, t in instructions) if m]
+    st.loads = _by_width(m for m in loads if m.group(1) == "LDG")
+    st.cp_async = _by_width(m for m in loads if m.group(1) == "LDGSTS")
+    st.tma = sum(bool(_TMA.search(t)) for _, t in instructions)
 
     def hottest(candidates):  # (flops, first, last, body) of the most MMA work; of equal ones the shortest
         best = None
@@ -148,20 +158,15 @@ def sass_stats(sass: str) -> SassStats:
         flops, first, last, body = best
         st.loop_flop_per_instruction = flops / len(body)
         st.loop_instructions = len(body)
-        st.loop_mma = sum(bool(_HGMMA.search(t) or _HMMA.search(t)) for t in body)
-        for m in filter(None, map(_LOAD.search, body)):
-            width = load_width(m.group(2))
-            st.loop_loads[width] = st.loop_loads.get(width, 0) + 1
+        st.loop_mma = _mma_instructions(body)
+        st.loop_loads = _by_width(filter(None, map(_LOAD.search, body)))
         inside = [(a, b) for a, b in loops if first <= a and b <= last]
         innermost = [(a, b) for a, b in inside if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in inside)]
         _, _, _, body = hottest(innermost) or best
         loads = [m for m in map(_LOAD.search, body) if m]
         st.inner_instructions = len(body)
-        st.inner_mma = sum(bool(_HGMMA.search(t) or _HMMA.search(t)) for t in body)
-        for m in loads:
-            if m.group(1) == "LDG":
-                width = load_width(m.group(2))
-                st.inner_sync_loads[width] = st.inner_sync_loads.get(width, 0) + 1
+        st.inner_mma = _mma_instructions(body)
+        st.inner_sync_loads = _by_width(m for m in loads if m.group(1) == "LDG")
         st.inner_async_loads = sum(m.group(1) == "LDGSTS" for m in loads) + sum(bool(_TMA.search(t)) for t in body)
         st.inner_mma_waits = sum(bool(_MMA_WAIT_ALL.search(t)) for t in body)
     return st
