@@ -136,6 +136,26 @@ def test_t5_bucket_matches_formula(causal):
     assert got.min() >= 0 and got.max() <= 31
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("num_buckets, max_distance", [(32, 16), (32, 8), (2, 128), (8, 3)])
+def test_t5_bucket_refuses_a_table_it_cannot_index(causal, num_buckets, max_distance):
+    # below this rule the logarithmic branch divides by log(max_distance / max_exact) <= 0: indices off the table
+    with pytest.raises(ValueError, match=f"num_buckets={num_buckets}, max_distance={max_distance}"):
+        ref.t5_relative_position_bucket(
+            torch.arange(-40, 41), causal=causal, num_buckets=num_buckets, max_distance=max_distance
+        )
+    with pytest.raises(ValueError, match="max_distance"):
+        q, k, v = (torch.randn(1, 8, 4) for _ in range(3))
+        t5 = torch.randn(num_buckets)
+        ref.quad_attn(q, k, v, scale=1.0, causal=causal, t5_weight=t5, t5_max_distance=max_distance)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_t5_bucket_at_the_smallest_allowed_distance_stays_in_the_table(causal):
+    got = ref.t5_relative_position_bucket(torch.arange(-300, 301), causal=causal, num_buckets=32, max_distance=17)
+    assert got.min() >= 0 and got.max() <= 31
+
+
 def test_rotary_rotates_pairs_by_position_angles():
     inv_freq = torch.tensor([1.0, 0.1])
     t = torch.randn(1, 3, 6)

@@ -13,8 +13,15 @@ def t5_relative_position_bucket(
 
     Bidirectional: half the buckets for keys before the query, half for keys after. Causal: keys after the query
     share bucket 0. Within a half, distances below ``num_buckets // 2`` (halved when bidirectional) get their own
-    bucket; larger ones are spaced logarithmically up to ``max_distance`` and clipped to the last bucket.
+    bucket; larger ones are spaced logarithmically up to ``max_distance`` and clipped to the last bucket. That needs
+    ``num_buckets >= 4`` and ``max_distance > num_buckets // 2`` (the layers' rule; below it the logarithmic branch
+    divides by log(max_distance / max_exact) <= 0 and yields indices outside the table): a ValueError otherwise.
     """
+    if num_buckets < 4 or max_distance <= num_buckets // 2:
+        raise ValueError(
+            f"num_buckets must be >= 4 and max_distance > num_buckets // 2 (the last exactly-bucketed distance), got "
+            f"num_buckets={num_buckets}, max_distance={max_distance}"
+        )
     n = -relative_position
     ret = torch.zeros_like(n)
     if not causal:
