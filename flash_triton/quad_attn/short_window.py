@@ -426,10 +426,10 @@ def _quad_tile_product_kernel(
         for r0 in range(lo, win_end, BM):
             o_r = r0 + tl.arange(0, BM)
             m_r = o_r < win_end
-            p_m = m_base + o_r[:, None] * stride_mn + (c_start + tl.arange(0, BN))[None, :]
-            b_m = tl.load(p_m, mask=m_r[:, None], other=0.0)
+            p_mt = m_base + (c_start + tl.arange(0, BN))[:, None] + o_r[None, :] * stride_mn
+            b_mt = tl.load(p_mt, mask=m_r[None, :], other=0.0)
             b_x = tl.load(x_base + o_r[:, None] * stride_xn + o_d[None, :], mask=m_r[:, None] & m_d[None, :], other=0.0)
-            acc = dot(tl.trans(b_m), b_x, acc, DOT_PREC)
+            acc = dot(b_mt, b_x, acc, DOT_PREC)
     else:
         hi = win_end
         if CAUSAL:
