@@ -200,11 +200,12 @@ def test_quick_profile_compiles_every_kernel_without_spills_on_tensor_cores(quic
         if k["dtype"] != "fp32" and k["kernel"] not in aot.WITHOUT_PRODUCTS:  # half precision: on tensor cores
             assert k["sass"]["mma_kind"] != "none", k
         assert k["blocks"] >= 2 or k["resident_warps"] >= 8, k  # target: >= 2 blocks or >= 8 warps per SM
-    # target: no spills. But sm_90's dk with dq added, which under triton 3.6 spills 24 B in two stages, outside
-    # every loop (three row offsets stored once, reloaded after the loops; 0 under 3.9; in one stage its loop over
-    # the value width waited out the global latency every step)
+    # target: no spills. None under triton 3.6 (sm_90's dk with dq added spilled 24 B outside its loops until its
+    # final store addressed rows from the tile's first one); under 3.9, GAU's 16-warp sm_90 forward spills 8 B,
+    # outside its loop (CI profiles on 3.6 only)
     spilled = {(k["layer"], k["kernel"], k["arch"]) for k in kernels if k["spill_bytes"]}
-    assert spilled <= {("GAU", "quad_attn_dkq", 90), ("FLASH", "quad_attn_dkq", 90)}, spilled
+    triton_39 = tuple(int(x) for x in triton.__version__.split(".")[:2]) >= (3, 9)
+    assert spilled <= ({("GAU", "quad_attn_fwd", 90)} if triton_39 else set()), spilled
     bf90 = _bf16(kernels, 90)
     # the streaming forward (GAU), every short-window kernel and FLASH's group kernels multiply on wgmma on sm_90, and
     # so does the streaming backward: dv in 64-row query steps, dk (dq added atomically, or not) over transposed tiles

@@ -427,6 +427,19 @@ def bucket_sums(acc_t5, ds, bucket, NB: tl.constexpr):
     return acc_t5
 
 
+@triton.jit
+def store_rows(base, x, row0, row_end, stride_n, o_f, m_f, BR: tl.constexpr):
+    """Stores the float32 (BR, BF) tile ``x``, rounded to ``base``'s dtype, at rows ``row0 + arange(BR)`` (those
+    before ``row_end``) and columns ``o_f`` (``m_f``) of ``base``, addressing each row from the tile's first one. The
+    streaming backward's final dk / dq store took the per-row positions its loops had used (the key rows of its masks
+    and relative positions): kept live from the prologue to the end, three of them spilled 24 B on sm_90's dk with dq
+    added (triton 3.6), and 8-16 B on the 32-row kernel over two query/key blocks; from ``arange`` they spill
+    nowhere."""
+    r = tl.arange(0, BR)
+    p = base + row0.to(tl.int64) * stride_n + r[:, None] * stride_n + o_f[None, :]
+    tl.store(p, x.to(base.dtype.element_ty), mask=(r < row_end - row0)[:, None] & m_f[None, :])
+
+
 @triton.jit(do_not_specialize=_NOSPEC)
 def _quad_attn_bwd_dv_kernel(
     q_ptr,  # (B, N, S)
@@ -734,8 +747,7 @@ def _quad_attn_bwd_dqk_kernel(
                 if i_s == 0:
                     p_db = dbias_ptr + i_b64 * N * N + o_m[:, None] * N + o_n[None, :]
                     tl.store(p_db, ds * bias_scale, mask=m_m[:, None] & m_n[None, :])
-    p_dx = dx_ptr + i_b64 * stride_dxb + o_t[:, None] * stride_dxn + o_f[None, :]
-    tl.store(p_dx, (acc * scale).to(dx_ptr.dtype.element_ty), mask=m_t[:, None] & m_f[None, :])
+    store_rows(dx_ptr + i_b64 * stride_dxb, acc * scale, t_start, win_end, stride_dxn, o_f, m_f, BT)
     if DT5:
         if i_s == 0:
             acc_t5 += tl.where(o_nb == tl.load(lut_ptr + 2 * max_dist), sum_before, 0.0)
@@ -1082,8 +1094,7 @@ def _quad_attn_bwd_dk_kernel(
                 DQ_ATOMIC, CAUSAL, LAPLACE, HAS_MASK, HAS_T5, HAS_BIAS, DBIAS, DROPOUT, 0, NB, BM, BN, BS, S_BLOCKS, BE,
                 DOT_PREC,
             )  # fmt: skip
-    p_dk = dk_ptr + i_b64 * stride_dkb + o_n[:, None] * stride_dkn + o_f[None, :]
-    tl.store(p_dk, (acc * scale).to(dk_ptr.dtype.element_ty), mask=m_n[:, None] & m_f[None, :])
+    store_rows(dk_ptr + i_b64 * stride_dkb, acc * scale, k_start, win_end, stride_dkn, o_f, m_f, BN)
 
 
 @triton.jit(do_not_specialize=_NOSPEC)
@@ -1183,8 +1194,8 @@ TILES_SM90 = {
 # _quad_attn_bwd_dqk_kernel. The cost: a step's dy tile is 32 x 16 (dkq; 32 x 32 for dk), two (four) elements a
 # thread, so dy is copied 4 (8) bytes at a time where v is copied 16 (wider dy vᵀ steps spilled); the near steps take
 # E steps as much wider as they are shorter, so their dy tiles are no smaller (16 x 16 loaded one element a thread).
-# In two stages (launch_config), dkq on sm_90 spills 24 B outside every loop (three row offsets stored once and
-# reloaded after the loops; 0 in one stage, which waited out the global latency every dy vᵀ step).
+# Two stages (launch_config) spill nowhere since the final store addresses its rows from the tile's first one
+# (store_rows; before, 24 B on sm_90's dkq under triton 3.6).
 TRANSPOSED_KEY_TILES = ("dk", "dkq")
 
 
