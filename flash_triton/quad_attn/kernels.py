@@ -431,10 +431,11 @@ def bucket_sums(acc_t5, ds, bucket, NB: tl.constexpr):
 def store_rows(base, x, row0, row_end, stride_n, o_f, m_f, BR: tl.constexpr):
     """Stores the float32 (BR, BF) tile ``x``, rounded to ``base``'s dtype, at rows ``row0 + arange(BR)`` (those
     before ``row_end``) and columns ``o_f`` (``m_f``) of ``base``, addressing each row from the tile's first one. The
-    streaming backward's final dk / dq store took the per-row positions its loops had used (the key rows of its masks
-    and relative positions): kept live from the prologue to the end, three of them spilled 24 B on sm_90's dk with dq
-    added (triton 3.6), and 8-16 B on the 32-row kernel over two query/key blocks; from ``arange`` they spill
-    nowhere."""
+    transposed dk kernel's final store took the per-row positions its loops had used (the key rows of its masks and
+    relative positions): kept live from the prologue to the end, three of them spilled 24 B on sm_90's dk with dq
+    added (triton 3.6); from ``arange``, nothing spills there. (In ``_quad_attn_bwd_dqk_kernel`` it removed the 8-16 B
+    that the 32-row kernel spills over two query/key blocks, outside its loops, but made sm_80's dq spill inside
+    its loop under triton 3.9: that kernel keeps its old store.)"""
     r = tl.arange(0, BR)
     p = base + row0.to(tl.int64) * stride_n + r[:, None] * stride_n + o_f[None, :]
     tl.store(p, x.to(base.dtype.element_ty), mask=(r < row_end - row0)[:, None] & m_f[None, :])
@@ -747,7 +748,10 @@ def _quad_attn_bwd_dqk_kernel(
                 if i_s == 0:
                     p_db = dbias_ptr + i_b64 * N * N + o_m[:, None] * N + o_n[None, :]
                     tl.store(p_db, ds * bias_scale, mask=m_m[:, None] & m_n[None, :])
-    store_rows(dx_ptr + i_b64 * stride_dxb, acc * scale, t_start, win_end, stride_dxn, o_f, m_f, BT)
+    # the rows the loops used (store_rows spilled 16-28 B, once inside the loop, on sm_80's dq with dropout, a
+    # caller's bias and its gradient and a key mask, not causal, under triton 3.9)
+    p_dx = dx_ptr + i_b64 * stride_dxb + o_t[:, None] * stride_dxn + o_f[None, :]
+    tl.store(p_dx, (acc * scale).to(dx_ptr.dtype.element_ty), mask=m_t[:, None] & m_f[None, :])
     if DT5:
         if i_s == 0:
             acc_t5 += tl.where(o_nb == tl.load(lut_ptr + 2 * max_dist), sum_before, 0.0)
