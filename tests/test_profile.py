@@ -221,15 +221,16 @@ def test_quick_profile_compiles_every_kernel_without_spills_on_tensor_cores(quic
     assert all("BN128" in k["config"] and "BM_NEAR16" in k["config"] for k in bf90 if k["kernel"] in streaming_bwd[:2])
     # feature widths specialised in every kernel: no bf16 element is loaded alone (2-byte loads), in or out of
     # cp.async; what else is narrower than 16 bytes is the T5 gathers, the window table, the key mask and, in the
-    # transposed dk / dkq, the 32-row dy tiles of their short dy vᵀ steps (two or four elements a thread)
+    # transposed dk with dq added, the 32 x 16 dy tiles of its short dy vᵀ steps (two elements a thread)
     for k in _bf16(kernels):
         assert "2" not in k["sass"]["loads"] and "2" not in k["sass"]["cp_async"], k
         wide = "16" in k["sass"]["loads"] or "16" in k["sass"]["cp_async"]
         assert k["kernel"] not in streaming_bwd or wide, k  # dk / dq: operands 16 bytes
-    # hot loops: every load and cp.async 16 bytes wide but in the kernels the 16-byte target below names
+    # hot loops: every load and cp.async 16 bytes wide but in the kernels the 16-byte target below names (the
+    # transposed dk alone copies dy in 32 x 64 steps: 16 bytes, since 2026-12-07)
     narrow = {(k["layer"], k["kernel"], k["arch"]) for k in _bf16(kernels) if set(k["sass"]["loop_loads"]) - {"16"}}
     assert narrow <= {("GAU", "quad_attn_fwd", 90)} | {
-        (layer, f"quad_attn_{b}", 90) for layer in ("GAU", "FLASH") for b in ("dk", "dkq", "dq")
+        (layer, f"quad_attn_{b}", 90) for layer in ("GAU", "FLASH") for b in ("dkq", "dq")
     }, narrow
 
 
@@ -259,8 +260,8 @@ def test_bf16_inner_loops_copy_their_operands_a_stage_ahead(quick):
 @target(
     "sm_90: GAU's 16-warp forward gathers the T5 term in its one loop (4-byte loads and cp.async; split at the T5 "
     "band, it spilled), the deterministic pass's dq (the same gathers: its two-stage build split at the band spilled "
-    "44 B), and the transposed dk / dk-with-dq kernels copy dy in 32 x 32 / 32 x 16 steps (8 / 4 bytes a "
-    "thread)"
+    "44 B), and the transposed dk-with-dq kernel copies dy in 32 x 16 steps (4 bytes a thread; 32-wide steps "
+    "spilled)"
 )
 def test_target_bf16_hot_loop_loads_are_16_byte_vectors(quick):
     """Every load of a bf16 kernel's hot loop, global or cp.async, 16 bytes wide. Outside the hot loops, the T5

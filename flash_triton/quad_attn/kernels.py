@@ -1185,8 +1185,8 @@ TILES_SM90 = {
     ("dv", "half", False): (64, 64, 128, 256, 8),
     ("dq", "half", False): (64, 64, 128, 64, 8),  # the deterministic pass's dq; not with a caller's bias (see above)
     # dk (and dk with dq added) over transposed tiles (_quad_attn_bwd_dk_kernel): 128 key rows, 32-row query steps
-    ("dk", "half", False): (32, 128, 128, 32, 8),
-    ("dkq", "half", False): (32, 128, 128, 16, 8),  # 32-wide dy vᵀ steps spilled 8 B with a key mask (non-causal)
+    ("dk", "half", False): (32, 128, 128, 64, 8),
+    ("dkq", "half", False): (32, 128, 128, 16, 8),  # 32-wide dy vᵀ steps spilled 20 B with a key mask (3.6)
 }
 # dk and dkq on sm_90 run the transposed kernel: there every product of a key tile has the 128 key rows as its M
 # dimension, so all of them run on wgmma in 32-row query steps (on the 32 x 32 tiles of the other kernel they ran
@@ -1195,9 +1195,12 @@ TILES_SM90 = {
 # loop. Hot loop of dkq at the benchmark shape (triton 3.6): 659 instructions for 19 wgmma, 622 FLOP per instruction
 # (the 32 x 32 mma.sync kernel: 530 for 36 mma.sync, 278). Not with dropout (150-370 B spilled) or a caller's bias
 # (72-124 B): those, and sm_80 (mma.sync keeps the operands in registers: 16-124 B spilled at 32 x 32), keep
-# _quad_attn_bwd_dqk_kernel. The cost: a step's dy tile is 32 x 16 (dkq; 32 x 32 for dk), two (four) elements a
-# thread, so dy is copied 4 (8) bytes at a time where v is copied 16 (wider dy vᵀ steps spilled); the near steps take
-# E steps as much wider as they are shorter, so their dy tiles are no smaller (16 x 16 loaded one element a thread).
+# _quad_attn_bwd_dqk_kernel. The cost in dkq: a step's dy tile is 32 x 16, two elements a thread, so dy is copied
+# 4 bytes at a time where v is copied 16 (32-wide steps spilled 20 B with a key mask, 64-wide ones 80 B, 8 inside
+# the loop); the near steps take E steps as much wider as they are shorter, so their dy tiles are no smaller. dk
+# alone (the deterministic pass) has the registers for 64-wide steps: a 32 x 64 dy tile, 16-byte copies, half the
+# steps of 32-wide ones (82 instructions a step for four wgmma against 66 for two, triton 3.6; no spill in any
+# flag set on either stack).
 # Two stages (launch_config) spill nowhere since the final store addresses its rows from the tile's first one
 # (store_rows; before, 24 B on sm_90's dkq under triton 3.6).
 TRANSPOSED_KEY_TILES = ("dk", "dkq")
