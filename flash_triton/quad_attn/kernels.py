@@ -433,9 +433,8 @@ def store_rows(base, x, row0, row_end, stride_n, o_f, m_f, BR: tl.constexpr):
     before ``row_end``) and columns ``o_f`` (``m_f``) of ``base``, addressing each row from the tile's first one. The
     transposed dk kernel's final store took the per-row positions its loops had used (the key rows of its masks and
     relative positions): kept live from the prologue to the end, three of them spilled 24 B on sm_90's dk with dq
-    added (triton 3.6); from ``arange``, nothing spills there. (In ``_quad_attn_bwd_dqk_kernel`` it removed the 8-16 B
-    that the 32-row kernel spills over two query/key blocks, outside its loops, but made sm_80's dq spill inside
-    its loop under triton 3.9: that kernel keeps its old store.)"""
+    added (triton 3.6); from ``arange``, nothing spills there. ``_quad_attn_bwd_dqk_kernel`` keeps its own store (see
+    there)."""
     r = tl.arange(0, BR)
     p = base + row0.to(tl.int64) * stride_n + r[:, None] * stride_n + o_f[None, :]
     tl.store(p, x.to(base.dtype.element_ty), mask=(r < row_end - row0)[:, None] & m_f[None, :])
@@ -748,8 +747,9 @@ def _quad_attn_bwd_dqk_kernel(
                 if i_s == 0:
                     p_db = dbias_ptr + i_b64 * N * N + o_m[:, None] * N + o_n[None, :]
                     tl.store(p_db, ds * bias_scale, mask=m_m[:, None] & m_n[None, :])
-    # the rows the loops used (store_rows spilled 16-28 B, once inside the loop, on sm_80's dq with dropout, a
-    # caller's bias and its gradient and a key mask, not causal, under triton 3.9)
+    # the rows the loops used: store_rows removed the 8-16 B this kernel spills outside its loops over two query/key
+    # blocks, but spilled 16-28 B, once inside the loop, on sm_80's dq with dropout, a caller's bias and its gradient
+    # and a key mask, not causal, under triton 3.9
     p_dx = dx_ptr + i_b64 * stride_dxb + o_t[:, None] * stride_dxn + o_f[None, :]
     tl.store(p_dx, (acc * scale).to(dx_ptr.dtype.element_ty), mask=m_t[:, None] & m_f[None, :])
     if DT5:
@@ -1201,8 +1201,7 @@ TILES_SM90 = {
 # alone (the deterministic pass) has the registers for 64-wide steps: a 32 x 64 dy tile, 16-byte copies, half the
 # steps of 32-wide ones (82 instructions a step for four wgmma against 66 for two, triton 3.6; no spill in any
 # flag set on either stack).
-# Two stages (launch_config) spill nowhere since the final store addresses its rows from the tile's first one
-# (store_rows; before, 24 B on sm_90's dkq under triton 3.6).
+# Two stages (launch_config) spill nowhere, with the final store of store_rows.
 TRANSPOSED_KEY_TILES = ("dk", "dkq")
 
 
