@@ -15,7 +15,10 @@ MMA FLOPs per warp instruction and its global loads and cp.async copies by width
 where it has none), which runs many times per hot-loop iteration: its instructions and MMA, its synchronous global
 loads (LDG: the iteration waits out their latency, which at one block of 8 warps per SM nothing else hides) against
 its asynchronous copies (cp.async or TMA, issued a stage ahead by triton's software pipeline), and its waits for
-every wgmma in flight (none overlaps the next iteration's work).
+every wgmma in flight (none overlaps the next iteration's work). The hot loop's static count holds its inner loop
+once; as executed, the inner loop runs once per BE-wide step over the value width (E / BE times), so one hot-loop
+iteration issues ``hot + (E / BE - 1) x inner`` warp instructions: that count and its MMA FLOPs per warp instruction
+are the profile's last columns (the same as the hot loop's where it has no inner loop of its own).
 
 Per core (n 8192, batch 1, the default flags), from the launch grids and loop bounds of the launchers: executed
 MMA FLOPs over the minimum of :mod:`benchmarks.formulas` (the same convention: useful products only, causal
@@ -115,6 +118,8 @@ class SassStats:
     inner_sync_loads: dict = field(default_factory=dict)  # LDG by width: the iteration waits out their latency
     inner_async_loads: int = 0  # cp.async (LDGSTS) and TMA copies: issued ahead by the software pipeline
     inner_mma_waits: int = 0  # waits for every wgmma in flight (WARPGROUP.DEPBAR.LE gsb0, 0x0): none overlaps
+    inner_flops: float = 0.0  # MMA FLOPs per warp of one inner-loop iteration
+    nested: bool = False  # the inner loop lies inside the hot loop (not the hot loop itself)
 
 
 def _by_width(loads) -> dict:
@@ -162,7 +167,10 @@ def sass_stats(sass: str) -> SassStats:
         st.loop_loads = _by_width(filter(None, map(_LOAD.search, body)))
         inside = [(a, b) for a, b in loops if first <= a and b <= last]
         innermost = [(a, b) for a, b in inside if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in inside)]
-        _, _, _, body = hottest(innermost) or best
+        inner = hottest(innermost) or best
+        inner_flops, _, _, body = inner
+        st.nested = inner[1:3] != best[1:3]
+        st.inner_flops = inner_flops
         loads = [m for m in map(_LOAD.search, body) if m]
         st.inner_instructions = len(body)
         st.inner_mma = _mma_instructions(body)
@@ -170,6 +178,17 @@ def sass_stats(sass: str) -> SassStats:
         st.inner_async_loads = sum(m.group(1) == "LDGSTS" for m in loads) + sum(bool(_TMA.search(t)) for t in body)
         st.inner_mma_waits = sum(bool(_MMA_WAIT_ALL.search(t)) for t in body)
     return st
+
+
+def executed(st: SassStats, inner_trips: int) -> tuple[int, float]:
+    """(warp instructions, MMA FLOPs per warp instruction) of one hot-loop iteration as it executes: its inner loop
+    ``inner_trips`` times, the rest once. The hot loop's static count holds its inner loop's body once, so where
+    that runs 16 times (the streaming backward over E = 1024 in 64-wide steps) the static FLOP per instruction
+    overstates what the warps issue per FLOP."""
+    extra = inner_trips - 1 if st.nested else 0
+    instructions = st.loop_instructions + extra * st.inner_instructions
+    flops = st.loop_flop_per_instruction * st.loop_instructions + extra * st.inner_flops
+    return instructions, (flops / instructions if instructions else 0.0)
 
 
 def occupancy(arch: int, registers: int, shared: int, warps: int) -> tuple[int, int]:
@@ -472,6 +491,11 @@ class KernelProfile:
     blocks: int = 0
     resident_warps: int = 0
     sass: SassStats = field(default_factory=SassStats)
+    # per hot-loop iteration as executed: its inner loop run ``inner_trips`` times (the streaming dk / dq / dkq:
+    # once per BE-wide step over the value width E), the rest of the hot loop once
+    inner_trips: int = 1
+    executed_instructions: int = 0
+    executed_flop_per_instruction: float = 0.0
     error: str = ""
 
 
@@ -511,7 +535,10 @@ def profile_kernel(job: tuple) -> KernelProfile:
         res.registers, res.spill_bytes, res.shared = binary.registers, binary.spill_bytes, binary.shared
         res.spills_in_loops = aot.spills_in_loops(binary.sass) if binary.spill_bytes else 0
         res.blocks, res.resident_warps = occupancy(arch, binary.registers, binary.shared, res.warps)
-        res.sass = sass_stats(binary.sass)
+        res.sass = st = sass_stats(binary.sass)
+        if st.nested:  # the streaming backward's loop over the value width (no other kernel nests loops with MMA)
+            res.inner_trips = _cdiv(E, constexprs["BE"])
+        res.executed_instructions, res.executed_flop_per_instruction = executed(st, res.inner_trips)
     except Exception as exc:  # reported per kernel
         res.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"[:300]
     return res
@@ -530,8 +557,9 @@ def kernel_table(results: list[KernelProfile]) -> str:
         "| layer | kernel | arch | dtype | config | warps | regs | spill B | smem KiB | blocks/SM | warps/SM | MMA | "
         "MMA instr | LDG by width | cp.async | TMA | hot loop instr | MMA in loop | FLOP / warp instr | "
         "hot loop LDG + cp.async | inner loop instr | MMA in inner loop | inner loop LDG / cp.async + TMA | "
-        "inner loop waits for every wgmma |",
-        "|" + " --- |" * 24,
+        "inner loop waits for every wgmma | inner loop runs per hot-loop iteration | executed instr per hot-loop "
+        "iteration | FLOP / executed warp instr |",
+        "|" + " --- |" * 27,
     ]
     for r in sorted(results, key=lambda r: (r.layer, r.kernel, r.dtype, -r.arch, r.config)):
         if r.error:
@@ -544,7 +572,8 @@ def kernel_table(results: list[KernelProfile]) -> str:
             f"{st.mma_count} | {_loads(st.loads)} | {_loads(st.cp_async)} | {st.tma} | {st.loop_instructions} | "
             f"{st.loop_mma} | {st.loop_flop_per_instruction:.0f} | {_loads(st.loop_loads)} | "
             f"{st.inner_instructions} | {st.inner_mma} | {_loads(st.inner_sync_loads)} / {st.inner_async_loads} | "
-            f"{st.inner_mma_waits} |"
+            f"{st.inner_mma_waits} | {r.inner_trips} | {r.executed_instructions} | "
+            f"{r.executed_flop_per_instruction:.0f} |"
         )
     return "\n".join(lines)
 

@@ -7,6 +7,7 @@ its marker goes."""
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -51,6 +52,8 @@ def test_sass_reading_of_loads_mma_and_the_hot_loop():
     assert (st.inner_instructions, st.inner_mma, st.inner_async_loads) == (7, 2, 1)
     assert st.inner_sync_loads == {16: 1, 4: 1}
     assert st.inner_mma_waits == 0
+    assert not st.nested and st.inner_flops == per_warp
+    assert profile.executed(st, 16) == (7, pytest.approx(per_warp / 7))  # no nested loop: nothing runs twice
 
 
 NESTED = """
@@ -79,6 +82,10 @@ def test_sass_reading_of_the_inner_loop():
     assert (st.inner_instructions, st.inner_mma, st.inner_async_loads) == (5, 1, 1)
     assert st.inner_sync_loads == {4: 1}
     assert st.inner_mma_waits == 1
+    wgmma = 2 * 64 * 32 * 16 / 4
+    assert st.nested and st.inner_flops == wgmma
+    # run 16 times per outer iteration: 10 + 15 x 5 instructions issue 3 + 15 wgmma
+    assert profile.executed(st, 16) == (85, pytest.approx(18 * wgmma / 85))
 
 
 def test_load_widths_and_float32_fma_counting():
@@ -221,17 +228,38 @@ def test_quick_profile_compiles_every_kernel_without_spills_on_tensor_cores(quic
     assert all("BN128" in k["config"] and "BM_NEAR16" in k["config"] for k in bf90 if k["kernel"] in streaming_bwd[:2])
     # feature widths specialised in every kernel: no bf16 element is loaded alone (2-byte loads), in or out of
     # cp.async; what else is narrower than 16 bytes is the T5 gathers, the window table, the key mask and, in the
-    # transposed dk with dq added, the 32 x 16 dy tiles of its short dy vᵀ steps (two elements a thread)
+    # transposed dk with dq added, the 16 x 32 dy tiles of its near steps (two elements a thread)
     for k in _bf16(kernels):
         assert "2" not in k["sass"]["loads"] and "2" not in k["sass"]["cp_async"], k
         wide = "16" in k["sass"]["loads"] or "16" in k["sass"]["cp_async"]
         assert k["kernel"] not in streaming_bwd or wide, k  # dk / dq: operands 16 bytes
     # hot loops: every load and cp.async 16 bytes wide but in the kernels the 16-byte target below names (the
-    # transposed dk alone copies dy in 32 x 64 steps: 16 bytes, since 2026-12-07)
+    # transposed dk copies dy in 32 x 64 steps, 16 bytes a thread: alone since the sixth session of 2026-12-07, with
+    # dq added since the seventh)
     narrow = {(k["layer"], k["kernel"], k["arch"]) for k in _bf16(kernels) if set(k["sass"]["loop_loads"]) - {"16"}}
-    assert narrow <= {("GAU", "quad_attn_fwd", 90)} | {
-        (layer, f"quad_attn_{b}", 90) for layer in ("GAU", "FLASH") for b in ("dkq", "dq")
-    }, narrow
+    assert narrow <= {("GAU", "quad_attn_fwd", 90), ("GAU", "quad_attn_dq", 90), ("FLASH", "quad_attn_dq", 90)}, narrow
+
+
+def test_executed_instructions_of_the_streaming_backward(quick):
+    """The streaming dk / dq / dkq run their loop over the value width (E = 1024) E / BE times per query (key) step:
+    the profile counts it that often. On sm_90 (wgmma) those loops take 64-wide steps, four wgmma each, and a step of
+    the outer loop issues at least 600 FLOP per warp instruction: sm_90's dk with dq added took 16-wide steps, one
+    wgmma in 53 instructions, 369 FLOP per executed instruction (786 in 64-wide steps; triton 3.6)."""
+    kernels, _ = quick
+    nested = [k for k in _bf16(kernels) if k["sass"]["nested"]]
+    assert {k["kernel"] for k in nested} == {"quad_attn_dkq", "quad_attn_dk", "quad_attn_dq"} & {
+        k["kernel"] for k in kernels
+    }
+    for k in nested:
+        be = int(re.search(r"(?:^|x)BE(\d+)", k["config"]).group(1))
+        assert k["inner_trips"] == math.ceil(1024 / be), k
+        st = k["sass"]
+        assert k["executed_instructions"] == st["loop_instructions"] + (k["inner_trips"] - 1) * st["inner_instructions"]
+        if k["arch"] == 90:
+            assert st["inner_mma"] >= 4 and k["executed_flop_per_instruction"] >= 600, k
+    for k in kernels:
+        if not k["sass"]["nested"]:
+            assert k["inner_trips"] == 1 and k["executed_instructions"] == k["sass"]["loop_instructions"], k
 
 
 def test_bf16_inner_loops_copy_their_operands_a_stage_ahead(quick):
@@ -259,9 +287,8 @@ def test_bf16_inner_loops_copy_their_operands_a_stage_ahead(quick):
 
 @target(
     "sm_90: GAU's 16-warp forward gathers the T5 term in its one loop (4-byte loads and cp.async; split at the T5 "
-    "band, it spilled), the deterministic pass's dq (the same gathers: its two-stage build split at the band spilled "
-    "44 B), and the transposed dk-with-dq kernel copies dy in 32 x 16 steps (4 bytes a thread; 32-wide steps "
-    "spilled)"
+    "band, it spilled) and the deterministic pass's dq (the same gathers: its two-stage build split at the band "
+    "spilled 44 B); float32 tables, not bf16 operands"
 )
 def test_target_bf16_hot_loop_loads_are_16_byte_vectors(quick):
     """Every load of a bf16 kernel's hot loop, global or cp.async, 16 bytes wide. Outside the hot loops, the T5

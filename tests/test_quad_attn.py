@@ -176,7 +176,7 @@ def test_transposed_key_tiles_match_reference(monkeypatch, causal, laplace, bias
     def transposed(kind, *args, **kwargs):
         cfg = launch_config(kind, *args, **kwargs)
         if kind in qa.TRANSPOSED_KEY_TILES:
-            cfg = dict(cfg, BM=32, BN=128, BE=16, BM_NEAR=16)
+            cfg = dict(cfg, BM=32, BN=128, BE=16, BM_NEAR=16, BE_NEAR=32)
         picked.append(kind)
         return cfg
 

@@ -1009,6 +1009,7 @@ def _quad_attn_bwd_dk_kernel(
     BS: tl.constexpr,
     S_BLOCKS: tl.constexpr,
     BE: tl.constexpr,
+    BE_NEAR: tl.constexpr,  # the near steps' value-width step
     DOT_PREC: tl.constexpr,
 ):
     """dk[j] = scale Σ_i ds[i, j] q_i, one (key tile, feature block) per program, over transposed (key, query)
@@ -1072,7 +1073,7 @@ def _quad_attn_bwd_dk_kernel(
                 dbias_base, mask_base, t5_ptr, lut_ptr, bias_base, o_n, m_n, o_f, m_f, win_start, row0, seed, N, S, E,
                 stride_qn, stride_kn, stride_vn, stride_dyn, stride_bm, stride_bn, scale, max_dist, bias_scale,
                 dropout_p, DQ_ATOMIC, CAUSAL, LAPLACE, HAS_MASK, HAS_T5, HAS_BIAS, DBIAS, DROPOUT, 2, NB, BM_NEAR, BN,
-                BS, S_BLOCKS, BE * BM // BM_NEAR, DOT_PREC,
+                BS, S_BLOCKS, BE_NEAR, DOT_PREC,
             )  # fmt: skip
         sum_after = 0.0
         for m0 in range(far, win_end, BM):
@@ -1186,23 +1187,25 @@ TILES_SM90 = {
     ("dq", "half", False): (64, 64, 128, 64, 8),  # the deterministic pass's dq; not with a caller's bias (see above)
     # dk (and dk with dq added) over transposed tiles (_quad_attn_bwd_dk_kernel): 128 key rows, 32-row query steps
     ("dk", "half", False): (32, 128, 128, 64, 8),
-    ("dkq", "half", False): (32, 128, 128, 16, 8),  # 32-wide dy vᵀ steps spilled 20 B with a key mask (3.6)
+    ("dkq", "half", False): (32, 128, 128, 64, 8),  # near steps 32-wide (NEAR_BE)
 }
 # dk and dkq on sm_90 run the transposed kernel: there every product of a key tile has the 128 key rows as its M
 # dimension, so all of them run on wgmma in 32-row query steps (on the 32 x 32 tiles of the other kernel they ran
 # on mma.sync: 64 x 64 spilled 24-420 B). Queries within max_dist of the key tile go in 16-row steps (BM_NEAR), the
 # only ones that sum the score gradients per T5 bucket; per bucket in every 32-row step spilled 56-60 B outside the
-# loop. Hot loop of dkq at the benchmark shape (triton 3.6): 659 instructions for 19 wgmma, 622 FLOP per instruction
-# (the 32 x 32 mma.sync kernel: 530 for 36 mma.sync, 278). Not with dropout (150-370 B spilled) or a caller's bias
-# (72-124 B): those, and sm_80 (mma.sync keeps the operands in registers: 16-124 B spilled at 32 x 32), keep
-# _quad_attn_bwd_dqk_kernel. The cost in dkq: a step's dy tile is 32 x 16, two elements a thread, so dy is copied
-# 4 bytes at a time where v is copied 16 (32-wide steps spilled 20 B with a key mask, 64-wide ones 80 B, 8 inside
-# the loop); the near steps take E steps as much wider as they are shorter, so their dy tiles are no smaller. dk
-# alone (the deterministic pass) has the registers for 64-wide steps: a 32 x 64 dy tile, 16-byte copies, half the
-# steps of 32-wide ones (82 instructions a step for four wgmma against 66 for two, triton 3.6; no spill in any
-# flag set on either stack).
+# loop. Not with dropout (150-370 B spilled) or a caller's bias (72-124 B): those, and sm_80 (mma.sync keeps the
+# operands in registers: 16-124 B spilled at 32 x 32), keep _quad_attn_bwd_dqk_kernel.
+# The loop over the value width takes BE-wide steps in the 32-row query steps, BE_NEAR-wide ones in the 16-row
+# near steps: a 32 x 64 dy tile is 16 bytes a thread. dk alone steps its near rows 128 wide (dy tiles no smaller
+# than the far ones'); dk with dq added spilled at that (80 B, 8 inside the loop, triton 3.6) and at 64 (8 B), so
+# its near steps stay 32 wide (NEAR_BE; 16 x 32 dy tiles, two elements a thread). Its far steps went 16 wide until
+# 2026-12-07 (32 x 16 dy tiles, 4-byte copies; with 64-wide near steps, 32-wide far ones spilled 20 B with a key
+# mask): at the benchmark shape (triton 3.6) a 32-row query step issued 3907 warp instructions, 369 FLOP per
+# instruction (the loop over E 64 times, 53 instructions for one wgmma); in 64-wide steps 1835, 786 (16 times, 81
+# for four). sm_80's 32 x 32 mma.sync kernel: 385.
 # Two stages (launch_config) spill nowhere, with the final store of store_rows.
 TRANSPOSED_KEY_TILES = ("dk", "dkq")
+NEAR_BE = {"dk": 128, "dkq": 32}  # the widest near step of each (BE_NEAR: at most BE * BM / BM_NEAR)
 
 
 def launch_config(
@@ -1261,6 +1264,7 @@ def launch_config(
         cfg.update(maxnreg=255, num_stages=2 if pipelined else 1)
     if hopper and kind in TRANSPOSED_KEY_TILES:  # the transposed kernel: its steps near the key tile
         cfg["BM_NEAR"] = min(16, fit)
+        cfg["BE_NEAR"] = min(NEAR_BE[kind], be * cfg["BM"] // cfg["BM_NEAR"], max(16, next_power_of_2(v_dim)))
     band_spills = (
         precision == "fp32"
         or (kind == "fwd" and (hopper or (dropout and arch != 90)))
