@@ -180,6 +180,18 @@ def sass_stats(sass: str) -> SassStats:
     return st
 
 
+def tile_flops(kernel: str, c: dict) -> float:
+    """MMA FLOPs of one hot-loop iteration of a streaming kernel, each product of its tiles counted once (the
+    benchmark's E): the forward's scores and A v over its value block; dv's scores and Aᵀ dy; the dk / dq / dkq step's
+    dy vᵀ over all of E, its scores and its feature block's dk and / or dq. 0 for the other kernels."""
+    if kernel not in ("quad_attn_fwd", "quad_attn_dv", "quad_attn_dk", "quad_attn_dq", "quad_attn_dkq"):
+        return 0.0
+    tile, s_pad = 2.0 * c["BM"] * c["BN"], c["S_BLOCKS"] * c["BS"]
+    if kernel in ("quad_attn_fwd", "quad_attn_dv"):
+        return tile * (s_pad + c["BE"])
+    return tile * (_cdiv(E, c["BE"]) * c["BE"] + s_pad + c["BS"] * (2 if kernel == "quad_attn_dkq" else 1))
+
+
 def executed(st: SassStats, inner_trips: int) -> tuple[int, float]:
     """(warp instructions, MMA FLOPs per warp instruction) of one hot-loop iteration as it executes: its inner loop
     ``inner_trips`` times, the rest once. The hot loop's static count holds its inner loop's body once, so where
@@ -496,6 +508,10 @@ class KernelProfile:
     inner_trips: int = 1
     executed_instructions: int = 0
     executed_flop_per_instruction: float = 0.0
+    # the streaming kernels: MMA FLOPs of one executed hot-loop iteration, every warp's (SASS), over those of the
+    # iteration's tile products (1: each computed once; 1.6: sm_90's 16-warp forward computed every 64 x 32 score
+    # tile in all four warpgroups, each needing all of it as its register operand); 0 where not modelled
+    replication: float = 0.0
     error: str = ""
 
 
@@ -539,6 +555,9 @@ def profile_kernel(job: tuple) -> KernelProfile:
         if st.nested:  # the streaming backward's loop over the value width (no other kernel nests loops with MMA)
             res.inner_trips = _cdiv(E, constexprs["BE"])
         res.executed_instructions, res.executed_flop_per_instruction = executed(st, res.inner_trips)
+        tile = tile_flops(name, constexprs)
+        if tile:
+            res.replication = res.executed_flop_per_instruction * res.executed_instructions * res.warps / tile
     except Exception as exc:  # reported per kernel
         res.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"[:300]
     return res
@@ -558,8 +577,8 @@ def kernel_table(results: list[KernelProfile]) -> str:
         "MMA instr | LDG by width | cp.async | TMA | hot loop instr | MMA in loop | FLOP / warp instr | "
         "hot loop LDG + cp.async | inner loop instr | MMA in inner loop | inner loop LDG / cp.async + TMA | "
         "inner loop waits for every wgmma | inner loop runs per hot-loop iteration | executed instr per hot-loop "
-        "iteration | FLOP / executed warp instr |",
-        "|" + " --- |" * 27,
+        "iteration | FLOP / executed warp instr | MMA FLOPs, SASS (all warps) / tile |",
+        "|" + " --- |" * 28,
     ]
     for r in sorted(results, key=lambda r: (r.layer, r.kernel, r.dtype, -r.arch, r.config)):
         if r.error:
@@ -573,7 +592,7 @@ def kernel_table(results: list[KernelProfile]) -> str:
             f"{st.loop_mma} | {st.loop_flop_per_instruction:.0f} | {_loads(st.loop_loads)} | "
             f"{st.inner_instructions} | {st.inner_mma} | {_loads(st.inner_sync_loads)} / {st.inner_async_loads} | "
             f"{st.inner_mma_waits} | {r.inner_trips} | {r.executed_instructions} | "
-            f"{r.executed_flop_per_instruction:.0f} |"
+            f"{r.executed_flop_per_instruction:.0f} | {f'{r.replication:.2f}' if r.replication else '-'} |"
         )
     return "\n".join(lines)
 

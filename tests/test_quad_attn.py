@@ -92,11 +92,12 @@ def test_kernel_matches_reference(b, n, s, e, window, causal, laplace, mask, bia
 @pytest.mark.parametrize("deterministic", [False, True], ids=["", "deterministic"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16], ids=["bf16"])  # fp16 compiles to the same tiles
 def test_streaming_forward_in_its_hopper_tiles_matches_reference(monkeypatch, dtype, deterministic):
-    """The half-precision streaming forward's sm_90 tiles (512-wide value blocks, the query/key width in one
-    128-wide block, 16 warps), dv's (64-row query steps) and the deterministic pass's dq (64 x 64), which the
-    launcher picks only on a GPU of compute capability 9.0: forced here by reporting that capability, at a value
-    width past one block (the second one partial), query/key width padded from 100 to 128, causal, masked keys;
-    output and every gradient against the reference."""
+    """The half-precision streaming forward's sm_90 tiles (128-row query tiles, 256-wide value blocks, the
+    query/key width in one 128-wide block, 8 warps), dv's (64-row query steps), the transposed dk / dkq (128 key
+    rows, 64-wide steps over the value width) and the deterministic pass's dq (64 x 64), which the launcher picks
+    only on a GPU of compute capability 9.0: forced here by reporting that capability, at a value width past two
+    blocks (the third partial), query/key width padded from 100 to 128, causal, masked keys; output and every
+    gradient against the reference."""
     monkeypatch.setattr(qa, "SHORT_WINDOW", 0)
     monkeypatch.setattr(qa, "device_arch", lambda device: 90)
     picked, launch_config = [], qa.launch_config
@@ -106,7 +107,7 @@ def test_streaming_forward_in_its_hopper_tiles_matches_reference(monkeypatch, dt
         return picked[-1][1]
 
     monkeypatch.setattr(qa, "launch_config", spy)
-    b, n, s, e = 1, 40, 100, 520
+    b, n, s, e = 1, 136, 100, 520  # two query tiles of 128 rows, the second partial
     tensors, key_mask = make_inputs(b, n, s, e, dtype, mask=True, bias=None)
     kw = dict(scale=1.0 / n, window=None, causal=True, key_mask=key_mask, t5_scale=0.7, bias_scale=1.0 / n)
     grad_out = torch.randn(b, n, e, device=DEVICE)
@@ -115,12 +116,14 @@ def test_streaming_forward_in_its_hopper_tiles_matches_reference(monkeypatch, dt
     dq = [cfg for kind, cfg in picked if kind == "dq"]
     assert bool(dq) == deterministic and all((c["BM"], c["BN"]) == (64, 64) for c in dq), dq
     fwd = [cfg for kind, cfg in picked if kind == "fwd"]
-    assert fwd and all((c["BE"], c["BS"], c["S_BLOCKS"], c["num_warps"]) == (512, 128, 1, 16) for c in fwd), fwd
+    assert fwd and all((c["BM"], c["BE"], c["BS"], c["S_BLOCKS"], c["num_warps"]) == (128, 256, 128, 1, 8) for c in fwd)
     dv = [cfg for kind, cfg in picked if kind == "dv"]
-    assert dv and all(c["BM"] == 64 for c in dv), dv  # (n 40: 64 rows, the second step partial)
-    # dk (dq added atomically, or the deterministic pass's dk): the transposed kernel, 64 key rows at n 40
-    key_tiles = [cfg for kind, cfg in picked if kind in qa.TRANSPOSED_KEY_TILES]
-    assert key_tiles and all(c["BN"] == 64 and c["BM_NEAR"] == 16 for c in key_tiles), key_tiles
+    assert dv and all(c["BM"] == 64 for c in dv), dv  # (n 136: 64-row steps, the third partial)
+    # dk (dq added atomically, or the deterministic pass's dk): the transposed kernel, 128 key rows, 64-wide steps
+    # over the value width (at e 520 the ninth partial), 32-wide near steps with dq added
+    key_tiles = [(kind, cfg) for kind, cfg in picked if kind in qa.TRANSPOSED_KEY_TILES]
+    assert key_tiles and all(c["BN"] == 128 and c["BM_NEAR"] == 16 and c["BE"] == 64 for _, c in key_tiles)
+    assert all(c["BE_NEAR"] == (32 if kind == "dkq" else 128) for kind, c in key_tiles), key_tiles
     out_ref, grads_ref = run(ref.quad_attn, tensors, dtype, grad_out, **kw)
     out64, grads64 = run(ref.quad_attn, tensors, torch.float64, grad_out, **kw)
     close_to_reference(out, out_ref, out64, dtype, "output")

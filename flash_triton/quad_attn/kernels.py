@@ -1168,13 +1168,18 @@ TILES = {
     ("dq", "fp32", True): (32, 16, 16, 32, 8),  # at 4 warps it spilled inside the key loop on sm_80 (triton 3.9)
 }
 # Hopper only (sm_90: wgmma, 227 KiB of shared memory per block): the half-precision forward without dropout takes
-# 512-wide value blocks, so q kᵀ is recomputed E / 512 times instead of E / 256 (GAU at e 1024: 1.34x -> 1.12x the
-# minimal forward FLOPs), with the query/key width in one 128-wide block and 16 warps (four warpgroups of 128
-# registers a thread: the 64 x 512 float32 accumulator is 64 of them). 8 warps spilled at any register cap; on sm_80
-# the same tiles spill 24-44 B (mma.sync keeps more in registers), so other GPUs keep TILES. Not with the fused linear
-# half (FLASH's groups past SHORT_WINDOW: its 128 x 512 state tile takes the shared memory to 288 KiB), nor with a
-# caller's bias (its tile spilled 8-80 B in the loop under triton 3.9), nor past one 128-wide query/key block (two
-# spilled 24-116 B in the loop).
+# 128-row query tiles and 256-wide value blocks in 8 warps, each warpgroup 64 of the rows (the 128 x 256 float32
+# accumulator is 128 registers a thread; 255 in all, no spill in any flag set on either stack), the query/key width in
+# one 128-wide block. Until 2026-12-07 it took 64 x 512 in 16 warps: q kᵀ recomputed E / 512 times instead of E / 256
+# (the model's 1.12x the minimal forward FLOPs against 1.35x), but the four warpgroups split the value block, each
+# needing the whole 64 x 32 score tile as its register operand, so each computed it: 32 m64n8k16 wgmma a key step
+# per warpgroup, 1.6x the tile's FLOPs, 636 FLOP per warp instruction (412 instructions, 16 warps) against 793 (496,
+# 8 warps) now: a (128 query x 32 key) tile over all of E took 26,368 warp instructions, now 15,872. The T5 term is
+# gathered in every tile: split at the band, the non-causal builds spilled 8-224 B under triton 3.9 (none on 3.6,
+# where the causal one's hot loop is 312 instructions). On sm_80 the same tiles spill (mma.sync keeps more in
+# registers), so other GPUs keep TILES. Not with the fused linear half (FLASH's groups past SHORT_WINDOW), nor with a
+# caller's bias (its tile spilled 8-80 B in the loop under triton 3.9 at 64 x 512), nor past one 128-wide query/key
+# block (two spilled 24-116 B in the loop at 64 x 512).
 # dv without dropout takes 64-row query steps on sm_90, so its q kᵀ runs on wgmma too (with 32-row steps only Aᵀ dy
 # did) in half the iterations; 234 registers, 8 warps resident. With dropout it spilled 80-1,108 B in the loop, and on
 # sm_80 48-56 B with a key mask and a caller's bias: both keep 32 rows. The deterministic pass's dq (a query tile over
@@ -1182,7 +1187,7 @@ TILES = {
 # (44-140 B spilled) or dropout. dk and dk-with-dq-added at 64 x 64 spilled 24-420 B (the T5 bucket sums); they take
 # the transposed kernel below instead.
 TILES_SM90 = {
-    ("fwd", "half", False): (64, 32, 128, 512, 16),
+    ("fwd", "half", False): (128, 32, 128, 256, 8),
     ("dv", "half", False): (64, 64, 128, 256, 8),
     ("dq", "half", False): (64, 64, 128, 64, 8),  # the deterministic pass's dq; not with a caller's bias (see above)
     # dk (and dk with dq added) over transposed tiles (_quad_attn_bwd_dk_kernel): 128 key rows, 32-row query steps
@@ -1229,8 +1234,8 @@ def launch_config(
     ``_quad_attn_bwd_dqk_kernel``."""
     precision = "fp32" if dtype == torch.float32 else "half"
     key = (kind, precision, dropout)
-    # TILES_SM90 where its conditions hold; the forward's only at value widths past the default block (below it 16
-    # warps gain nothing and spilled 8 B)
+    # TILES_SM90 where its conditions hold; the forward's only at value widths past the default block (where the
+    # 16-warp tiles it took until 2026-12-07 spilled 8 B; the 128 x 256 ones are not compiled below it)
     hopper = arch == 90 and key in TILES_SM90 and not (lin and kind == "fwd")
     hopper = hopper and not (bias and kind in ("fwd", "dq", *TRANSPOSED_KEY_TILES))
     hopper = hopper and qk_dim <= TILES_SM90[key][2] and (kind != "fwd" or v_dim > TILES[key][3])
