@@ -284,7 +284,7 @@ def test_bf16_inner_loops_copy_their_operands_a_stage_ahead(quick):
     TMA, which triton's pipeline issues a stage ahead, and loads no 16-byte operand tile with a synchronous LDG. In
     one stage, the streaming dk / dkq / dq loaded each step's v and dy with LDG, stored them to shared memory, synced
     and multiplied: every 16- or 32-column step waited out the global latency, at one block of 8 warps per SM.
-    Synchronous loads left: the T5 gathers (4 bytes) of sm_90's 16-warp forward. (The short-window dk product read
+    Synchronous loads left: the T5 gathers (4 bytes) of sm_90's streaming forward. (The short-window dk product read
     its stored tiles through a transpose; on sm_80 two 16-byte LDG a step beside four cp.async, until it loaded the
     tiles transposed.)"""
     kernels, _ = quick
@@ -302,7 +302,7 @@ def test_bf16_inner_loops_copy_their_operands_a_stage_ahead(quick):
 
 
 @target(
-    "sm_90: GAU's 16-warp forward gathers the T5 term in its one loop (4-byte loads and cp.async; split at the T5 "
+    "sm_90: GAU's streaming forward gathers the T5 term in its one loop (4-byte loads and cp.async; split at the T5 "
     "band, it spilled) and the deterministic pass's dq (the same gathers: its two-stage build split at the band "
     "spilled 44 B); float32 tables, not bf16 operands"
 )
