@@ -193,14 +193,13 @@ def tile_flops(kernel: str, c: dict) -> float:
 
 
 def executed(st: SassStats, inner_trips: int) -> tuple[int, float]:
-    """(warp instructions, MMA FLOPs per warp instruction) of one hot-loop iteration as it executes: its inner loop
+    """(warp instructions, MMA FLOPs) of one warp in one hot-loop iteration as it executes: its inner loop
     ``inner_trips`` times, the rest once. The hot loop's static count holds its inner loop's body once, so where
     that runs 16 times (the streaming backward over E = 1024 in 64-wide steps) the static FLOP per instruction
     overstates what the warps issue per FLOP."""
     extra = inner_trips - 1 if st.nested else 0
     instructions = st.loop_instructions + extra * st.inner_instructions
-    flops = st.loop_flop_per_instruction * st.loop_instructions + extra * st.inner_flops
-    return instructions, (flops / instructions if instructions else 0.0)
+    return instructions, st.loop_flop_per_instruction * st.loop_instructions + extra * st.inner_flops
 
 
 def occupancy(arch: int, registers: int, shared: int, warps: int) -> tuple[int, int]:
@@ -554,10 +553,12 @@ def profile_kernel(job: tuple) -> KernelProfile:
         res.sass = st = sass_stats(binary.sass)
         if st.nested:  # the streaming backward's loop over the value width (no other kernel nests loops with MMA)
             res.inner_trips = _cdiv(E, constexprs["BE"])
-        res.executed_instructions, res.executed_flop_per_instruction = executed(st, res.inner_trips)
+        res.executed_instructions, flops = executed(st, res.inner_trips)
+        if res.executed_instructions:
+            res.executed_flop_per_instruction = flops / res.executed_instructions
         tile = tile_flops(name, constexprs)
         if tile:
-            res.replication = res.executed_flop_per_instruction * res.executed_instructions * res.warps / tile
+            res.replication = flops * res.warps / tile
     except Exception as exc:  # reported per kernel
         res.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"[:300]
     return res

@@ -59,13 +59,13 @@ def test_an_entry_is_used_on_its_gpu_and_shape_only(table, monkeypatch):
     assert tuned == dict(static[90], BM=32, BS=64, S_BLOCKS=2)  # S_BLOCKS follows BS; the rest as it was
     assert fwd(8192, 128, 1024, torch.bfloat16, False, None) == static[None]  # not on a GPU: the static default
     assert fwd(8192, 128, 1024, torch.bfloat16, False, 80) == static[80]  # another GPU
-    for other in (
-        fwd(8192, 128, 1024, torch.float16, False, 90),  # another dtype
-        fwd(8192, 128, 1024, torch.bfloat16, False, 90, lin=True),  # FLASH's launch
-        fwd(8192, 128, 1024, torch.bfloat16, True, 90),  # with dropout
-        fwd(8192, 64, 1024, torch.bfloat16, False, 90),  # another width
+    for other, bm in (  # each its static tiles (TILES_SM90's 128 rows or TILES' 64), not the entry's 32
+        (fwd(8192, 128, 1024, torch.float16, False, 90), 128),  # another dtype
+        (fwd(8192, 128, 1024, torch.bfloat16, False, 90, lin=True), 64),  # FLASH's launch
+        (fwd(8192, 128, 1024, torch.bfloat16, True, 90), 64),  # with dropout
+        (fwd(8192, 64, 1024, torch.bfloat16, False, 90), 128),  # another width
     ):
-        assert other["BM"] in (64, 128), other  # its static tiles (TILES_SM90's 128 or TILES' 64), not the entry's
+        assert other["BM"] == bm, other
     # a window in the same power-of-two bucket takes the entry, the next bucket does not
     assert fwd(5000, 128, 1024, torch.bfloat16, False, 90)["BM"] == 32
     assert fwd(16384, 128, 1024, torch.bfloat16, False, 90)["BM"] == 128
