@@ -230,11 +230,12 @@ def _tiles(
     lin: bool = False,
     bias: bool = False,
     mask: bool = False,
+    causal: bool = False,
 ) -> list[tuple[dict, dict]]:
     """The launch configs (tiles and options) that the launchers pick for kernel ``name`` at this shape on a GPU of
     compute capability ``arch`` (None: the configs for every GPU; ``lin``: FLASH's launch; ``bias``: with a caller's
-    bias; ``mask``: with a key mask), each with the values of the kernel's feature-width arguments (which triton
-    specialises on divisibility by 16)."""
+    bias; ``mask``: with a key mask; ``causal``: causal), each with the values of the kernel's feature-width
+    arguments (which triton specialises on divisibility by 16)."""
     if name in ("quad_attn_weights", "quad_attn_out", "quad_attn_dscores"):
         kind = name.removeprefix("quad_attn_")
         cfg = sw.short_config(kind, w, s, e, dtype, arch, bias=bias)
@@ -245,7 +246,7 @@ def _tiles(
         return [(sw.short_config("product", w, d, d, dtype, arch, masked_lin=dv and lin and mask), {"D": d, "S": s})]
     if name.startswith("quad_attn_"):
         kind = name.removeprefix("quad_attn_")
-        return [(qa.launch_config(kind, w, s, e, dtype, dropout, arch, lin, bias, mask), {"S": s, "E": e})]
+        return [(qa.launch_config(kind, w, s, e, dtype, dropout, arch, lin, bias, mask, causal), {"S": s, "E": e})]
     if name == "state_scan":  # per batch row, s * e state elements
         return [(dict(mca.SCAN_CONFIG), {"F": s * e})]
     if name == "gate_backward":  # (B, N, e) element-wise
@@ -277,7 +278,9 @@ def variants(
             jit = kernel_fn(fn)
             dtype = data_dtype
             dropout = launch.dropout and name.startswith("quad")
-            tiles = _tiles(name, w, s, e, TORCH_DTYPES[dtype], dropout, arch, launch.flash, launch.bias, launch.mask)
+            tiles = _tiles(
+                name, w, s, e, TORCH_DTYPES[dtype], dropout, arch, launch.flash, launch.bias, launch.mask, launch.causal
+            )
             for cfg, widths in tiles:
                 cfg = dict(cfg)
                 options = {k: cfg.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in cfg}

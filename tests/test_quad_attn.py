@@ -158,6 +158,32 @@ def test_streaming_forward_in_its_hopper_tiles_matches_reference(monkeypatch, dt
             assert "BM_NEAR" not in cfg and cfg["BN"] <= 32, (kind, arch, dt, dropout, bias, qk)
 
 
+def test_four_warp_tiles_where_eight_computed_each_product_more_than_once():
+    """launch_config's 4-warp rules (each from the compiled SASS: at 8 warps these tiles' products were computed
+    1.1-3.65 times over, at 4 once, spill-free on both stacks in every flag set the layers launch): the half
+    32 x 32 dk and dq without a caller's bias in one query/key block, everywhere but where sm_90 takes its own
+    tiles; dk with dq added only with dropout off sm_90 at query/key width 65-128; the half forward with dropout up
+    to width 128. Everything else keeps its warps."""
+    half, f32 = torch.bfloat16, torch.float32
+
+    def warps(kind, arch, dropout=False, qk=128, dtype=half, bias=False):
+        return qa.launch_config(kind, 8192, qk, 1024, dtype, dropout, arch, bias=bias)["num_warps"]
+
+    for kind in ("dk", "dq"):
+        for arch, dropout in [(80, False), (80, True), (None, False), (None, True), (90, True)]:
+            assert warps(kind, arch, dropout) == 4, (kind, arch, dropout)
+        assert warps(kind, 80, bias=True) == warps(kind, 80, qk=200) == 8, kind  # (spilled at 4)
+        assert warps(kind, 90, dtype=f32) == warps(kind, 80, dtype=f32) == qa.TILES[(kind, "fp32", False)][4]
+    assert warps("dq", 90) == 8  # sm_90's 64 x 64 dq (one warpgroup a 64-row half)
+    assert warps("dkq", 80, True) == warps("dkq", 86, True) == 4
+    for arch, dropout, qk in [(80, False, 128), (90, True, 128), (None, True, 128), (80, True, 64), (80, True, 200)]:
+        assert warps("dkq", arch, dropout, qk) == 8, (arch, dropout, qk)
+    for arch in (80, 90, None):
+        assert warps("fwd", arch, True) == 4 and warps("fwd", arch, True, qk=200) == 8, arch
+        assert warps("fwd", arch, True, dtype=f32) == 8, arch
+    assert warps("fwd", 80) == warps("fwd", 90) == 8
+
+
 @pytest.mark.parametrize(
     "causal, laplace, bias, dropout, deterministic",
     [
@@ -216,12 +242,16 @@ def test_t5_outside_the_near_band_is_one_term_per_side(monkeypatch, causal, dete
     gathers per score. n 150, max_distance 20, so that most programs see tiles before, within and after their band
     (non-causal on both sides; one sided causal); masked keys; output and every gradient, the T5 weights' included,
     against the reference. Swapping the two ends, or summing a side into the other's bucket, fails it. The split is
-    forced on (``T5_BAND``: launch_config leaves it off where the split spilled: float32, sm_90's streaming forward,
+    forced on (``T5_BAND``: launch_config leaves it off where the split spilled: float32, sm_90's streaming forward
+    unless causal without a key mask,
     the forward with dropout off sm_90, dk with dq added under dropout, sm_90's dv with a caller's bias or a key
     mask, sm_90's two-stage dq; forced on here with dropout too), or off: the one loop that gathers everywhere."""
     bf16 = (8192, 128, 1024, torch.bfloat16)
     fwd90 = qa.launch_config("fwd", *bf16, False, 90)
     assert (fwd90["BM"], fwd90["num_warps"], fwd90["T5_BAND"]) == (128, 8, False)
+    # sm_90's forward splits when causal without a key mask (the split spilled in the other builds under triton 3.9)
+    assert "T5_BAND" not in qa.launch_config("fwd", *bf16, False, 90, causal=True)
+    assert qa.launch_config("fwd", *bf16, False, 90, mask=True, causal=True)["T5_BAND"] is False
     assert "T5_BAND" not in qa.launch_config("fwd", *bf16, False, 80)
     assert qa.launch_config("fwd", *bf16, True, 80)["T5_BAND"] is False
     assert qa.launch_config("dkq", *bf16, True, 80)["T5_BAND"] is False

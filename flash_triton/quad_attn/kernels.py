@@ -1224,14 +1224,15 @@ def launch_config(
     lin: bool = False,
     bias: bool = False,
     mask: bool = False,
+    causal: bool = False,
 ) -> dict:
     """Tile sizes (powers of two, >= 16 for tl.dot, no larger than needed) and warps of kernel ``kind``
     ("fwd", "dv", "dk", "dq"; "dkq": dk with dq added in atomically) for a window, query/key width, value width,
     dtype and dropout on/off, on a GPU of compute capability ``arch`` (:func:`..common.jit.device_arch`; None: the
     configs that compile for every supported GPU); ``lin``: the forward adds FLASH's linear half; ``bias``: a caller's
-    bias is added to the scores; ``mask``: a key mask (it decides ``T5_BAND`` only). A dk / dkq config with
-    ``BM_NEAR`` is for the transposed key-tile kernel (``_quad_attn_bwd_dk_kernel``), one without for
-    ``_quad_attn_bwd_dqk_kernel``."""
+    bias is added to the scores; ``mask``: a key mask, ``causal``: causal attention (these two decide ``T5_BAND``
+    only). A dk / dkq config with ``BM_NEAR`` is for the transposed key-tile kernel (``_quad_attn_bwd_dk_kernel``),
+    one without for ``_quad_attn_bwd_dqk_kernel``."""
     precision = "fp32" if dtype == torch.float32 else "half"
     key = (kind, precision, dropout)
     # TILES_SM90 where its conditions hold; the forward's only at value widths past the default block (where the
@@ -1256,6 +1257,13 @@ def launch_config(
         bs = 32
     if kind == "dv" and precision == "fp32" and bias:  # 128-wide value blocks spilled 40 B with a caller's bias on
         be, warps = min(be, 32), 4  # sm_80 and sm_90 (outside the loop; triton 3.6)
+    # the half forward with dropout (64 x 32 tiles) in 4 warps: at 8 its two warpgroups each computed the whole score
+    # tile, 1.5x the tile's FLOPs (sm_80 and sm_90); at 4 it is computed once, at 162-223 registers (3 blocks, 12
+    # warps resident against 8), a tile over E in 4,580 warp instructions instead of 8,904 on sm_90 and 5,260
+    # instead of 9,504 on sm_80 (triton 3.6). Past one 128-wide query/key block it spilled 20-204 B on sm_90, on
+    # 16 x 16 tiles (windows of <= 16 tokens, which the short-window kernels take) 12 B under 3.9
+    if kind == "fwd" and precision == "half" and dropout and qk_dim <= 128 and fit > 16:
+        warps = 4
     cfg = dict(BM=min(bm, fit), BN=min(bn, fit), BS=bs, S_BLOCKS=cdiv(qk_dim, bs), BE=be, num_warps=warps, num_stages=2)
     if kind in ("dk", "dq", "dkq"):
         # ptxas, left to itself, holds some of these builds to 128 registers (two blocks per SM) and spills inside
@@ -1267,12 +1275,23 @@ def launch_config(
         # inside the loop on sm_80, triton 3.9)
         pipelined = precision == "half" and not (kind == "dkq" and qk_dim > bs)
         cfg.update(maxnreg=255, num_stages=2 if pipelined else 1)
+        # 4 warps on the 32 x 32 tiles of _quad_attn_bwd_dqk_kernel where they spill nowhere: at 8, sm_90 computed
+        # each tile product of dk and dq with dropout 3.65 times over (mma.sync; sm_80: 1.10, and dk with dq added
+        # 3.41 / 1.09), at 4 once, with as many warps resident (two blocks of 4 at 238-255 registers against one of
+        # 8): per tile over E, sm_90's dk with dropout 24,280 warp instructions -> 6,700 and dq 23,808 -> 6,504;
+        # sm_80's dk 6,952 -> 5,036, dq 6,424 -> 4,632 and with dropout dk with dq added 12,336 -> 8,504 (triton
+        # 3.6). Not with a caller's bias (spilled 16-320 B on sm_80 under 3.9), over two query/key blocks (16-216
+        # B), on sm_90's dk with dq added (56-180 B), nor sm_80's without dropout (up to 336 B under 3.9) or at
+        # query/key width 64 (24 B under 3.9)
+        four = kind in ("dk", "dq") or (dropout and arch not in (None, 90) and qk_dim > 64)
+        if precision == "half" and four and not hopper and not bias and cfg["S_BLOCKS"] == 1 and fit > 16:
+            cfg["num_warps"] = 4
     if hopper and kind in TRANSPOSED_KEY_TILES:  # the transposed kernel: its steps near the key tile
         cfg["BM_NEAR"] = min(16, fit)
         cfg["BE_NEAR"] = min(NEAR_BE[kind], be * cfg["BM"] // cfg["BM_NEAR"], max(16, next_power_of_2(v_dim)))
     band_spills = (
         precision == "fp32"
-        or (kind == "fwd" and (hopper or (dropout and arch != 90)))
+        or (kind == "fwd" and ((hopper and not (causal and not mask)) or (dropout and arch != 90)))
         or (kind == "dkq" and dropout)
         or (kind == "dv" and hopper and (bias or mask))
         or (kind == "dq" and hopper)
@@ -1280,7 +1299,8 @@ def launch_config(
     if band_spills:
         # one loop, the T5 term gathered for every tile. Split at the T5 band, these spilled outside the loops, past
         # the check's 32 B: float32 forward and dv 36 B on sm_80 (triton 3.6; their FMA products cost ~S
-        # multiply-adds a score, the gather next to nothing), the 16-warp sm_90 forward 56-100 B (3.9), the forward
+        # multiply-adds a score, the gather next to nothing), the 16-warp sm_90 forward 56-100 B (3.9) and the
+        # 8-warp one 8-224 B unless causal without a key mask (16 B with one; all under 3.9), the forward
         # with dropout on sm_80 52-56 B (3.6; two 32-wide query/key blocks), dk with dq added under dropout 8-16 B on
         # sm_80 (3.9), sm_90's 64 x 64 dv with a caller's bias or a key mask 36-296 B at 255 registers (3.6), and
         # sm_90's 64 x 64 dq in two stages 44 B (3.6, not causal)
@@ -1393,7 +1413,8 @@ def quad_attn_fwd(
             windows=windows,
         )
     arch = device_arch(q.device)
-    cfg = launch_config("fwd", w, s, e, q.dtype, dropout_p > 0, arch, lin=lin_q is not None, bias=bias is not None)
+    lin, has_bias, masked = lin_q is not None, bias is not None, mask_u8 is not None
+    cfg = launch_config("fwd", w, s, e, q.dtype, dropout_p > 0, arch, lin, has_bias, masked, causal)
     out = new_output(v, v.shape)  # contiguous whatever v's strides
     o_pre = new_output(v, v.shape) if store_pre else None
     dummy = q.new_empty(0)
@@ -1532,8 +1553,9 @@ def quad_attn_bwd(
     kinds = ("dv", key_kind) if atomic_dq else ("dv", key_kind, "dq")
     arch = device_arch(q.device)
     masked = mask_u8 is not None
+    has_bias, drop = bias is not None, dropout_p > 0
     cfgs = {
-        kind: launch_config(kind, w, s, e, q.dtype, dropout_p > 0, arch, bias=bias is not None, mask=masked)
+        kind: launch_config(kind, w, s, e, q.dtype, drop, arch, bias=has_bias, mask=masked, causal=causal)
         for kind in kinds
     }
     dk, dv = new_output(k, k.shape), new_output(v, v.shape)
