@@ -525,9 +525,13 @@ def profile_launches(quick: bool) -> list[tuple[str, aot.Launch]]:
     return [("FLASH" if la.flash else "GAU", la) for la in aot.layer_launches(True)]
 
 
-def profile_jobs(quick: bool, dtypes: list[str], archs: list[int]) -> list[tuple]:
+def profile_jobs(
+    quick: bool, dtypes: list[str], archs: list[int], launches: list[tuple[str, aot.Launch]] | None = None
+) -> list[tuple]:
+    """The distinct compiles of :func:`profile_launches` (or of ``launches``, (layer, launch) pairs) at the
+    benchmark shapes, per dtype and arch."""
     jobs, seen = [], set()
-    for layer, launch in profile_launches(quick):
+    for layer, launch in launches if launches is not None else profile_launches(quick):
         w = G if launch.flash else N
         for dtype in dtypes:
             for arch in archs:

@@ -93,11 +93,12 @@ def test_kernel_matches_reference(b, n, s, e, window, causal, laplace, mask, bia
 @pytest.mark.parametrize("dtype", [torch.bfloat16], ids=["bf16"])  # fp16 compiles to the same tiles
 def test_streaming_forward_in_its_hopper_tiles_matches_reference(monkeypatch, dtype, deterministic):
     """The half-precision streaming forward's sm_90 tiles (128-row query tiles, 256-wide value blocks, the
-    query/key width in one 128-wide block, 8 warps), dv's (64-row query steps), the transposed dk / dkq (128 key
-    rows, 64-wide steps over the value width) and the deterministic pass's dq (64 x 64), which the launcher picks
-    only on a GPU of compute capability 9.0: forced here by reporting that capability, at a value width past two
-    blocks (the third partial), query/key width padded from 100 to 128, causal, masked keys; output and every
-    gradient against the reference."""
+    query/key width in one 128-wide block, 8 warps; split at the T5 band when causal without a key mask), dv's
+    (transposed tiles of Aᵀ, 128 key rows in 32-row query steps), the transposed dk / dkq (128 key rows, 64-wide steps
+    over the value width) and the deterministic pass's dq (128 x 64 without a key mask, 64 x 64 with one), which the
+    launcher picks only on a GPU of compute capability 9.0: forced here by reporting that capability, at a value width
+    past two blocks (the third partial), query/key width padded from 100 to 128, causal, masked keys (the deterministic
+    run: none); output and every gradient against the reference."""
     monkeypatch.setattr(qa, "SHORT_WINDOW", 0)
     monkeypatch.setattr(qa, "device_arch", lambda device: 90)
     picked, launch_config = [], qa.launch_config
@@ -108,17 +109,19 @@ def test_streaming_forward_in_its_hopper_tiles_matches_reference(monkeypatch, dt
 
     monkeypatch.setattr(qa, "launch_config", spy)
     b, n, s, e = 1, 136, 100, 520  # two query tiles of 128 rows, the second partial
-    tensors, key_mask = make_inputs(b, n, s, e, dtype, mask=True, bias=None)
+    tensors, key_mask = make_inputs(b, n, s, e, dtype, mask=not deterministic, bias=None)
     kw = dict(scale=1.0 / n, window=None, causal=True, key_mask=key_mask, t5_scale=0.7, bias_scale=1.0 / n)
     grad_out = torch.randn(b, n, e, device=DEVICE)
     with deterministic_algorithms(deterministic):
         out, grads = run(op.quad_attn_triton, tensors, dtype, grad_out, **kw)
     dq = [cfg for kind, cfg in picked if kind == "dq"]
-    assert bool(dq) == deterministic and all((c["BM"], c["BN"]) == (64, 64) for c in dq), dq
+    assert bool(dq) == deterministic and all((c["BM"], c["BN"]) == (128, 64) for c in dq), dq  # (n 136: 2nd partial)
     fwd = [cfg for kind, cfg in picked if kind == "fwd"]
     assert fwd and all((c["BM"], c["BE"], c["BS"], c["S_BLOCKS"], c["num_warps"]) == (128, 256, 128, 1, 8) for c in fwd)
+    assert all(("T5_BAND" in c) == (key_mask is not None) for c in fwd), fwd  # split: causal, no key mask
     dv = [cfg for kind, cfg in picked if kind == "dv"]
-    assert dv and all(c["BM"] == 64 for c in dv), dv  # (n 136: 64-row steps, the third partial)
+    # (n 136: 128 key rows over transposed tiles, the second partial; 32-row query steps, the fifth partial)
+    assert dv and all((c["BM"], c["BN"], c.get("TRANSPOSED")) == (32, 128, True) for c in dv), dv
     # dk (dq added atomically, or the deterministic pass's dk): the transposed kernel, 128 key rows, 64-wide steps
     # over the value width (at e 520 the ninth partial), 32-wide near steps with dq added
     key_tiles = [(kind, cfg) for kind, cfg in picked if kind in qa.TRANSPOSED_KEY_TILES]
@@ -142,11 +145,17 @@ def test_streaming_forward_in_its_hopper_tiles_matches_reference(monkeypatch, dt
     for arch, dt, dropout, qk, v, lin in cases:
         cfg = launch_config("fwd", 8192, qk, v, dt, dropout, arch, lin=lin)
         assert cfg["BE"] <= 256 and cfg["num_warps"] <= 8, (arch, dt, dropout, qk, v, lin)
-    # dv: 64-row query steps on sm_90 without dropout (FLASH's linear half and a bias change only the forward)
-    assert launch_config("dv", 8192, 128, 1024, dtype, False, 90, lin=True, bias=True)["BM"] == 64
+    # dv: transposed 128-key tiles on sm_90 without dropout (FLASH's linear half changes only the forward), 64 x 64
+    # tiles of A with a caller's bias (the transposed ones spilled)
+    dv90 = launch_config("dv", 8192, 128, 1024, dtype, False, 90, lin=True)
+    assert (dv90["BM"], dv90["BN"], dv90["TRANSPOSED"]) == (32, 128, True)
+    dv90 = launch_config("dv", 8192, 128, 1024, dtype, False, 90, lin=True, bias=True)
+    assert (dv90["BM"], dv90["BN"], "TRANSPOSED" in dv90) == (64, 64, False)
     assert launch_config("dq", 8192, 128, 1024, dtype, False, 90, bias=True)["BM"] == 32  # (spilled with a bias)
+    assert launch_config("dq", 8192, 128, 1024, dtype, False, 90, mask=True)["BM"] == 64  # (spilled with a mask)
     for arch, dt, dropout in [(80, dtype, False), (None, dtype, False), (90, dtype, True), (90, torch.float32, False)]:
-        assert launch_config("dv", 8192, 128, 1024, dt, dropout, arch)["BM"] == 32, (arch, dt, dropout)
+        dv = launch_config("dv", 8192, 128, 1024, dt, dropout, arch)
+        assert (dv["BM"], dv["BN"], "TRANSPOSED" in dv) == (32, 64 if dt == dtype else 32, False), (arch, dt, dropout)
     # the transposed key tiles: sm_90, half precision, without dropout or a caller's bias, query/key width <= 128
     for kind in qa.TRANSPOSED_KEY_TILES:
         assert launch_config(kind, 8192, 128, 1024, dtype, False, 90)["BN"] == 128
@@ -198,7 +207,8 @@ def test_transposed_key_tiles_match_reference(monkeypatch, causal, laplace, bias
     position), forced in float32 (exact products) with every flag it takes, including those sm_90 does not pick it
     for (dropout, a caller's bias): n 200, max_distance 20, so that key tiles see queries before, within and after
     their near band, non-causal ones on both sides; masked keys. Output and every gradient against the reference
-    (dropout through the kernels' own keep-mask)."""
+    (dropout through the kernels' own keep-mask). dv too over transposed tiles (``TRANSPOSED``: Aᵀ = act(k qᵀ),
+    sm_90's dv without dropout or a caller's bias: 128 key rows, 32-row query steps), its loop split at the T5 band."""
     monkeypatch.setattr(qa, "SHORT_WINDOW", 0)
     picked, launch_config = [], qa.launch_config
 
@@ -206,6 +216,8 @@ def test_transposed_key_tiles_match_reference(monkeypatch, causal, laplace, bias
         cfg = launch_config(kind, *args, **kwargs)
         if kind in qa.TRANSPOSED_KEY_TILES:
             cfg = dict(cfg, BM=32, BN=128, BE=16, BM_NEAR=16, BE_NEAR=32)
+        if kind == "dv":
+            cfg = dict(cfg, BM=32, BN=128, BE=16, TRANSPOSED=True, T5_BAND=True)
         picked.append(kind)
         return cfg
 

@@ -488,8 +488,12 @@ def _quad_attn_bwd_dv_kernel(
     BE: tl.constexpr,
     DOT_PREC: tl.constexpr,
     T5_BAND: tl.constexpr = True,  # split the loop at the T5 band (t5_band); launch_config says where not
+    TRANSPOSED: tl.constexpr = False,  # the weights computed as (key, query) tiles, Aᵀ = act(k qᵀ)
 ):
-    """dv[j] = Σ_i A[i, j] dy[i], one (key tile, value block) per program."""
+    """dv[j] = Σ_i A[i, j] dy[i], one (key tile, value block) per program. TRANSPOSED computes Aᵀ directly (k qᵀ):
+    both products then have the key tile as their M dimension, so on sm_90 a 128-row key tile runs both on wgmma,
+    each warpgroup its own 64 keys (with A, each warpgroup needed the whole Aᵀ of the query step as its register
+    operand, and computed it)."""
     i_nt, i_e, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     tiles = tl.cdiv(W, BN)
     win_start, win_end = window_bounds(i_nt // tiles, W, N, win_ptr, VARLEN)
@@ -521,40 +525,35 @@ def _quad_attn_bwd_dv_kernel(
         for m0 in range(m_lo, m_hi, BM):
             o_m = m0 + tl.arange(0, BM)
             m_m = o_m < win_end
-            s = _scores(
-                q_base,
-                k_base,
-                stride_qn,
-                stride_kn,
-                o_m,
-                o_n,
-                m_m,
-                m_n,
-                S,
-                scale,
-                t5_ptr,
-                max_dist,
-                t5_far,
-                bias_base,
-                stride_bm,
-                stride_bn,
-                bias_scale,
-                HAS_T5 if seg == 1 else 2,
-                HAS_BIAS,
-                BM,
-                BN,
-                BS,
-                S_BLOCKS,
-                DOT_PREC,
-            )
-            a = _act(s, LAPLACE)
-            if DROPOUT:
-                a = a * _dropout_scale(seed, i_b * G * W, o_m, o_n, win_start, dropout_p, BM, BN)
-            a = tl.where(_keep(o_m, o_n, m_m, m_n, mask_base, CAUSAL, HAS_MASK), a, 0.0)
+            if TRANSPOSED:
+                # fmt: off
+                s_t = _scores_t(
+                    q_base, k_base, stride_qn, stride_kn, o_m, o_n, m_m, m_n, S, scale, t5_ptr, max_dist, t5_far,
+                    bias_base, stride_bm, stride_bn, bias_scale, HAS_T5 if seg == 1 else 2, HAS_BIAS, BM, BN, BS,
+                    S_BLOCKS, DOT_PREC,
+                )  # fmt: on
+                a_t = _act(s_t, LAPLACE)
+                if DROPOUT:
+                    a_t = a_t * _dropout_scale_t(seed, i_b * G * W, o_m, o_n, win_start, dropout_p, BM, BN)
+                a_t = tl.where(_keep_t(o_m, o_n, m_m, m_n, mask_base, CAUSAL, HAS_MASK), a_t, 0.0)
+            else:
+                # fmt: off
+                s = _scores(
+                    q_base, k_base, stride_qn, stride_kn, o_m, o_n, m_m, m_n, S, scale, t5_ptr, max_dist, t5_far,
+                    bias_base, stride_bm, stride_bn, bias_scale, HAS_T5 if seg == 1 else 2, HAS_BIAS, BM, BN, BS,
+                    S_BLOCKS, DOT_PREC,
+                )  # fmt: on
+                a = _act(s, LAPLACE)
+                if DROPOUT:
+                    a = a * _dropout_scale(seed, i_b * G * W, o_m, o_n, win_start, dropout_p, BM, BN)
+                a = tl.where(_keep(o_m, o_n, m_m, m_n, mask_base, CAUSAL, HAS_MASK), a, 0.0)
             b_dy = tl.load(
                 dy_base + o_m[:, None] * stride_dyn + o_e[None, :], mask=m_m[:, None] & m_e[None, :], other=0.0
             )
-            acc = dot(tl.trans(a).to(b_dy.dtype), b_dy, acc, DOT_PREC)
+            if TRANSPOSED:
+                acc = dot(a_t.to(b_dy.dtype), b_dy, acc, DOT_PREC)
+            else:
+                acc = dot(tl.trans(a).to(b_dy.dtype), b_dy, acc, DOT_PREC)
     p_dv = dv_ptr + i_b64 * stride_dvb + o_n[:, None] * stride_dvn + o_e[None, :]
     tl.store(p_dv, acc.to(dv_ptr.dtype.element_ty), mask=m_n[:, None] & m_e[None, :])
 
@@ -1180,15 +1179,21 @@ TILES = {
 # registers), so other GPUs keep TILES. Not with the fused linear half (FLASH's groups past SHORT_WINDOW), nor with a
 # caller's bias (its tile spilled 8-80 B in the loop under triton 3.9 at 64 x 512), nor past one 128-wide query/key
 # block (two spilled 24-116 B in the loop at 64 x 512).
-# dv without dropout takes 64-row query steps on sm_90, so its q kᵀ runs on wgmma too (with 32-row steps only Aᵀ dy
-# did) in half the iterations; 234 registers, 8 warps resident. With dropout it spilled 80-1,108 B in the loop, and on
-# sm_80 48-56 B with a key mask and a caller's bias: both keep 32 rows. The deterministic pass's dq (a query tile over
+# dv without dropout computes its weights transposed on sm_90 (TRANSPOSED: Aᵀ = act(k qᵀ)), 128 key rows in 32-row
+# query steps: both products have the key tile as M, so both run on wgmma, each warpgroup its own 64 keys. Until
+# 2026-12-08 it took 64 x 64 tiles of A (q kᵀ): its two warpgroups split the 256-wide value block and each needed
+# the whole Aᵀ as its register operand, so each computed it (1.33x the tile's FLOPs): a 64 x 64 tile over the value
+# block took 4,784 warp instructions (598 a warp); a 32 x 128 one now 2,304 (288; 1,365 FLOP per instruction against
+# 877, triton 3.6; 250 registers, no spill on either stack). 64-row query steps (1,582 FLOP per instruction) spilled
+# 24-88 B under triton 3.9. With a caller's bias the transposed tile spilled 8-40 B (3.9): it keeps 64 x 64 of A
+# (launch_config). With dropout dv spilled 80-1,108 B in the loop on sm_90 (64 x 64), and on sm_80 48-56 B with a
+# key mask and a caller's bias: both keep 32 x 64. The deterministic pass's dq (a query tile over
 # the keys) runs 64 x 64 on wgmma there too (hot-loop FLOP per instruction 413 -> 625), except with a caller's bias
 # (44-140 B spilled) or dropout. dk and dk-with-dq-added at 64 x 64 spilled 24-420 B (the T5 bucket sums); they take
 # the transposed kernel below instead.
 TILES_SM90 = {
     ("fwd", "half", False): (128, 32, 128, 256, 8),
-    ("dv", "half", False): (64, 64, 128, 256, 8),
+    ("dv", "half", False): (32, 128, 128, 256, 8),  # TRANSPOSED (see above); with a caller's bias 64 x 64 of A
     ("dq", "half", False): (64, 64, 128, 64, 8),  # the deterministic pass's dq; not with a caller's bias (see above)
     # dk (and dk with dq added) over transposed tiles (_quad_attn_bwd_dk_kernel): 128 key rows, 32-row query steps
     ("dk", "half", False): (32, 128, 128, 64, 8),
@@ -1241,6 +1246,15 @@ def launch_config(
     hopper = hopper and not (bias and kind in ("fwd", "dq", *TRANSPOSED_KEY_TILES))
     hopper = hopper and qk_dim <= TILES_SM90[key][2] and (kind != "fwd" or v_dim > TILES[key][3])
     bm, bn, bs, be, warps = TILES_SM90[key] if hopper else TILES[key]
+    dv_transposed = hopper and kind == "dv" and not bias  # sm_90's dv over (key, query) tiles of Aᵀ
+    if hopper and kind == "dv" and bias:  # the transposed tiles spilled 8-40 B with a caller's bias (triton 3.9)
+        bm, bn = 64, 64
+    # sm_90's deterministic dq in 128-row query tiles, each warpgroup its own 64 (at 64 rows both computed the 64 x 64
+    # scores, 1.10x the tile's FLOPs): a 128 x 64 tile over E in 2,297 warp instructions a warp against 1,870 for
+    # 64 x 64 (1,141 FLOP per instruction against 771; triton 3.6, 255 registers). With a key mask it spilled 16-80 B
+    # outside the loops (both stacks)
+    if hopper and kind == "dq" and not mask:
+        bm = 128
     fit = max(16, next_power_of_2(window))
     bs = min(bs, max(16, next_power_of_2(qk_dim)))
     be = min(be, max(16, next_power_of_2(v_dim)))
@@ -1286,6 +1300,8 @@ def launch_config(
         four = kind in ("dk", "dq") or (dropout and arch not in (None, 90) and qk_dim > 64)
         if precision == "half" and four and not hopper and not bias and cfg["S_BLOCKS"] == 1 and fit > 16:
             cfg["num_warps"] = 4
+    if dv_transposed:
+        cfg["TRANSPOSED"] = True
     if hopper and kind in TRANSPOSED_KEY_TILES:  # the transposed kernel: its steps near the key tile
         cfg["BM_NEAR"] = min(16, fit)
         cfg["BE_NEAR"] = min(NEAR_BE[kind], be * cfg["BM"] // cfg["BM_NEAR"], max(16, next_power_of_2(v_dim)))
