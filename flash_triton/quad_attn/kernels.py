@@ -1187,8 +1187,9 @@ TILES = {
 # 877, triton 3.6; 250 registers, no spill on either stack). 64-row query steps (1,582 FLOP per instruction) spilled
 # 24-88 B under triton 3.9. With a caller's bias the transposed tile spilled 8-40 B (3.9): it keeps 64 x 64 of A
 # (launch_config). With dropout dv spilled 80-1,108 B in the loop on sm_90 (64 x 64), and on sm_80 48-56 B with a
-# key mask and a caller's bias: both keep 32 x 64. The deterministic pass's dq (a query tile over
-# the keys) runs 64 x 64 on wgmma there too (hot-loop FLOP per instruction 413 -> 625), except with a caller's bias
+# key mask and a caller's bias: both keep 32 x 64; with dropout the transposed tiles spilled 16-2,936 B under 3.9.
+# The deterministic pass's dq (a query tile over the keys) runs on wgmma there too (hot-loop FLOP per instruction 413
+# -> 625 at 64 x 64; 128 x 64 without a key mask since 2026-12-08, launch_config), except with a caller's bias
 # (44-140 B spilled) or dropout. dk and dk-with-dq-added at 64 x 64 spilled 24-420 B (the T5 bucket sums); they take
 # the transposed kernel below instead.
 TILES_SM90 = {
@@ -1237,7 +1238,8 @@ def launch_config(
     configs that compile for every supported GPU); ``lin``: the forward adds FLASH's linear half; ``bias``: a caller's
     bias is added to the scores; ``mask``: a key mask, ``causal``: causal attention (these two decide ``T5_BAND``
     only). A dk / dkq config with ``BM_NEAR`` is for the transposed key-tile kernel (``_quad_attn_bwd_dk_kernel``),
-    one without for ``_quad_attn_bwd_dqk_kernel``."""
+    one without for ``_quad_attn_bwd_dqk_kernel``; a dv config with ``TRANSPOSED`` computes its weights as (key,
+    query) tiles."""
     precision = "fp32" if dtype == torch.float32 else "half"
     key = (kind, precision, dropout)
     # TILES_SM90 where its conditions hold; the forward's only at value widths past the default block (where the
@@ -1272,8 +1274,8 @@ def launch_config(
     if kind == "dv" and precision == "fp32" and bias:  # 128-wide value blocks spilled 40 B with a caller's bias on
         be, warps = min(be, 32), 4  # sm_80 and sm_90 (outside the loop; triton 3.6)
     # the half forward with dropout (64 x 32 tiles) in 4 warps: at 8 its two warpgroups each computed the whole score
-    # tile, 1.5x the tile's FLOPs (sm_80 and sm_90); at 4 it is computed once, at 162-223 registers (3 blocks, 12
-    # warps resident against 8), a tile over E in 4,580 warp instructions instead of 8,904 on sm_90 and 5,260
+    # tile, 1.5x the tile's FLOPs (sm_80 and sm_90); at 4 it is computed once, at 164-244 registers (2-3 blocks of 4
+    # warps resident against one of 8), a tile over E in 4,580 warp instructions instead of 8,904 on sm_90 and 5,260
     # instead of 9,504 on sm_80 (triton 3.6). Past one 128-wide query/key block it spilled 20-204 B on sm_90, on
     # 16 x 16 tiles (windows of <= 16 tokens, which the short-window kernels take) 12 B under 3.9
     if kind == "fwd" and precision == "half" and dropout and qk_dim <= 128 and fit > 16:
@@ -1309,7 +1311,7 @@ def launch_config(
         precision == "fp32"
         or (kind == "fwd" and ((hopper and not (causal and not mask)) or (dropout and arch != 90)))
         or (kind == "dkq" and dropout)
-        or (kind == "dv" and hopper and (bias or mask))
+        or (kind == "dv" and hopper and bias)
         or (kind == "dq" and hopper)
     )
     if band_spills:
@@ -1318,7 +1320,8 @@ def launch_config(
         # multiply-adds a score, the gather next to nothing), the 16-warp sm_90 forward 56-100 B (3.9) and the
         # 8-warp one 8-224 B unless causal without a key mask (16 B with one; all under 3.9), the forward
         # with dropout on sm_80 52-56 B (3.6; two 32-wide query/key blocks), dk with dq added under dropout 8-16 B on
-        # sm_80 (3.9), sm_90's 64 x 64 dv with a caller's bias or a key mask 36-296 B at 255 registers (3.6), and
+        # sm_80 (3.9), sm_90's 64 x 64 dv with a caller's bias (or a key mask: the transposed tiles that take those
+        # split spill-free) 36-296 B at 255 registers (3.6), and
         # sm_90's 64 x 64 dq in two stages 44 B (3.6, not causal)
         cfg["T5_BAND"] = False
     # a tuned entry (flash_triton.tuning) for this GPU and shape, where there is one; lin changes the forward's kernel
