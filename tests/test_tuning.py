@@ -21,7 +21,7 @@ sw = pytest.importorskip("flash_triton.quad_attn.short_window")
 mca = pytest.importorskip("flash_triton.mixed_chunk_attn.kernels")
 
 ROOT = Path(__file__).resolve().parents[1]
-GAU_FWD_KEY = dict(window=8192, qk=128, v=1024, dropout=False, lin=False, bias=False)
+GAU_FWD_KEY = dict(window=8192, qk=128, v=1024, dropout=False, lin=False, bias=False, causal=True, mask=False)
 
 
 @pytest.fixture
@@ -47,8 +47,8 @@ def test_the_shipped_table_is_valid():
 
 
 def test_an_entry_is_used_on_its_gpu_and_shape_only(table, monkeypatch):
-    def fwd(*args, **kw):
-        return qa.launch_config("fwd", *args, **kw)
+    def fwd(*args, **kw):  # GAU's causal training launch unless said
+        return qa.launch_config("fwd", *args, **{"causal": True, **kw})
 
     monkeypatch.setenv(tuning.ENV, "off")
     tuning.reload()
@@ -63,6 +63,8 @@ def test_an_entry_is_used_on_its_gpu_and_shape_only(table, monkeypatch):
         (fwd(8192, 128, 1024, torch.float16, False, 90), 128),  # another dtype
         (fwd(8192, 128, 1024, torch.bfloat16, False, 90, lin=True), 64),  # FLASH's launch
         (fwd(8192, 128, 1024, torch.bfloat16, True, 90), 64),  # with dropout
+        (fwd(8192, 128, 1024, torch.bfloat16, False, 90, causal=False), 128),  # not causal (no band split)
+        (fwd(8192, 128, 1024, torch.bfloat16, False, 90, mask=True), 128),  # with a key mask (no band split)
         (fwd(8192, 64, 1024, torch.bfloat16, False, 90), 128),  # another width
     ):
         assert other["BM"] == bm, other

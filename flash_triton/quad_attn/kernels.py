@@ -1236,10 +1236,10 @@ def launch_config(
     ("fwd", "dv", "dk", "dq"; "dkq": dk with dq added in atomically) for a window, query/key width, value width,
     dtype and dropout on/off, on a GPU of compute capability ``arch`` (:func:`..common.jit.device_arch`; None: the
     configs that compile for every supported GPU); ``lin``: the forward adds FLASH's linear half; ``bias``: a caller's
-    bias is added to the scores; ``mask``: a key mask, ``causal``: causal attention (these two decide ``T5_BAND``
-    only). A dk / dkq config with ``BM_NEAR`` is for the transposed key-tile kernel (``_quad_attn_bwd_dk_kernel``),
-    one without for ``_quad_attn_bwd_dqk_kernel``; a dv config with ``TRANSPOSED`` computes its weights as (key,
-    query) tiles."""
+    bias is added to the scores; ``mask``: a key mask (it decides ``T5_BAND`` and sm_90's dq tile); ``causal``: causal
+    attention (it decides ``T5_BAND`` only). A dk / dkq config with ``BM_NEAR`` is for the transposed key-tile kernel
+    (``_quad_attn_bwd_dk_kernel``), one without for ``_quad_attn_bwd_dqk_kernel``; a dv config with ``TRANSPOSED``
+    computes its weights as (key, query) tiles."""
     precision = "fp32" if dtype == torch.float32 else "half"
     key = (kind, precision, dropout)
     # TILES_SM90 where its conditions hold; the forward's only at value widths past the default block (where the
@@ -1293,7 +1293,7 @@ def launch_config(
         cfg.update(maxnreg=255, num_stages=2 if pipelined else 1)
         # 4 warps on the 32 x 32 tiles of _quad_attn_bwd_dqk_kernel where they spill nowhere: at 8, sm_90 computed
         # each tile product of dk and dq with dropout 3.65 times over (mma.sync; sm_80: 1.10, and dk with dq added
-        # 3.41 / 1.09), at 4 once, with as many warps resident (two blocks of 4 at 238-255 registers against one of
+        # 3.41 / 1.09), at 4 once, with as many warps resident (two blocks of 4 at 220-255 registers against one of
         # 8): per tile over E, sm_90's dk with dropout 24,280 warp instructions -> 6,700 and dq 23,808 -> 6,504;
         # sm_80's dk 6,952 -> 5,036, dq 6,424 -> 4,632 and with dropout dk with dq added 12,336 -> 8,504 (triton
         # 3.6). Not with a caller's bias (spilled 16-320 B on sm_80 under 3.9), over two query/key blocks (16-216
@@ -1320,16 +1320,19 @@ def launch_config(
         # multiply-adds a score, the gather next to nothing), the 16-warp sm_90 forward 56-100 B (3.9) and the
         # 8-warp one 8-224 B unless causal without a key mask (16 B with one; all under 3.9), the forward
         # with dropout on sm_80 52-56 B (3.6; two 32-wide query/key blocks), dk with dq added under dropout 8-16 B on
-        # sm_80 (3.9), sm_90's 64 x 64 dv with a caller's bias (or a key mask: the transposed tiles that take those
-        # split spill-free) 36-296 B at 255 registers (3.6), and
+        # sm_80 (3.9), sm_90's 64 x 64 dv with a caller's bias 36-296 B at 255 registers (3.6; with a key mask too,
+        # which now takes the transposed tiles: split, they spill nowhere), and
         # sm_90's 64 x 64 dq in two stages 44 B (3.6, not causal)
         cfg["T5_BAND"] = False
     # a tuned entry (flash_triton.tuning) for this GPU and shape, where there is one; lin changes the forward's kernel
-    # only, a caller's bias the forward's, dq's and dv's tiles, so only their entries are keyed by them
+    # only, a caller's bias the forward's, dq's and dv's tiles, causality and a key mask the forward's band split and
+    # a key mask dq's tiles, so only their entries are keyed by them (a tuned entry is compiled for its own flags)
     key = dict(window=fit, qk=qk_dim, v=v_dim, dropout=dropout)
     if kind == "fwd":
-        key.update(lin=lin, bias=bias)
-    elif kind in ("dq", "dv"):
+        key.update(lin=lin, bias=bias, causal=causal, mask=mask)
+    elif kind == "dq":
+        key.update(bias=bias, mask=mask)
+    elif kind == "dv":
         key.update(bias=bias)
     return tuning.tuned(f"quad_attn_{kind}", arch, dtype, key, cfg)
 
