@@ -18,7 +18,13 @@ its asynchronous copies (cp.async or TMA, issued a stage ahead by triton's softw
 every wgmma in flight (none overlaps the next iteration's work). The hot loop's static count holds its inner loop
 once; as executed, the inner loop runs once per BE-wide step over the value width (E / BE times), so one hot-loop
 iteration issues ``hot + (E / BE - 1) x inner`` warp instructions: that count and its MMA FLOPs per warp instruction
-are the profile's last columns (the same as the hot loop's where it has no inner loop of its own).
+are the profile's last columns (the same as the hot loop's where it has no inner loop of its own), with the MMA FLOPs
+the SASS issues per iteration over those of its tile products counted once (the streaming kernels: above 1 where
+warps compute the same products), the bytes its global loads and copies request (all warps, every issued load at
+full width: an upper bound; the 16-byte cp.async that stream the operands bypass L1, so those are L2 reads, while
+LDG may hit L1) and the tile FLOPs per such byte. An H100 SM is served roughly 20-40 bytes a cycle from L2 and
+issues 4,096 dense bf16 FLOPs a cycle, so a hot loop far below ~100 tile FLOPs per L2 byte is bound by L2
+bandwidth, not by the tensor cores (a model, not a measurement).
 
 Per core (n 8192, batch 1, the default flags), from the launch grids and loop bounds of the launchers: executed
 MMA FLOPs over the minimum of :mod:`benchmarks.formulas` (the same convention: useful products only, causal
@@ -112,6 +118,7 @@ class SassStats:
     loop_mma: int = 0
     loop_flop_per_instruction: float = 0.0
     loop_loads: dict = field(default_factory=dict)  # the hot loop's LDG and LDGSTS: bytes per thread -> count
+    loop_load_bytes: int = 0  # bytes one warp's LDG and LDGSTS in the hot loop request (32 threads each)
     # the inner loop: the innermost loop with MMA work inside the hot loop (the hot loop itself when it has none)
     inner_instructions: int = 0
     inner_mma: int = 0
@@ -120,6 +127,7 @@ class SassStats:
     inner_mma_waits: int = 0  # waits for every wgmma in flight (WARPGROUP.DEPBAR.LE gsb0, 0x0): none overlaps
     inner_flops: float = 0.0  # MMA FLOPs per warp of one inner-loop iteration
     nested: bool = False  # the inner loop lies inside the hot loop (not the hot loop itself)
+    inner_load_bytes: int = 0  # bytes one warp's LDG and LDGSTS in the inner loop request
 
 
 def _by_width(loads) -> dict:
@@ -129,6 +137,11 @@ def _by_width(loads) -> dict:
         width = load_width(m.group(2))
         out[width] = out.get(width, 0) + 1
     return out
+
+
+def _warp_bytes(loads) -> int:
+    """Bytes one warp requests with these ``_LOAD`` matches (LDG / LDGSTS): 32 threads each, at full width."""
+    return sum(32 * load_width(m.group(2)) for m in loads)
 
 
 def _mma_instructions(body: list[str]) -> int:
@@ -165,6 +178,7 @@ def sass_stats(sass: str) -> SassStats:
         st.loop_instructions = len(body)
         st.loop_mma = _mma_instructions(body)
         st.loop_loads = _by_width(filter(None, map(_LOAD.search, body)))
+        st.loop_load_bytes = _warp_bytes(filter(None, map(_LOAD.search, body)))
         inside = [(a, b) for a, b in loops if first <= a and b <= last]
         innermost = [(a, b) for a, b in inside if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in inside)]
         inner = hottest(innermost) or best
@@ -173,6 +187,7 @@ def sass_stats(sass: str) -> SassStats:
         st.inner_flops = inner_flops
         loads = [m for m in map(_LOAD.search, body) if m]
         st.inner_instructions = len(body)
+        st.inner_load_bytes = _warp_bytes(loads)
         st.inner_mma = _mma_instructions(body)
         st.inner_sync_loads = _by_width(m for m in loads if m.group(1) == "LDG")
         st.inner_async_loads = sum(m.group(1) == "LDGSTS" for m in loads) + sum(bool(_TMA.search(t)) for t in body)
@@ -200,6 +215,16 @@ def executed(st: SassStats, inner_trips: int) -> tuple[int, float]:
     extra = inner_trips - 1 if st.nested else 0
     instructions = st.loop_instructions + extra * st.inner_instructions
     return instructions, st.loop_flop_per_instruction * st.loop_instructions + extra * st.inner_flops
+
+
+def executed_bytes(st: SassStats, inner_trips: int) -> int:
+    """Bytes one warp's global loads and copies request in one hot-loop iteration as it executes (as
+    :func:`executed`; every issued load at full width, so an upper bound: a software pipeline's last prefetch is
+    predicated off): what the L1 and L2 caches serve. The 16-byte cp.async of the streamed operands bypass L1
+    (``LDGSTS.E.BYPASS``): each is an L2 read; LDG may hit L1 (the T5 table, the key mask, a tile that both
+    warpgroups load)."""
+    extra = inner_trips - 1 if st.nested else 0
+    return st.loop_load_bytes + extra * st.inner_load_bytes
 
 
 def occupancy(arch: int, registers: int, shared: int, warps: int) -> tuple[int, int]:
@@ -511,6 +536,10 @@ class KernelProfile:
     # iteration's tile products (1: each computed once; 1.6: sm_90's 16-warp forward computed every 64 x 32 score
     # tile in all four warpgroups, each needing all of it as its register operand); 0 where not modelled
     replication: float = 0.0
+    # bytes all warps' global loads and copies request in one executed hot-loop iteration, and (the streaming
+    # kernels) the iteration's tile-product FLOPs per such byte: what the caches must serve per unit of useful work
+    loaded_bytes: int = 0
+    tile_flop_per_byte: float = 0.0
     error: str = ""
 
 
@@ -560,9 +589,12 @@ def profile_kernel(job: tuple) -> KernelProfile:
         res.executed_instructions, flops = executed(st, res.inner_trips)
         if res.executed_instructions:
             res.executed_flop_per_instruction = flops / res.executed_instructions
+        res.loaded_bytes = executed_bytes(st, res.inner_trips) * res.warps
         tile = tile_flops(name, constexprs)
         if tile:
             res.replication = flops * res.warps / tile
+            if res.loaded_bytes:
+                res.tile_flop_per_byte = tile / res.loaded_bytes
     except Exception as exc:  # reported per kernel
         res.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"[:300]
     return res
@@ -582,8 +614,9 @@ def kernel_table(results: list[KernelProfile]) -> str:
         "MMA instr | LDG by width | cp.async | TMA | hot loop instr | MMA in loop | FLOP / warp instr | "
         "hot loop LDG + cp.async | inner loop instr | MMA in inner loop | inner loop LDG / cp.async + TMA | "
         "inner loop waits for every wgmma | inner loop runs per hot-loop iteration | executed instr per hot-loop "
-        "iteration | FLOP / executed warp instr | MMA FLOPs, SASS (all warps) / tile |",
-        "|" + " --- |" * 28,
+        "iteration | FLOP / executed warp instr | MMA FLOPs, SASS (all warps) / tile | KiB requested per executed "
+        "hot-loop iteration (all warps) | tile FLOPs per requested byte |",
+        "|" + " --- |" * 30,
     ]
     for r in sorted(results, key=lambda r: (r.layer, r.kernel, r.dtype, -r.arch, r.config)):
         if r.error:
@@ -597,7 +630,8 @@ def kernel_table(results: list[KernelProfile]) -> str:
             f"{st.loop_mma} | {st.loop_flop_per_instruction:.0f} | {_loads(st.loop_loads)} | "
             f"{st.inner_instructions} | {st.inner_mma} | {_loads(st.inner_sync_loads)} / {st.inner_async_loads} | "
             f"{st.inner_mma_waits} | {r.inner_trips} | {r.executed_instructions} | "
-            f"{r.executed_flop_per_instruction:.0f} | {f'{r.replication:.2f}' if r.replication else '-'} |"
+            f"{r.executed_flop_per_instruction:.0f} | {f'{r.replication:.2f}' if r.replication else '-'} | "
+            f"{r.loaded_bytes / 1024:.1f} | {f'{r.tile_flop_per_byte:.0f}' if r.tile_flop_per_byte else '-'} |"
         )
     return "\n".join(lines)
 

@@ -54,6 +54,8 @@ def test_sass_reading_of_loads_mma_and_the_hot_loop():
     assert st.inner_mma_waits == 0
     assert not st.nested and st.inner_flops == per_warp
     assert profile.executed(st, 16) == (7, pytest.approx(per_warp))  # no nested loop: nothing runs twice
+    # bytes one warp requests: 32 threads x (16 + 16 + 4), the loads outside the loop not counted
+    assert st.loop_load_bytes == st.inner_load_bytes == 32 * 36 and profile.executed_bytes(st, 16) == 32 * 36
 
 
 NESTED = """
@@ -86,6 +88,9 @@ def test_sass_reading_of_the_inner_loop():
     assert st.nested and st.inner_flops == wgmma
     # run 16 times per outer iteration: 10 + 15 x 5 instructions issue 3 + 15 wgmma
     assert profile.executed(st, 16) == (85, pytest.approx(18 * wgmma))
+    # the outer loop's 16-byte LDG once, the inner loop's 4-byte LDG and 16-byte cp.async 16 times
+    assert (st.loop_load_bytes, st.inner_load_bytes) == (32 * 36, 32 * 20)
+    assert profile.executed_bytes(st, 16) == 32 * 16 + 16 * 32 * 20
 
 
 def test_load_widths_and_float32_fma_counting():
@@ -281,6 +286,26 @@ def test_dropout_tiles_compute_each_product_once(quick_data):
         else:
             assert k["replication"] == pytest.approx(1.0, abs=1e-3), k
             assert k["warps"] == (8 if name == "quad_attn_dv" else 4), k
+
+
+def test_bytes_each_streaming_iteration_requests(quick):
+    """Bytes the hot loop's loads and copies request per executed iteration, all warps, and the tile FLOPs per such
+    byte (sm_90, GAU's causal training launch). The forward and dv stream one 32-row tile of the query/key width and
+    one of the value block per iteration, exactly (24 KiB: 128 FLOP per byte); dk with dq added streams its 128-row
+    key tile's v and the 32-row query step's dy over all of E (320 KiB) and more (q loaded by both warpgroups, the
+    pipeline's prefetch issued once more than it lands): under 40 FLOP per byte, so on an H100 it is bound by L2
+    bandwidth (about 20-40 bytes a cycle an SM against 4,096 FLOPs), not by its wgmma (a model)."""
+    kernels, _ = quick
+    gau90 = {k["kernel"]: k for k in _bf16(kernels, 90) if k["layer"] == "GAU" and k["replication"]}
+    for name in ("quad_attn_fwd", "quad_attn_dv"):
+        k = gau90[name]
+        c = dict(re.findall(r"(BM|BN|BS|BE)(\d+)", k["config"]))
+        rows = int(c["BN"] if name == "quad_attn_fwd" else c["BM"])  # the streamed tile's rows: keys, queries
+        assert k["loaded_bytes"] == rows * (int(c["BS"]) + int(c["BE"])) * 2, k
+        assert k["tile_flop_per_byte"] == pytest.approx(128.0), k
+    dkq = gau90["quad_attn_dkq"]
+    streamed = (128 + 32) * 1024 * 2  # v of the key tile and dy of the query step, over E
+    assert streamed <= dkq["loaded_bytes"] <= 1.25 * streamed and dkq["tile_flop_per_byte"] < 40, dkq
 
 
 def test_executed_instructions_of_the_streaming_backward(quick):
