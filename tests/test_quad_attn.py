@@ -183,7 +183,7 @@ def test_four_warp_tiles_where_eight_computed_each_product_more_than_once():
             assert warps(kind, arch, dropout) == 4, (kind, arch, dropout)
         assert warps(kind, 80, bias=True) == warps(kind, 80, qk=200) == 8, kind  # (spilled at 4)
         assert warps(kind, 90, dtype=f32) == warps(kind, 80, dtype=f32) == qa.TILES[(kind, "fp32", False)][4]
-    assert warps("dq", 90) == 8  # sm_90's 64 x 64 dq (one warpgroup a 64-row half)
+    assert warps("dq", 90) == 8  # sm_90's own 128 x 64 dq (a warpgroup per 64 rows)
     assert warps("dkq", 80, True) == warps("dkq", 86, True) == 4
     for arch, dropout, qk in [(80, False, 128), (90, True, 128), (None, True, 128), (80, True, 64), (80, True, 200)]:
         assert warps("dkq", arch, dropout, qk) == 8, (arch, dropout, qk)
