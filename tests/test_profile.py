@@ -257,8 +257,9 @@ def test_streaming_kernels_compute_each_tile_product_once_where_it_matters(quick
     iteration's tile products counted once. Never below 1 (the tile model would be wrong); 1 on sm_90 for the forward
     (its 16-warp 64 x 512 tiles: 1.6, each warpgroup computing the whole score tile), the transposed dk / dkq (128 key
     rows, a warpgroup per 64), dv over transposed tiles (its 64 x 64 tiles of A: 1.33, both warpgroups computing
-    the scores) and the deterministic pass's dq in 128-row query tiles (64 x 64: 1.10). Known above 1: FLASH's
-    forward (BM 64, 8 warps: 1.33), and sm_80's mma.sync kernels (1.0-1.33). With dropout: the next test."""
+    the scores). Known above 1: the deterministic pass's dq (1.10) on sm_90, whose two warpgroups split dq's width
+    and each compute the 64 x 64 scores (128-row tiles spilled 80 B under triton 3.7.1); FLASH's forward (BM 64, 8
+    warps: 1.33), and sm_80's mma.sync kernels (1.0-1.33). With dropout: the next test."""
     kernels, _ = quick
     streaming = [k for k in _bf16(kernels) if k["replication"]]
     assert {k["kernel"] for k in streaming} >= {"quad_attn_fwd", "quad_attn_dv", "quad_attn_dkq"}
@@ -266,8 +267,7 @@ def test_streaming_kernels_compute_each_tile_product_once_where_it_matters(quick
         assert 0.999 <= k["replication"] <= 1.34, k
     once = [k for k in streaming if k["arch"] == 90 and k["layer"] == "GAU"]
     once = [k for k in once if k["kernel"] in ("quad_attn_fwd", "quad_attn_dv", "quad_attn_dk", "quad_attn_dkq")]
-    once += [k for k in streaming if k["arch"] == 90 and k["kernel"] == "quad_attn_dq"]  # GAU's and FLASH's
-    assert len(once) == 6 and all(k["replication"] == pytest.approx(1.0) for k in once), once
+    assert len(once) == 4 and all(k["replication"] == pytest.approx(1.0) for k in once), once
     assert all("TRANSPOSED" in k["config"] for k in once if k["kernel"] == "quad_attn_dv"), once
 
 

@@ -1188,10 +1188,12 @@ TILES = {
 # 24-88 B under triton 3.9. With a caller's bias the transposed tile spilled 8-40 B (3.9): it keeps 64 x 64 of A
 # (launch_config). With dropout dv spilled 80-1,108 B in the loop on sm_90 (64 x 64), and on sm_80 48-56 B with a
 # key mask and a caller's bias: both keep 32 x 64; with dropout the transposed tiles spilled 16-2,936 B under 3.9.
-# The deterministic pass's dq (a query tile over the keys) runs on wgmma there too (hot-loop FLOP per instruction 413
-# -> 625 at 64 x 64; 128 x 64 without a key mask since 2026-12-08, launch_config), except with a caller's bias
-# (44-140 B spilled) or dropout. dk and dk-with-dq-added at 64 x 64 spilled 24-420 B (the T5 bucket sums); they take
-# the transposed kernel below instead.
+# The deterministic pass's dq (a query tile over the keys) runs 64 x 64 on wgmma there too (hot-loop FLOP per
+# instruction 413 -> 625), except with a caller's bias (44-140 B spilled) or dropout. Its two warpgroups each compute
+# the 64 x 64 scores (1.10x the tile's FLOPs); 128-row query tiles compute them once (1.63x fewer warp instructions
+# per tile on triton 3.6) and spilled nowhere on 3.6 and 3.9 without a key mask, but 80 B under triton 3.7.1 (torch
+# 2.13's), so it keeps 64 (2026-12-08; 128 x 32 is spill-free there but only 1.08x fewer instructions). dk and
+# dk-with-dq-added at 64 x 64 spilled 24-420 B (the T5 bucket sums); they take the transposed kernel below instead.
 TILES_SM90 = {
     ("fwd", "half", False): (128, 32, 128, 256, 8),
     ("dv", "half", False): (32, 128, 128, 256, 8),  # TRANSPOSED (see above); with a caller's bias 64 x 64 of A
@@ -1236,8 +1238,8 @@ def launch_config(
     ("fwd", "dv", "dk", "dq"; "dkq": dk with dq added in atomically) for a window, query/key width, value width,
     dtype and dropout on/off, on a GPU of compute capability ``arch`` (:func:`..common.jit.device_arch`; None: the
     configs that compile for every supported GPU); ``lin``: the forward adds FLASH's linear half; ``bias``: a caller's
-    bias is added to the scores; ``mask``: a key mask (it decides ``T5_BAND`` and sm_90's dq tile); ``causal``: causal
-    attention (it decides ``T5_BAND`` only). A dk / dkq config with ``BM_NEAR`` is for the transposed key-tile kernel
+    bias is added to the scores; ``mask``: a key mask, ``causal``: causal attention (these two decide ``T5_BAND``
+    only). A dk / dkq config with ``BM_NEAR`` is for the transposed key-tile kernel
     (``_quad_attn_bwd_dk_kernel``), one without for ``_quad_attn_bwd_dqk_kernel``; a dv config with ``TRANSPOSED``
     computes its weights as (key, query) tiles."""
     precision = "fp32" if dtype == torch.float32 else "half"
@@ -1251,12 +1253,6 @@ def launch_config(
     dv_transposed = hopper and kind == "dv" and not bias  # sm_90's dv over (key, query) tiles of Aᵀ
     if hopper and kind == "dv" and bias:  # the transposed tiles spilled 8-40 B with a caller's bias (triton 3.9)
         bm, bn = 64, 64
-    # sm_90's deterministic dq in 128-row query tiles, each warpgroup its own 64 (at 64 rows both computed the 64 x 64
-    # scores, 1.10x the tile's FLOPs): a 128 x 64 tile over E in 2,297 warp instructions a warp against 1,870 for
-    # 64 x 64 (1,141 FLOP per instruction against 771; triton 3.6, 255 registers). With a key mask it spilled 16-80 B
-    # outside the loops (both stacks)
-    if hopper and kind == "dq" and not mask:
-        bm = 128
     fit = max(16, next_power_of_2(window))
     bs = min(bs, max(16, next_power_of_2(qk_dim)))
     be = min(be, max(16, next_power_of_2(v_dim)))
@@ -1325,14 +1321,12 @@ def launch_config(
         # sm_90's 64 x 64 dq in two stages 44 B (3.6, not causal)
         cfg["T5_BAND"] = False
     # a tuned entry (flash_triton.tuning) for this GPU and shape, where there is one; lin changes the forward's kernel
-    # only, a caller's bias the forward's, dq's and dv's tiles, causality and a key mask the forward's band split and
-    # a key mask dq's tiles, so only their entries are keyed by them (a tuned entry is compiled for its own flags)
+    # only, a caller's bias the forward's, dq's and dv's tiles, causality and a key mask the forward's band split, so
+    # only their entries are keyed by them (a tuned entry is compiled for its own flags)
     key = dict(window=fit, qk=qk_dim, v=v_dim, dropout=dropout)
     if kind == "fwd":
         key.update(lin=lin, bias=bias, causal=causal, mask=mask)
-    elif kind == "dq":
-        key.update(bias=bias, mask=mask)
-    elif kind == "dv":
+    elif kind in ("dq", "dv"):
         key.update(bias=bias)
     return tuning.tuned(f"quad_attn_{kind}", arch, dtype, key, cfg)
 
