@@ -177,8 +177,9 @@ def sass_stats(sass: str) -> SassStats:
         st.loop_flop_per_instruction = flops / len(body)
         st.loop_instructions = len(body)
         st.loop_mma = _mma_instructions(body)
-        st.loop_loads = _by_width(filter(None, map(_LOAD.search, body)))
-        st.loop_load_bytes = _warp_bytes(filter(None, map(_LOAD.search, body)))
+        loop_loads = [m for m in map(_LOAD.search, body) if m]
+        st.loop_loads = _by_width(loop_loads)
+        st.loop_load_bytes = _warp_bytes(loop_loads)
         inside = [(a, b) for a, b in loops if first <= a and b <= last]
         innermost = [(a, b) for a, b in inside if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in inside)]
         inner = hottest(innermost) or best
