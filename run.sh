@@ -15,7 +15,10 @@
 #   - this package in editable mode with its test extra (pytest, ruff, FLASH-pytorch 0.1.9 as the oracle) and, on
 #     the default stack, its hf extra (transformers, safetensors, accelerate: the Hugging Face integration's tests).
 # FLASH_TRITON_STACK=newest builds the newest supported stack instead (CI's second environment): triton 3.9.0 and
-# the newest numpy beside the same torch, in $FLASH_TRITON_VENV (e.g. .venv-newest).
+# the newest numpy beside the same torch, in $FLASH_TRITON_VENV (e.g. .venv-newest). FLASH_TRITON_STACK=triton-X.Y.Z
+# builds a check environment for the triton another torch release installs (torch 2.13 -> 3.7.1, 2.14 -> 3.8.0),
+# beside the same CPU torch and with the newest stack's extras: the GPU-compile check and the static profile run
+# there (`FLASH_TRITON_VENV=.venv-371 FLASH_TRITON_STACK=triton-3.7.1 ./run.sh setup`).
 # Without network (a GPU machine with everything preinstalled) the editable install may fail; the package then
 # runs from this checkout, and tests that need FLASH-pytorch are skipped with a reason.
 set -euo pipefail
@@ -60,8 +63,12 @@ setup() {
             say "installing the newest supported stack: triton==3.9.0 and the newest numpy"
             "${pip[@]}" --upgrade triton==3.9.0 numpy
             ;;
+        triton-[0-9]*.[0-9]*.[0-9]*)
+            say "installing a check stack: triton==${stack#triton-}"
+            "${pip[@]}" --upgrade "triton==${stack#triton-}"
+            ;;
         *)
-            say "FLASH_TRITON_STACK must be 'default' or 'newest', not '$stack'"
+            say "FLASH_TRITON_STACK must be 'default', 'newest' or 'triton-X.Y.Z', not '$stack'"
             exit 2
             ;;
     esac
@@ -70,7 +77,7 @@ setup() {
         extra=("numpy<2.4")  # triton < 3.7's CPU interpreter fails on numpy >= 2.4 (triton-lang/triton#9171)
     fi
     local extras="test,hf"  # hf: the Hugging Face integration's tests (the newest stack runs kernel tests only)
-    if [ "$stack" = newest ]; then
+    if [ "$stack" != default ]; then
         extras="test"
     fi
     say "installing flash_triton (editable) with its extras: $extras"
