@@ -359,6 +359,49 @@ def test_streaming_backward_deterministic_pass_matches_the_atomic_one(monkeypatc
     assert_close_scaled(atomic["q"], fixed["q"], tol, "dq, atomic against deterministic")
 
 
+@pytest.mark.parametrize(
+    "deterministic, s, bias",
+    [(False, 130, None), (True, 130, None), (True, 24, "bnn")],
+    ids=["atomic", "deterministic", "deterministic-bias"],
+)
+def test_streaming_backward_with_dropout_over_several_query_key_blocks(monkeypatch, deterministic, s, bias):
+    """Half precision with dropout past one 128-wide query/key block: dk and dq (the deterministic pass) step the
+    width in 64-wide blocks (two 128-wide ones spilled: dq on sm_90, dk under triton 3.7.1 and 3.8), dk with dq
+    added in 128-wide ones. Query/key width 130: three 64-wide blocks, the third partial. With a caller's bias in
+    one block dq steps the value width 32 wide (64 spilled on sm_80 under 3.8). Output and every gradient against the
+    reference fed the kernels' own keep-mask."""
+    monkeypatch.setattr(qa, "SHORT_WINDOW", 0)
+    picked, launch_config = [], qa.launch_config
+
+    def spy(kind, *args, **kwargs):
+        picked.append((kind, launch_config(kind, *args, **kwargs)))
+        return picked[-1][1]
+
+    monkeypatch.setattr(qa, "launch_config", spy)
+    dtype, (b, n, e, p) = torch.bfloat16, (1, 40, 40, 0.25)
+    tensors, key_mask = make_inputs(b, n, s, e, dtype, mask=True, bias=bias)
+    seed = torch.tensor([77], dtype=torch.int64, device=DEVICE)
+    kw = dict(scale=s**-0.5, window=None, causal=True, key_mask=key_mask, t5_scale=0.7, dropout_p=p)
+    kw.update(bias_scale=0.5)
+    grad_out = torch.randn(b, n, e, device=DEVICE)
+    with deterministic_algorithms(deterministic):
+        out, grads = run(op.quad_attn_triton, tensors, dtype, grad_out, dropout_seed=seed, **kw)
+    blocks = {kind: (c["BS"], c["S_BLOCKS"], c["BE"]) for kind, c in picked if kind in ("dk", "dq", "dkq")}
+    expected = {"dk": (64, 3, 64), "dq": (64, 3, 64)} if deterministic else {"dkq": (128, 2, 64)}
+    assert blocks == (expected if bias is None else {"dk": (32, 1, 64), "dq": (32, 1, 32)}), blocks
+    # without dropout dq takes 64-wide blocks past one 128-wide block too (72 B spilled on sm_80 under 3.8), dk not
+    for arch in (80, 90, None):
+        assert qa.launch_config("dq", 8192, 200, 1024, dtype, False, arch)["BS"] == 64, arch
+        assert qa.launch_config("dk", 8192, 200, 1024, dtype, False, arch)["BS"] == 128, arch
+    keep = qa.dropout_keep_mask(seed, b, n, n, p)
+    out_ref, grads_ref = run(ref.quad_attn, tensors, dtype, grad_out, dropout_mask=keep, **kw)
+    out64, grads64 = run(ref.quad_attn, tensors, torch.float64, grad_out, dropout_mask=keep, **kw)
+    close_to_reference(out, out_ref, out64, dtype, "output")
+    assert grads.keys() == grads64.keys() and "q" in grads
+    for name in grads:
+        close_to_reference(grads[name], grads_ref[name], grads64[name], dtype, f"grad of {name}")
+
+
 def test_dropout_keep_mask_statistics_and_determinism():
     p = 0.3
     seed = torch.tensor([123], dtype=torch.int64, device=DEVICE)

@@ -73,6 +73,16 @@ def _act_grad(s, LAPLACE: tl.constexpr):
 
 
 @triton.jit
+def _pair(rows, cols, TRANSPOSED: tl.constexpr):
+    """``rows`` as a column and ``cols`` as a row of a (rows, cols) tile, or, TRANSPOSED, of its (cols, rows)
+    transpose: two operands that broadcast to the tile (query and key positions of each score, say)."""
+    if TRANSPOSED:
+        return rows[None, :], cols[:, None]
+    else:
+        return rows[:, None], cols[None, :]
+
+
+@triton.jit
 def _scores(
     q_base,  # q of this batch row: (N, S), feature stride 1
     k_base,  # k of this batch row: (N, S), feature stride 1
@@ -98,24 +108,33 @@ def _scores(
     BS: tl.constexpr,
     S_BLOCKS: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    TRANSPOSED: tl.constexpr = False,
 ):
-    """(BM, BN) float32 scores s[i, j] (before the activation)."""
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    """(BM, BN) float32 scores s[i, j] (before the activation); TRANSPOSED: (BN, BM), sᵀ[j, i] = s[i, j], as k qᵀ
+    (the key tile the product's M dimension)."""
+    acc = tl.zeros((BN, BM) if TRANSPOSED else (BM, BN), dtype=tl.float32)
     for i_s in tl.static_range(S_BLOCKS):
         o_s = i_s * BS + tl.arange(0, BS)
         m_s = o_s < S
+        if TRANSPOSED:  # k (BN, BS) first, then q
+            b_k = tl.load(k_base + o_n[:, None] * stride_kn + o_s[None, :], mask=m_n[:, None] & m_s[None, :], other=0.0)
         b_q = tl.load(q_base + o_m[:, None] * stride_qn + o_s[None, :], mask=m_m[:, None] & m_s[None, :], other=0.0)
-        b_kt = tl.load(k_base + o_s[:, None] + o_n[None, :] * stride_kn, mask=m_s[:, None] & m_n[None, :], other=0.0)
-        acc = dot(b_q, b_kt, acc, DOT_PREC)
+        if TRANSPOSED:
+            acc = dot(b_k, tl.trans(b_q), acc, DOT_PREC)
+        else:
+            p_kt = k_base + o_s[:, None] + o_n[None, :] * stride_kn
+            acc = dot(b_q, tl.load(p_kt, mask=m_s[:, None] & m_n[None, :], other=0.0), acc, DOT_PREC)
     s = acc * scale
+    i, j = _pair(o_m, o_n, TRANSPOSED)
     if T5 == 1:
-        rel = tl.minimum(tl.maximum(o_n[None, :] - o_m[:, None], -max_dist), max_dist) + max_dist
+        rel = tl.minimum(tl.maximum(j - i, -max_dist), max_dist) + max_dist
         s += tl.load(t5_ptr + rel)  # one gather: the bucket and the scale are folded into the table (t5_relative)
     if T5 == 2:
         s += t5_far
     if HAS_BIAS:
-        p_bias = bias_base + o_m[:, None] * stride_bm + o_n[None, :] * stride_bn
-        s += tl.load(p_bias, mask=m_m[:, None] & m_n[None, :], other=0.0).to(tl.float32) * bias_scale
+        m_i, m_j = _pair(m_m, m_n, TRANSPOSED)
+        p_bias = bias_base + i * stride_bm + j * stride_bn
+        s += tl.load(p_bias, mask=m_i & m_j, other=0.0).to(tl.float32) * bias_scale
     return s
 
 
@@ -128,23 +147,32 @@ def _keep(
     mask_base,  # key mask of this batch row: (N,) uint8, 1 = attend
     CAUSAL: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    TRANSPOSED: tl.constexpr = False,
 ):
-    """(BM, BN) bool: the (query, key) pairs that contribute (in range, unmasked, not in the future)."""
-    keep = m_m[:, None] & m_n[None, :]
+    """(BM, BN) bool: the (query, key) pairs that contribute (in range, unmasked, not in the future); TRANSPOSED:
+    (BN, BM), as (key, query)."""
+    m_i, m_j = _pair(m_m, m_n, TRANSPOSED)
+    # the tile's row operand first: in the other order sm_90's transposed dv took 5% more instructions in its hot loop
+    keep = m_j & m_i if TRANSPOSED else m_i & m_j
     if CAUSAL:
-        keep = keep & (o_n[None, :] <= o_m[:, None])
+        i, j = _pair(o_m, o_n, TRANSPOSED)
+        keep = keep & (j <= i)
     if HAS_MASK:
         km = tl.load(mask_base + o_n, mask=m_n, other=0)
-        keep = keep & (km != 0)[None, :]
+        _, k_j = _pair(m_m, km != 0, TRANSPOSED)
+        keep = keep & k_j
     return keep
 
 
 @triton.jit
-def _dropout_scale(seed, row0, o_m, o_n, win_start, p, BM: tl.constexpr, BN: tl.constexpr):
-    """(BM, BN) float32: 1 / (1 - p) where Philox(seed; column-in-window, global row) keeps the entry, else 0."""
-    c0 = tl.broadcast_to((o_n - win_start)[None, :], (BM, BN)).to(tl.uint32)
-    c1 = tl.broadcast_to((row0 + o_m)[:, None], (BM, BN)).to(tl.uint32)
-    zero = tl.zeros((BM, BN), dtype=tl.uint32)
+def _dropout_scale(seed, row0, o_m, o_n, win_start, p, TRANSPOSED: tl.constexpr = False):
+    """float32 tile of _scores' shape: 1 / (1 - p) where Philox(seed; column-in-window, global row) keeps the entry,
+    else 0 (the same draw for each (row, column) in either orientation)."""
+    i, j = _pair(row0 + o_m, o_n - win_start, TRANSPOSED)
+    c1, c0 = tl.broadcast(i, j)
+    c0 = c0.to(tl.uint32)
+    c1 = c1.to(tl.uint32)
+    zero = tl.zeros_like(c0)
     r, _, _, _ = tl.philox(seed, c0, c1, zero, zero)
     u = tl.uint_to_uniform_float(r)
     return tl.where(u >= p, 1.0 / (1.0 - p), 0.0)
@@ -299,7 +327,7 @@ def _quad_attn_fwd_kernel(
                 s += tl.load(t5_ptr + tl.load(lut_ptr + rel)).to(tl.float32) * t5_scale
             a = _act(s, LAPLACE)
             if DROPOUT:
-                a = a * _dropout_scale(seed, i_b * G * W, o_m, o_n, win_start, dropout_p, BM, BN)
+                a = a * _dropout_scale(seed, i_b * G * W, o_m, o_n, win_start, dropout_p)
             a = tl.where(_keep(o_m, o_n, m_m, m_n, mask_base, CAUSAL, HAS_MASK), a, 0.0)
             b_v = tl.load(v_base + o_n[:, None] * stride_vn + o_e[None, :], mask=m_n[:, None] & m_e[None, :], other=0.0)
             acc = dot(a.to(b_v.dtype), b_v, acc, DOT_PREC)
@@ -404,7 +432,7 @@ def _dscores(
     )
     ds = da * _act_grad(s, LAPLACE)
     if DROPOUT:
-        ds = ds * _dropout_scale(seed, row0, o_m, o_n, win_start, dropout_p, BM, BN)
+        ds = ds * _dropout_scale(seed, row0, o_m, o_n, win_start, dropout_p)
     return tl.where(_keep(o_m, o_n, m_m, m_n, mask_base, CAUSAL, HAS_MASK), ds, 0.0)
 
 
@@ -525,33 +553,22 @@ def _quad_attn_bwd_dv_kernel(
         for m0 in range(m_lo, m_hi, BM):
             o_m = m0 + tl.arange(0, BM)
             m_m = o_m < win_end
-            if TRANSPOSED:
-                # fmt: off
-                s_t = _scores_t(
-                    q_base, k_base, stride_qn, stride_kn, o_m, o_n, m_m, m_n, S, scale, t5_ptr, max_dist, t5_far,
-                    bias_base, stride_bm, stride_bn, bias_scale, HAS_T5 if seg == 1 else 2, HAS_BIAS, BM, BN, BS,
-                    S_BLOCKS, DOT_PREC,
-                )  # fmt: on
-                a_t = _act(s_t, LAPLACE)
-                if DROPOUT:
-                    a_t = a_t * _dropout_scale_t(seed, i_b * G * W, o_m, o_n, win_start, dropout_p, BM, BN)
-                a_t = tl.where(_keep_t(o_m, o_n, m_m, m_n, mask_base, CAUSAL, HAS_MASK), a_t, 0.0)
-            else:
-                # fmt: off
-                s = _scores(
-                    q_base, k_base, stride_qn, stride_kn, o_m, o_n, m_m, m_n, S, scale, t5_ptr, max_dist, t5_far,
-                    bias_base, stride_bm, stride_bn, bias_scale, HAS_T5 if seg == 1 else 2, HAS_BIAS, BM, BN, BS,
-                    S_BLOCKS, DOT_PREC,
-                )  # fmt: on
-                a = _act(s, LAPLACE)
-                if DROPOUT:
-                    a = a * _dropout_scale(seed, i_b * G * W, o_m, o_n, win_start, dropout_p, BM, BN)
-                a = tl.where(_keep(o_m, o_n, m_m, m_n, mask_base, CAUSAL, HAS_MASK), a, 0.0)
+            # A (BM, BN), or TRANSPOSED Aᵀ (BN, BM)
+            # fmt: off
+            s = _scores(
+                q_base, k_base, stride_qn, stride_kn, o_m, o_n, m_m, m_n, S, scale, t5_ptr, max_dist, t5_far,
+                bias_base, stride_bm, stride_bn, bias_scale, HAS_T5 if seg == 1 else 2, HAS_BIAS, BM, BN, BS,
+                S_BLOCKS, DOT_PREC, TRANSPOSED,
+            )  # fmt: on
+            a = _act(s, LAPLACE)
+            if DROPOUT:
+                a = a * _dropout_scale(seed, i_b * G * W, o_m, o_n, win_start, dropout_p, TRANSPOSED)
+            a = tl.where(_keep(o_m, o_n, m_m, m_n, mask_base, CAUSAL, HAS_MASK, TRANSPOSED), a, 0.0)
             b_dy = tl.load(
                 dy_base + o_m[:, None] * stride_dyn + o_e[None, :], mask=m_m[:, None] & m_e[None, :], other=0.0
             )
             if TRANSPOSED:
-                acc = dot(a_t.to(b_dy.dtype), b_dy, acc, DOT_PREC)
+                acc = dot(a.to(b_dy.dtype), b_dy, acc, DOT_PREC)
             else:
                 acc = dot(tl.trans(a).to(b_dy.dtype), b_dy, acc, DOT_PREC)
     p_dv = dv_ptr + i_b64 * stride_dvb + o_n[:, None] * stride_dvn + o_e[None, :]
@@ -765,76 +782,6 @@ def _quad_attn_bwd_dqk_kernel(
 
 
 @triton.jit
-def _scores_t(
-    q_base,
-    k_base,
-    stride_qn,
-    stride_kn,
-    o_m,  # (BM,) query positions
-    o_n,  # (BN,) key positions
-    m_m,
-    m_n,
-    S,
-    scale,
-    t5_ptr,
-    max_dist,
-    t5_far,
-    bias_base,
-    stride_bm,
-    stride_bn,
-    bias_scale,
-    T5: tl.constexpr,  # as in _scores
-    HAS_BIAS: tl.constexpr,
-    BM: tl.constexpr,
-    BN: tl.constexpr,
-    BS: tl.constexpr,
-    S_BLOCKS: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-):
-    """(BN, BM) float32 scores, transposed: sᵀ[j, i] = s[i, j] (before the activation), as k qᵀ."""
-    acc = tl.zeros((BN, BM), dtype=tl.float32)
-    for i_s in tl.static_range(S_BLOCKS):
-        o_s = i_s * BS + tl.arange(0, BS)
-        m_s = o_s < S
-        b_k = tl.load(k_base + o_n[:, None] * stride_kn + o_s[None, :], mask=m_n[:, None] & m_s[None, :], other=0.0)
-        b_q = tl.load(q_base + o_m[:, None] * stride_qn + o_s[None, :], mask=m_m[:, None] & m_s[None, :], other=0.0)
-        acc = dot(b_k, tl.trans(b_q), acc, DOT_PREC)
-    s = acc * scale
-    if T5 == 1:
-        rel = tl.minimum(tl.maximum(o_n[:, None] - o_m[None, :], -max_dist), max_dist) + max_dist
-        s += tl.load(t5_ptr + rel)
-    if T5 == 2:
-        s += t5_far
-    if HAS_BIAS:
-        p_bias = bias_base + o_m[None, :] * stride_bm + o_n[:, None] * stride_bn
-        s += tl.load(p_bias, mask=m_n[:, None] & m_m[None, :], other=0.0).to(tl.float32) * bias_scale
-    return s
-
-
-@triton.jit
-def _keep_t(o_m, o_n, m_m, m_n, mask_base, CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr):
-    """(BN, BM) bool: :func:`_keep` transposed."""
-    keep = m_n[:, None] & m_m[None, :]
-    if CAUSAL:
-        keep = keep & (o_n[:, None] <= o_m[None, :])
-    if HAS_MASK:
-        km = tl.load(mask_base + o_n, mask=m_n, other=0)
-        keep = keep & (km != 0)[:, None]
-    return keep
-
-
-@triton.jit
-def _dropout_scale_t(seed, row0, o_m, o_n, win_start, p, BM: tl.constexpr, BN: tl.constexpr):
-    """(BN, BM) float32: :func:`_dropout_scale` transposed (the same Philox draw for each (row, column))."""
-    c0 = tl.broadcast_to((o_n - win_start)[:, None], (BN, BM)).to(tl.uint32)
-    c1 = tl.broadcast_to((row0 + o_m)[None, :], (BN, BM)).to(tl.uint32)
-    zero = tl.zeros((BN, BM), dtype=tl.uint32)
-    r, _, _, _ = tl.philox(seed, c0, c1, zero, zero)
-    u = tl.uint_to_uniform_float(r)
-    return tl.where(u >= p, 1.0 / (1.0 - p), 0.0)
-
-
-@triton.jit
 def _dk_step(
     acc,  # (BN, BS) float32 dk of the key tile so far
     acc_t5,  # (NB,) float32 per-bucket sums of the score gradients so far (SUMS == 2)
@@ -902,7 +849,7 @@ def _dk_step(
         b_v = tl.load(v_base + o_n[:, None] * stride_vn + o_e[None, :], mask=m_n[:, None] & m_e[None, :], other=0.0)
         b_dy = tl.load(dy_base + o_m[:, None] * stride_dyn + o_e[None, :], mask=m_m[:, None] & m_e[None, :], other=0.0)
         da = dot(b_v, tl.trans(b_dy), da, DOT_PREC)
-    s = _scores_t(
+    s = _scores(
         q_base,
         k_base,
         stride_qn,
@@ -927,11 +874,12 @@ def _dk_step(
         BS,
         S_BLOCKS,
         DOT_PREC,
+        True,  # (BN, BM): sᵀ
     )
     ds = da * _act_grad(s, LAPLACE)
     if DROPOUT:
-        ds = ds * _dropout_scale_t(seed, row0, o_m, o_n, win_start, dropout_p, BM, BN)
-    ds = tl.where(_keep_t(o_m, o_n, m_m, m_n, mask_base, CAUSAL, HAS_MASK), ds, 0.0)
+        ds = ds * _dropout_scale(seed, row0, o_m, o_n, win_start, dropout_p, True)
+    ds = tl.where(_keep(o_m, o_n, m_m, m_n, mask_base, CAUSAL, HAS_MASK, True), ds, 0.0)
     b_q = tl.load(q_base + o_m[:, None] * stride_qn + o_f[None, :], mask=m_m[:, None] & m_f[None, :], other=0.0)
     acc = dot(ds.to(b_q.dtype), b_q, acc, DOT_PREC)
     if DQ_ATOMIC:  # dqᵀ = kᵀ dsᵀ: the feature block as M
@@ -1116,7 +1064,7 @@ def _dropout_keep_kernel(
     win_start = i_w * W
     o_m = win_start + i_m * BM + tl.arange(0, BM)
     o_n = win_start + i_n * BN + tl.arange(0, BN)
-    keep = _dropout_scale(tl.load(seed_ptr), i_b * G * W, o_m, o_n, win_start, dropout_p, BM, BN) > 0
+    keep = _dropout_scale(tl.load(seed_ptr), i_b * G * W, o_m, o_n, win_start, dropout_p) > 0
     m = ((o_m - win_start) < W)[:, None] & ((o_n - win_start) < W)[None, :]
     p_out = out_ptr + i_bg.to(tl.int64) * W * W + (o_m - win_start)[:, None] * W + (o_n - win_start)[None, :]
     tl.store(p_out, keep.to(tl.uint8), mask=m)
@@ -1263,8 +1211,16 @@ def launch_config(
         warps = min(warps, 4)
     if kind == "dq" and precision == "half" and qk_dim <= 64:  # 8 warps spilled in the key loop on sm_80 (triton
         warps = 4  # 3.6) at query/key width 64; 4 spill nowhere there, but do at width 128 on sm_90
-    if kind == "dq" and precision == "half" and dropout and qk_dim > bs:  # two 128-wide blocks with dropout spilled
-        bs = 64  # inside the loop on sm_90 (triton 3.6); 64-wide blocks spill nowhere
+    # two 128-wide query/key blocks spilled: dq with dropout inside the loop on sm_90 (triton 3.6), without it 72 B
+    # inside the loop on sm_80 (3.8); dk with dropout 24-68 B on sm_90 under 3.7.1 and 16-132 B, inside the loop, on
+    # sm_80 and sm_90 under 3.8 (width 200). 64-wide blocks spill nowhere, on 3.6, 3.7.1, 3.8 and 3.9
+    if kind in ("dk", "dq") and precision == "half" and qk_dim > bs and (dropout or kind == "dq"):
+        bs = 64
+    # dq with a caller's bias and dropout in one query/key block: 64-wide value steps spilled 32 B, inside the loop,
+    # on sm_80 under 3.8; 32-wide ones spill nowhere on any of the four releases (past one block they spilled 24 B
+    # on sm_90 under 3.6, so those keep 64)
+    if kind == "dq" and precision == "half" and bias and dropout and qk_dim <= bs:
+        be = min(be, 32)
     if kind == "dkq" and precision == "fp32" and qk_dim > bs:  # two 128-wide blocks spilled 56 B on sm_90 (3.9)
         bs = 32
     if kind == "dv" and precision == "fp32" and bias:  # 128-wide value blocks spilled 40 B with a caller's bias on

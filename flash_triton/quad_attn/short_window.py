@@ -137,7 +137,7 @@ def _quad_weights_kernel(
     )
     a = _act(s, LAPLACE)
     if DROPOUT:
-        a = a * _dropout_scale(tl.load(seed_ptr), i_b * G * W, o_m, o_n, win_start, dropout_p, BM, BN)
+        a = a * _dropout_scale(tl.load(seed_ptr), i_b * G * W, o_m, o_n, win_start, dropout_p)
     a = tl.where(_keep(o_m, o_n, m_m, m_n, mask_ptr + i_b64 * stride_mb, CAUSAL, HAS_MASK), a, 0.0)
     # whole tiles, zeros past the window's end: the output pass reads them with a row mask only (vector loads)
     p_a = a_ptr + i_b64 * stride_ab + o_m[:, None] * stride_an + (c_start + tl.arange(0, BN))[None, :]
@@ -345,7 +345,7 @@ def _quad_dscores_kernel(
     a = _act(s, LAPLACE)
     ds = da * _act_grad(s, LAPLACE)
     if DROPOUT:
-        drop = _dropout_scale(tl.load(seed_ptr), i_b * G * W, o_m, o_n, win_start, dropout_p, BM, BN)
+        drop = _dropout_scale(tl.load(seed_ptr), i_b * G * W, o_m, o_n, win_start, dropout_p)
         a = a * drop
         ds = ds * drop
     a = tl.where(keep, a, 0.0)
