@@ -1164,7 +1164,11 @@ TILES_SM90 = {
 # mask): at the benchmark shape (triton 3.6) a 32-row query step issued 3907 warp instructions, 369 FLOP per
 # instruction (the loop over E 64 times, 53 instructions for one wgmma); in 64-wide steps 1835, 786 (16 times, 81
 # for four). sm_80's 32 x 32 mma.sync kernel: 385.
-# Two stages (launch_config) spill nowhere, with the final store of store_rows.
+# Two stages (launch_config) spill nowhere, with the final store of store_rows. Under triton 3.8 (torch 2.14's) dk
+# with dq added spills 16-28 B, one spill instruction inside a loop, in 11 of its 16 flag sets (3.6, 3.7.1 and 3.9:
+# none). Kept: the one tile that spills nowhere there, 32-wide far steps, executes 1.48x the warp instructions
+# (2,857 against 1,928 a 32-row query step, the spill included); 128-wide far steps (1,667) spilled in the non-causal
+# flag sets under 3.8 and 3.6, 64-wide near steps in 8 flag sets under 3.8 (2026-12-08).
 TRANSPOSED_KEY_TILES = ("dk", "dkq")
 NEAR_BE = {"dk": 128, "dkq": 32}  # the widest near step of each (BE_NEAR: at most BE * BM / BM_NEAR)
 
