@@ -1165,7 +1165,7 @@ TILES_SM90 = {
 # instruction (the loop over E 64 times, 53 instructions for one wgmma); in 64-wide steps 1835, 786 (16 times, 81
 # for four). sm_80's 32 x 32 mma.sync kernel: 385.
 # Two stages (launch_config) spill nowhere, with the final store of store_rows. Under triton 3.8 (torch 2.14's) dk
-# with dq added spills 16-28 B, one spill instruction inside a loop, in 11 of its 16 flag sets (3.6, 3.7.1 and 3.9:
+# with dq added spills 16-28 B, one spill instruction inside a loop, in 10 of its 16 flag sets (3.6, 3.7.1 and 3.9:
 # none). Kept: the one tile that spills nowhere there, 32-wide far steps, executes 1.48x the warp instructions
 # (2,857 against 1,928 a 32-row query step, the spill included); 128-wide far steps (1,667) spilled in the non-causal
 # flag sets under 3.8 and 3.6, 64-wide near steps in 8 flag sets under 3.8 (2026-12-08).
@@ -1217,14 +1217,13 @@ def launch_config(
         warps = 4  # 3.6) at query/key width 64; 4 spill nowhere there, but do at width 128 on sm_90
     # two 128-wide query/key blocks spilled: dq with dropout inside the loop on sm_90 (triton 3.6), without it 72 B
     # inside the loop on sm_80 (3.8); dk with dropout 24-68 B on sm_90 under 3.7.1 and 16-132 B, inside the loop, on
-    # sm_80 and sm_90 under 3.8 (width 200). 64-wide blocks spill nowhere, on 3.6, 3.7.1, 3.8 and 3.9
+    # sm_80 and sm_90 under 3.8 (width 200). 64-wide blocks spill nowhere, on 3.6, 3.7.1, 3.8 and 3.9, and execute
+    # 2-4% fewer warp instructions (width 200, causal: dq 1013 -> 970 a key step on sm_80, dk with dropout 1449 ->
+    # 1406 on sm_80 and 3263 -> 3199 on sm_90, triton 3.6). Not fixed: under 3.8 sm_80's dq with a caller's bias and
+    # dropout spills 32 B (two spill instructions inside the loop); 32-wide value steps spill nowhere on any release
+    # but execute 1.26x the warp instructions on sm_80 and 1.44x on sm_90 (triton 3.6)
     if kind in ("dk", "dq") and precision == "half" and qk_dim > bs and (dropout or kind == "dq"):
         bs = 64
-    # dq with a caller's bias and dropout in one query/key block: 64-wide value steps spilled 32 B, inside the loop,
-    # on sm_80 under 3.8; 32-wide ones spill nowhere on any of the four releases (past one block they spilled 24 B
-    # on sm_90 under 3.6, so those keep 64)
-    if kind == "dq" and precision == "half" and bias and dropout and qk_dim <= bs:
-        be = min(be, 32)
     if kind == "dkq" and precision == "fp32" and qk_dim > bs:  # two 128-wide blocks spilled 56 B on sm_90 (3.9)
         bs = 32
     if kind == "dv" and precision == "fp32" and bias:  # 128-wide value blocks spilled 40 B with a caller's bias on
