@@ -8,8 +8,9 @@
 For each layer (the benchmark's: dim 512, query/key 128, value width 1024, causal; FLASH with groups of 256, GAU
 over the whole sequence) the launches of one training step are recorded (:func:`flash_triton.tuning.recording`
 while :func:`flash_triton.aot.variants` asks every config function): each distinct (kernel, dtype, shape key) is
-an entry. Each entry's candidates are its default and its neighbours (every tunable block halved or doubled, warps
-halved or doubled, 1-4 stages), nearest first, at most ``--max-candidates``. A candidate survives when every kernel
+an entry. Each entry's candidates are its default and its neighbours (every tunable block halved or doubled, the
+transposed key-tile kernel's near step included, warps halved or doubled, 1-4 stages, the streaming kernels' T5 band
+split on or off), nearest first, at most ``--max-candidates``. A candidate survives when every kernel
 variant it changes compiles for the GPU with no spill, shared memory within the architecture's limit and (half
 precision) tensor-core products (the AOT check, ``--jobs`` compiles in parallel). On a GPU the surviving candidates
 are timed, entry by entry, the longest-running kernels first: one training step of the layer (batch ``--tokens`` /
@@ -47,6 +48,7 @@ _CAPS = {  # tunable block -> the key entry whose power of two bounds it
     "BN": "window",
     "BS": "qk",
     "BE": "v",
+    "BE_NEAR": "v",
     "BD": "v",
     "BT": "group",
     "BA": "da",
@@ -110,11 +112,19 @@ def entries(layer: str, n: int, dtype: str, arch: int) -> list[Entry]:
 def candidates(entry: Entry, limit: int) -> list[dict]:
     """The default, then its neighbours nearest first (fewest values changed, then smallest change): each block
     halved or doubled within [16, the key's width rounded up to a power of two] (a scan's token step also divides
-    the group), warps halved or doubled within 2..16, stages 1..4."""
+    the group), warps halved or doubled within 2..16, stages 1..4, a flag (``T5_BAND``) either way; the default's
+    flags as the kernel runs them (``T5_BAND`` on where the launcher leaves it out); the transposed key-tile kernel
+    (a default with ``BE_NEAR``) varies ``BE_NEAR`` and not ``T5_BAND`` (it always splits)."""
+    default = {**{k: v for k, v in tuning.FLAGS.items() if k in tuning.TUNABLE[entry.kernel]}, **entry.default}
     options = []
+    near = "BE_NEAR" in entry.default
     for k in tuning.TUNABLE[entry.kernel]:
-        v = entry.default[k]
-        if k == "num_warps":
+        if k not in default or (near and k in tuning.NOT_NEAR):
+            continue
+        v = default[k]
+        if k in tuning.FLAGS:
+            vals = [v, not v]
+        elif k == "num_warps":
             vals = [w for w in (v // 2, v, v * 2) if 2 <= w <= 16]
         elif k == "num_stages":
             vals = [1, 2, 3, 4]
@@ -126,13 +136,14 @@ def candidates(entry: Entry, limit: int) -> list[dict]:
         options.append((k, sorted(set(vals) | {v})))
 
     def distance(cfg: dict) -> tuple:
-        changed = [k for k in cfg if cfg[k] != entry.default[k]]
-        return (len(changed), sum(abs(math.log2(cfg[k] / entry.default[k])) for k in changed))
+        changed = [k for k in cfg if cfg[k] != default[k]]
+        return (len(changed), sum(1 if k in tuning.FLAGS else abs(math.log2(cfg[k] / default[k])) for k in changed))
 
     keys = [k for k, _ in options]
     cfgs = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(v for _, v in options))]
     cfgs.sort(key=distance)
-    return cfgs[:limit]
+    # a flag at the kernel's own default stays out of a config that did not set it (the first is the default itself)
+    return [{k: v for k, v in c.items() if k in entry.default or v != tuning.FLAGS.get(k)} for c in cfgs[:limit]]
 
 
 def _compile_ok(job: tuple) -> tuple[bool, str]:

@@ -33,9 +33,16 @@ FORMAT = 1
 
 # kernel -> the config keys an entry may set (the others, and values derived from them, stay the launcher's). The
 # short-window kernels share their BM x BN score tiles (each reads the tiles another stored): not tunable one by one.
-_STREAMING = ("BM", "BN", "BS", "BE", "num_warps", "num_stages")
+# The streaming kernels' T5_BAND (bool: split the loop at the T5 band; the kernels' default True where the launcher
+# leaves it out) and, for the transposed key-tile kernel (sm_90's dk and dkq: configs with BM_NEAR; it always splits),
+# the near steps' value-width step BE_NEAR instead.
+_STREAMING = ("BM", "BN", "BS", "BE", "num_warps", "num_stages", "T5_BAND")
+FLAGS = {"T5_BAND": True}  # boolean tunables, with the value a config without them runs
+NEAR_ONLY = ("BE_NEAR",)  # the transposed key-tile kernel's only: ignored for a config without BM_NEAR
+NOT_NEAR = ("T5_BAND",)  # the other kernels' only: ignored for a config with BM_NEAR
 TUNABLE: dict[str, tuple[str, ...]] = {
-    **{f"quad_attn_{k}": _STREAMING for k in ("fwd", "dv", "dk", "dkq", "dq")},
+    **{f"quad_attn_{k}": _STREAMING for k in ("fwd", "dv", "dq")},
+    **{f"quad_attn_{k}": (*_STREAMING, *NEAR_ONLY) for k in ("dk", "dkq")},
     "quad_attn_weights": ("BS", "num_warps", "num_stages"),
     "quad_attn_out": ("BS", "BE", "num_warps", "num_stages"),
     "quad_attn_dscores": ("BS", "BE", "num_warps", "num_stages"),
@@ -57,7 +64,8 @@ def freeze(key: dict) -> tuple:
 
 def check_config(kernel: str, config: dict, where: str) -> dict:
     """``config`` if every key is one that ``kernel`` lets a tuned entry set and every value is in range (blocks:
-    powers of two 16..1024; warps: 1, 2, 4, 8, 16; stages: 1..6); ``ValueError`` naming ``where`` otherwise."""
+    powers of two 16..1024; warps: 1, 2, 4, 8, 16; stages: 1..6; ``FLAGS``: booleans); ``ValueError`` naming
+    ``where`` otherwise."""
     if kernel not in TUNABLE:
         raise ValueError(f"{where}: unknown kernel {kernel!r}; tunable kernels: {sorted(TUNABLE)}")
     if not isinstance(config, dict) or not config:
@@ -65,6 +73,10 @@ def check_config(kernel: str, config: dict, where: str) -> dict:
     for k, v in config.items():
         if k not in TUNABLE[kernel]:
             raise ValueError(f"{where}: {kernel} has no tunable {k!r} (tunable: {', '.join(TUNABLE[kernel])})")
+        if k in FLAGS:
+            if not isinstance(v, bool):
+                raise ValueError(f"{where}: {kernel}.{k} must be true or false, got {v!r}")
+            continue
         if not isinstance(v, int) or isinstance(v, bool):
             raise ValueError(f"{where}: {kernel}.{k} must be an integer, got {v!r}")
         if k == "num_warps":
@@ -131,7 +143,8 @@ def reload() -> None:
 def tuned(kernel: str, arch: int | None, dtype: torch.dtype, key: dict, default: dict) -> dict:
     """The config of ``kernel`` for this launch: forced (:func:`override`), else tuned for ``arch`` (None: not on a
     GPU, no table entry applies), else ``default``. Derived values (``S_BLOCKS`` from ``BS`` and the query/key width
-    ``key['qk']``) follow the chosen blocks."""
+    ``key['qk']``) follow the chosen blocks; ``NEAR_ONLY`` values apply to configs of the transposed key-tile kernel
+    (with ``BM_NEAR``) only, ``NOT_NEAR`` ones to the others only."""
     record = _record.get()
     if record is not None:
         record.append((kernel, DTYPE_NAMES[dtype], dict(key), dict(default)))
@@ -145,6 +158,8 @@ def tuned(kernel: str, arch: int | None, dtype: torch.dtype, key: dict, default:
         forced = entries.get((arch, kernel, DTYPE_NAMES[dtype], frozen))
     if forced is None:
         return default
+    ignored = NOT_NEAR if "BM_NEAR" in default else NEAR_ONLY
+    forced = {k: v for k, v in forced.items() if k not in ignored}
     cfg = dict(default, **forced)
     if "S_BLOCKS" in cfg:
         cfg["S_BLOCKS"] = math.ceil(key["qk"] / cfg["BS"])

@@ -143,14 +143,48 @@ def test_a_tuned_scan_step_must_divide_the_group():
             ),
             "dtype one of",
         ),
+        (
+            json.dumps(
+                {
+                    "format": 1,
+                    "entries": [dict(arch=90, kernel="quad_attn_fwd", dtype="bf16", key={}, config={"T5_BAND": 1})],
+                }
+            ),
+            "quad_attn_fwd.T5_BAND must be true or false",
+        ),
+        (
+            json.dumps(
+                {
+                    "format": 1,
+                    "entries": [dict(arch=90, kernel="quad_attn_dv", dtype="bf16", key={}, config={"BE_NEAR": 32})],
+                }
+            ),
+            "quad_attn_dv has no tunable 'BE_NEAR'",
+        ),
     ],
-    ids=["not-json", "format", "fields", "value", "untunable", "kernel", "dtype"],
+    ids=["not-json", "format", "fields", "value", "untunable", "kernel", "dtype", "flag", "near-step"],
 )
 def test_a_malformed_table_is_refused_by_name(table, raw, match):
     path = table(None, raw=raw)
     with pytest.raises(ValueError, match=match) as info:
         qa.launch_config("fwd", 8192, 128, 1024, torch.bfloat16, False, 90)
     assert str(path) in str(info.value)
+
+
+def test_the_band_split_and_the_near_step_are_tunable(table):
+    """A tuned entry may set T5_BAND (either way) and, for the transposed key-tile kernel (sm_90's dk and dk with dq
+    added), its near steps' value-width step BE_NEAR; each leaves the other kernel as it was (the 32 x 32 kernel has
+    no near steps, the transposed one always splits and takes no T5_BAND)."""
+    key = dict(window=8192, qk=128, v=1024, dropout=False)
+    config = dict(BE_NEAR=64, T5_BAND=False)
+    table([dict(arch=a, kernel="quad_attn_dkq", dtype="bf16", key=key, config=config) for a in (80, 90)])
+    hopper = qa.launch_config("dkq", 8192, 128, 1024, torch.bfloat16, False, 90)
+    assert (hopper["BM_NEAR"], hopper["BE_NEAR"], "T5_BAND" in hopper) == (16, 64, False)
+    ampere = qa.launch_config("dkq", 8192, 128, 1024, torch.bfloat16, False, 80)
+    assert "BE_NEAR" not in ampere and "BM_NEAR" not in ampere and ampere["T5_BAND"] is False
+    fwd_key = dict(window=8192, qk=128, v=1024, dropout=False, lin=False, bias=False, causal=True, mask=False)
+    table([dict(arch=90, kernel="quad_attn_fwd", dtype="bf16", key=fwd_key, config=dict(T5_BAND=False))])
+    assert qa.launch_config("fwd", 8192, 128, 1024, torch.bfloat16, False, 90, causal=True)["T5_BAND"] is False
 
 
 def test_a_named_table_must_exist_and_off_means_none(monkeypatch, tmp_path):
@@ -173,11 +207,22 @@ def _entry(kernel="quad_attn_dv", key=None, default=None):
 def test_candidates_are_the_default_then_its_nearest_valid_neighbours():
     e = _entry()
     cands = tune.candidates(e, 16)
-    assert cands[0] == e.default and len(cands) == 16 and len({tuple(c.items()) for c in cands}) == 16
-    changed = [sum(c[k] != e.default[k] for k in c) for c in cands]
-    assert changed == sorted(changed) and changed[1:13] == [1] * 12  # every single change before any pair
+    assert cands[0] == e.default and len(cands) == 16 and len({tuple(sorted(c.items())) for c in cands}) == 16
+    base = dict(T5_BAND=True, **e.default)  # the band split on where the launcher leaves T5_BAND out
+    changed = [sum(c.get(k, base[k]) != base[k] for k in base) for c in cands]
+    assert changed == sorted(changed) and changed[1:14] == [1] * 13  # every single change before any pair
+    assert [c for c in cands if "T5_BAND" in c] == [dict(e.default, T5_BAND=False)]  # the flag flipped, once alone
     for c in cands:
         assert 16 <= c["BS"] <= 128 and 16 <= c["BE"] <= 1024 and c["num_warps"] in (4, 8, 16)
+        assert "BE_NEAR" not in c  # dv has no near steps
+    # the transposed key-tile kernel (a default with BE_NEAR): its near step halved and doubled within the value
+    # width, never a band flag (it always splits); the 32 x 32 kernel with the split off: tried on, no near step
+    dkq = dict(BM=32, BN=128, BS=128, BE=64, num_warps=8, num_stages=2, BE_NEAR=32)
+    near = tune.candidates(_entry("quad_attn_dkq", default=dkq), 100)
+    assert {c["BE_NEAR"] for c in near} == {16, 32, 64} and not any("T5_BAND" in c for c in near)
+    unsplit = dict(BM=32, BN=32, BS=128, BE=64, num_warps=8, num_stages=2, T5_BAND=False)
+    flat = tune.candidates(_entry("quad_attn_dkq", default=unsplit), 100)
+    assert dict(unsplit, T5_BAND=True) in flat and not any("BE_NEAR" in c for c in flat)
     scan = _entry("group_scan", dict(group=96, da=128, db=1024), dict(BT=32, BA=64, BB=64, num_warps=4, num_stages=3))
     assert all(96 % c["BT"] == 0 for c in tune.candidates(scan, 100))
     small = _entry("quad_attn_out", dict(window=32, qk=16, v=16), dict(BS=16, BE=16, num_warps=8, num_stages=2))
