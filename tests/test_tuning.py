@@ -107,60 +107,23 @@ def test_a_tuned_scan_step_must_divide_the_group():
         mca.scan_config(96, 64, 64, torch.bfloat16)
 
 
+def _one_entry(kernel: str, config: dict, dtype: str = "bf16") -> str:
+    """A table holding one entry (sm_90, an empty shape key), as its JSON text."""
+    return json.dumps({"format": 1, "entries": [dict(arch=90, kernel=kernel, dtype=dtype, key={}, config=config)]})
+
+
 @pytest.mark.parametrize(
     "raw, match",
     [
         ("{not json", "cannot read it"),
         (json.dumps({"format": 2, "entries": []}), "expected"),
         (json.dumps({"format": 1, "entries": [{"arch": 90}]}), "entry 0: needs arch, kernel, dtype, key and config"),
-        (
-            json.dumps(
-                {
-                    "format": 1,
-                    "entries": [dict(arch=90, kernel="quad_attn_fwd", dtype="bf16", key={}, config={"BM": 48})],
-                }
-            ),
-            "quad_attn_fwd.BM = 48 is out of range",
-        ),
-        (
-            json.dumps(
-                {
-                    "format": 1,
-                    "entries": [dict(arch=90, kernel="quad_attn_weights", dtype="bf16", key={}, config={"BM": 32})],
-                }
-            ),
-            "quad_attn_weights has no tunable 'BM'",
-        ),
-        (
-            json.dumps(
-                {"format": 1, "entries": [dict(arch=90, kernel="softmax", dtype="bf16", key={}, config={"BM": 32})]}
-            ),
-            "unknown kernel 'softmax'",
-        ),
-        (
-            json.dumps(
-                {"format": 1, "entries": [dict(arch=90, kernel="group_state", dtype="int8", key={}, config={"BT": 32})]}
-            ),
-            "dtype one of",
-        ),
-        (
-            json.dumps(
-                {
-                    "format": 1,
-                    "entries": [dict(arch=90, kernel="quad_attn_fwd", dtype="bf16", key={}, config={"T5_BAND": 1})],
-                }
-            ),
-            "quad_attn_fwd.T5_BAND must be true or false",
-        ),
-        (
-            json.dumps(
-                {
-                    "format": 1,
-                    "entries": [dict(arch=90, kernel="quad_attn_dv", dtype="bf16", key={}, config={"BE_NEAR": 32})],
-                }
-            ),
-            "quad_attn_dv has no tunable 'BE_NEAR'",
-        ),
+        (_one_entry("quad_attn_fwd", {"BM": 48}), "quad_attn_fwd.BM = 48 is out of range"),
+        (_one_entry("quad_attn_weights", {"BM": 32}), "quad_attn_weights has no tunable 'BM'"),
+        (_one_entry("softmax", {"BM": 32}), "unknown kernel 'softmax'"),
+        (_one_entry("group_state", {"BT": 32}, dtype="int8"), "dtype one of"),
+        (_one_entry("quad_attn_fwd", {"T5_BAND": 1}), "quad_attn_fwd.T5_BAND must be true or false"),
+        (_one_entry("quad_attn_dv", {"BE_NEAR": 32}), "quad_attn_dv has no tunable 'BE_NEAR'"),
     ],
     ids=["not-json", "format", "fields", "value", "untunable", "kernel", "dtype", "flag", "near-step"],
 )
